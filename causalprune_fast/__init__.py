@@ -1,0 +1,1 @@
+from causalprune_fast import _extension  # noqa: F401

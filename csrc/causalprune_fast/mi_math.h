@@ -1,0 +1,85 @@
+// Arithmetic shared by every C++ and CUDA kernel of causalprune_fast.
+//
+// These helpers are the single definition of METHOD.md sections 4 (binning) and 5 (mutual
+// information). They are `__host__ __device__` so that the CPU kernels (and so the CPU tests)
+// exercise exactly the code the CUDA kernels run.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CPF_HD __host__ __device__ __forceinline__
+#else
+#define CPF_HD inline
+#endif
+
+namespace causalprune_fast {
+
+constexpr int kMinBins = 2;
+constexpr int kMaxBins = 256;
+constexpr double kLn2 = 0.693147180559945309417232121458176568;
+
+// Equal-width bin of one value on the column range [lo, hi] (METHOD.md section 4):
+//   code = min(floor((v - lo) / (hi - lo) * bins), bins - 1), clamped below at 0.
+// The arithmetic is done in float64 in exactly this order by every backend (the PyTorch
+// reference, C++, CUDA and Triton), so all of them produce identical codes.
+// Degenerate range (hi <= lo, e.g. a constant column): bin 0, or bins - 1 for values above hi.
+// NaN maps to bin 0; callers reject non-finite inputs before binning.
+CPF_HD int quantize_value(double v, double lo, double hi, int bins) {
+  if (!(hi > lo)) {
+    return (v > hi) ? bins - 1 : 0;
+  }
+  const double t = (v - lo) / (hi - lo) * static_cast<double>(bins);
+  if (!(t >= 1.0)) {
+    return 0;  // negatives (clamped), [0, 1) and NaN
+  }
+  if (t >= static_cast<double>(bins - 1)) {
+    return bins - 1;
+  }
+  return static_cast<int>(t);  // t in [1, bins - 1): truncation is floor
+}
+
+// n ln n with 0 ln 0 = 0, for an exact integer count n.
+CPF_HD double xlogx(double n) {
+  return n > 0.0 ? n * log(n) : 0.0;
+}
+
+// Plug-in mutual information in bits (METHOD.md section 5) from
+//   joint    = sum_ab n_ab ln n_ab,
+//   marg_x   = sum_a n_a ln n_a,
+//   marg_y   = sum_b n_b ln n_b,
+// over `samples` samples. With `miller_madow`, adds (m_x + m_y - m_xy - 1) / (2 S ln 2), where
+// m counts non-empty bins. The result is clamped at 0: the plug-in value is non-negative
+// exactly, so the clamp only removes rounding noise, and it is the documented clamp of the
+// Miller-Madow variant.
+CPF_HD double mi_bits(double joint, double marg_x, double marg_y, double samples,
+                      bool miller_madow, int nonempty_x, int nonempty_y, int nonempty_xy) {
+  double mi = (joint - marg_x - marg_y + xlogx(samples)) / (samples * kLn2);
+  if (miller_madow) {
+    mi += static_cast<double>(nonempty_x + nonempty_y - nonempty_xy - 1) /
+          (2.0 * samples * kLn2);
+  }
+  return mi > 0.0 ? mi : 0.0;
+}
+
+// Entropy-like sum and non-empty bin count of one histogram of `bins` int64 counts.
+struct HistogramTerms {
+  double xlogx_sum;
+  int nonempty;
+};
+
+template <typename Count>
+CPF_HD HistogramTerms histogram_terms(const Count* counts, int bins) {
+  HistogramTerms t{0.0, 0};
+  for (int b = 0; b < bins; ++b) {
+    const Count n = counts[b];
+    if (n > 0) {
+      t.xlogx_sum += xlogx(static_cast<double>(n));
+      t.nonempty += 1;
+    }
+  }
+  return t;
+}
+
+}  // namespace causalprune_fast
