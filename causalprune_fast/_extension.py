@@ -12,8 +12,12 @@ from types import ModuleType
 
 _C: ModuleType | None
 try:
-    from causalprune_fast import _C  # noqa: F401  (registers the ops)
+    from causalprune_fast import (
+        _C,  # noqa: F401  (registers the ops)
+        _fake_kernels,
+    )
 
+    _fake_kernels.register()
     LOAD_ERROR: str | None = None
 except ImportError as e:  # pragma: no cover - exercised only on broken installs
     _C = None

@@ -27,17 +27,14 @@ constexpr double kLn2 = 0.693147180559945309417232121458176568;
 // Degenerate range (hi <= lo, e.g. a constant column): bin 0, or bins - 1 for values above hi.
 // NaN maps to bin 0; callers reject non-finite inputs before binning.
 CPF_HD int quantize_value(double v, double lo, double hi, int bins) {
-  if (!(hi > lo)) {
-    return (v > hi) ? bins - 1 : 0;
-  }
+  const double last = static_cast<double>(bins - 1);
   const double t = (v - lo) / (hi - lo) * static_cast<double>(bins);
-  if (!(t >= 1.0)) {
-    return 0;  // negatives (clamped), [0, 1) and NaN
-  }
-  if (t >= static_cast<double>(bins - 1)) {
-    return bins - 1;
-  }
-  return static_cast<int>(t);  // t in [1, bins - 1): truncation is floor
+  // t < 1 (negatives clamp to 0) and NaN give 0; t >= bins - 1 gives bins - 1; otherwise
+  // truncation of t in [1, bins - 1) is floor. A degenerate range discards t (which may be
+  // inf or NaN there). Written as selects, without branches, so that loops vectorise.
+  const double inner = t >= 1.0 ? (t >= last ? last : t) : 0.0;
+  const double degenerate = v > hi ? last : 0.0;
+  return static_cast<int>(hi > lo ? inner : degenerate);
 }
 
 // n ln n with 0 ln 0 = 0, for an exact integer count n.
@@ -52,9 +49,13 @@ CPF_HD double xlogx(double n) {
 // over `samples` samples. With `miller_madow`, adds (m_x + m_y - m_xy - 1) / (2 S ln 2), where
 // m counts non-empty bins. The result is clamped at 0: the plug-in value is non-negative
 // exactly, so the clamp only removes rounding noise, and it is the documented clamp of the
-// Miller-Madow variant.
+// Miller-Madow variant. A variable with a single non-empty bin (a constant column) carries
+// exactly zero information under both estimators, and 0 is returned without rounding noise.
 CPF_HD double mi_bits(double joint, double marg_x, double marg_y, double samples,
                       bool miller_madow, int nonempty_x, int nonempty_y, int nonempty_xy) {
+  if (nonempty_x <= 1 || nonempty_y <= 1) {
+    return 0.0;
+  }
   double mi = (joint - marg_x - marg_y + xlogx(samples)) / (samples * kLn2);
   if (miller_madow) {
     mi += static_cast<double>(nonempty_x + nonempty_y - nonempty_xy - 1) /

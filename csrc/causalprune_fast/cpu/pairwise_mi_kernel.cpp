@@ -289,11 +289,13 @@ void run_count(const Problem& p, const Sink& sink, int64_t chunks) {
 Algorithm choose(const Problem& p) {
   const auto forced = static_cast<Algorithm>(g_algorithm.load());
   if (forced != Algorithm::kAuto) return forced;
-  // Crossover measured by benchmarks/bench_cpu_algorithms.py on an AVX-512 CPU: the bitmask
-  // product costs about (bx - 1)(by - 1) / 512 vector steps per pair-sample, counting about one
-  // scattered increment.
+  // Crossover of the two, measured on a 2-core AMD EPYC (Zen 4) at S = 16384 (see
+  // benchmarks/RESULTS.md): the bitmask product costs about (bx - 1)(by - 1) / 512 vector steps
+  // per pair-sample with AVX-512 (/ 64 scalar steps on the portable path), counting about one
+  // scattered increment. AVX-512: bitmask wins up to 24 bins (529 cells), counting from 32;
+  // portable: bitmask wins up to 12 bins (121 cells), counting from 16 (225).
   const int64_t cells = int64_t(p.bx - 1) * (p.by - 1);
-  const int64_t limit = active_isa() == Isa::kAvx512 ? 1024 : 64;
+  const int64_t limit = active_isa() == Isa::kAvx512 ? 600 : 150;
   return cells <= limit ? Algorithm::kBitmask : Algorithm::kCount;
 }
 

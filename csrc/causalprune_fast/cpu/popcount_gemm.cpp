@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #if defined(__x86_64__) || defined(_M_X64)
 // GCC 12 warns about an uninitialised variable inside its own _mm512_setzero_si512.
@@ -40,7 +41,7 @@ namespace {
 
 // Register tile of the micro-kernels: MR rows of A against NR rows of B, MR * NR accumulators.
 constexpr int kMR = 4;
-constexpr int kNR = 4;
+constexpr int kNR = 6;
 // Words of the shared dimension per cache block: 2 KiB per mask row, so a 4-row A panel stays
 // in L1 while the B panel streams from L2.
 constexpr int64_t kBlockWords = 256;
@@ -111,31 +112,60 @@ void micro_portable(const uint64_t* A, const uint64_t* B, int64_t ld, int64_t w0
   micro_portable_body<MR, NR>(A, B, ld, w0, nw, C, ldc);
 }
 
-// Tables of micro-kernels for every edge shape (mr, nr) in [1, kMR] x [1, kNR].
-#define CPF_ROW(KERNEL, M) \
-  { &KERNEL<M, 1>, &KERNEL<M, 2>, &KERNEL<M, 3>, &KERNEL<M, 4> }
-#define CPF_TABLE(KERNEL) \
-  { CPF_ROW(KERNEL, 1), CPF_ROW(KERNEL, 2), CPF_ROW(KERNEL, 3), CPF_ROW(KERNEL, 4) }
+// Tables of micro-kernels for every edge shape (mr, nr) in [1, kMR] x [1, kNR]:
+// table[mr - 1][nr - 1] = Kernel<mr, nr>.
+template <template <int, int> class Kernel>
+struct KernelTable {
+  MicroFn fn[kMR][kNR];
+  KernelTable() { fill_rows(std::make_integer_sequence<int, kMR>{}); }
 
-static_assert(kMR == 4 && kNR == 4, "the kernel tables below list 4 x 4 shapes");
-const MicroFn kPortable[kMR][kNR] = CPF_TABLE(micro_portable);
+ private:
+  template <int... M>
+  void fill_rows(std::integer_sequence<int, M...>) {
+    (fill_row<M>(std::make_integer_sequence<int, kNR>{}), ...);
+  }
+  template <int M, int... N>
+  void fill_row(std::integer_sequence<int, N...>) {
+    ((fn[M][N] = &Kernel<M + 1, N + 1>::run), ...);
+  }
+};
+
+template <int MR, int NR>
+struct PortableKernel {
+  static void run(const uint64_t* A, const uint64_t* B, int64_t ld, int64_t w0, int64_t nw,
+                  int32_t* C, int64_t ldc) {
+    micro_portable<MR, NR>(A, B, ld, w0, nw, C, ldc);
+  }
+};
 #if CPF_X86
-const MicroFn kPopcnt[kMR][kNR] = CPF_TABLE(micro_popcnt);
-const MicroFn kAvx512[kMR][kNR] = CPF_TABLE(micro_avx512);
+template <int MR, int NR>
+struct PopcntKernel {
+  static void run(const uint64_t* A, const uint64_t* B, int64_t ld, int64_t w0, int64_t nw,
+                  int32_t* C, int64_t ldc) {
+    micro_popcnt<MR, NR>(A, B, ld, w0, nw, C, ldc);
+  }
+};
+template <int MR, int NR>
+struct Avx512Kernel {
+  static void run(const uint64_t* A, const uint64_t* B, int64_t ld, int64_t w0, int64_t nw,
+                  int32_t* C, int64_t ldc) {
+    micro_avx512<MR, NR>(A, B, ld, w0, nw, C, ldc);
+  }
+};
 #endif
-
-#undef CPF_TABLE
-#undef CPF_ROW
 
 const MicroFn (*kernel_table(Isa isa))[kNR] {
 #if CPF_X86
-  if (isa == Isa::kAvx512) return kAvx512;
+  static const KernelTable<Avx512Kernel> avx512;
+  static const KernelTable<PopcntKernel> popcnt;
+  if (isa == Isa::kAvx512) return avx512.fn;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("popcnt")) return kPopcnt;
+  if (__builtin_cpu_supports("popcnt")) return popcnt.fn;
 #else
   (void)isa;
 #endif
-  return kPortable;
+  static const KernelTable<PortableKernel> portable;
+  return portable.fn;
 }
 
 // ---------------------------------------------------------------- bin masks

@@ -1,0 +1,176 @@
+"""The four implementations of the estimator and how one is chosen.
+
+=========== ============================================ ==========================
+backend     implementation                               devices
+=========== ============================================ ==========================
+reference   pure PyTorch, float64 (reference.py)          any
+cpu         C++ kernels, torch.ops.causalprune_fast.*     CPU tensors
+cuda        CUDA kernels, torch.ops.causalprune_fast.*    CUDA tensors
+triton      Triton kernels (triton_kernels/)              CUDA tensors; CPU tensors
+                                                          under TRITON_INTERPRET=1
+=========== ============================================ ==========================
+
+``backend="auto"`` takes ``cpu`` for CPU tensors and, for CUDA tensors, whichever of ``cuda``
+and ``triton`` ran faster on that GPU in a one-off timing (cached per device). The environment
+variable ``CAUSALPRUNE_BACKEND`` overrides ``auto``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from causalprune_fast import _extension, reference
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend works here, and why (not)."""
+
+    available: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation: three functions with the signatures of the ops."""
+
+    name: str
+    quantize: Callable
+    pairwise_mi: Callable
+    pairwise_mi_sums: Callable
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_module() -> ModuleType:
+    from causalprune_fast import triton_kernels
+
+    return triton_kernels
+
+
+def _triton_status() -> BackendStatus:
+    try:
+        import triton  # noqa: F401
+
+        _triton_module()
+    except Exception as e:  # ImportError, or a broken triton install
+        return BackendStatus(False, f"triton cannot be imported ({type(e).__name__}: {e})")
+    if _triton_interpret():
+        return BackendStatus(True, "Triton interpreter on the CPU (TRITON_INTERPRET=1)")
+    if torch.cuda.is_available():
+        return BackendStatus(True, f"Triton on {torch.cuda.get_device_name()}")
+    return BackendStatus(
+        False, "no CUDA device (set TRITON_INTERPRET=1 before import to run it on the CPU)"
+    )
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Which backends work in this process, and why the others do not."""
+    status = {"reference": BackendStatus(True, "pure PyTorch, float64")}
+    if _extension._C is None:
+        reason = f"C++ extension not loaded ({_extension.LOAD_ERROR})"
+        status["cpu"] = BackendStatus(False, reason)
+        status["cuda"] = BackendStatus(False, reason)
+    else:
+        c = _extension._C
+        status["cpu"] = BackendStatus(True, f"C++ kernels, {c.cpu_isa()} path")
+        if not c.cuda_compiled():
+            status["cuda"] = BackendStatus(False, "extension built without CUDA kernels")
+        elif not torch.cuda.is_available():
+            status["cuda"] = BackendStatus(False, "no CUDA device")
+        else:
+            status["cuda"] = BackendStatus(True, f"CUDA kernels on {torch.cuda.get_device_name()}")
+    status["triton"] = _triton_status()
+    return status
+
+
+def _ops_backend(name: str) -> Backend:
+    ops = torch.ops.causalprune_fast
+    return Backend(name, ops.quantize, ops.pairwise_mi, ops.pairwise_mi_sums)
+
+
+def get_backend(name: str) -> Backend:
+    """The implementation called ``name`` (no availability check)."""
+    if name == "reference":
+        return Backend(name, reference.quantize, reference.pairwise_mi, reference.pairwise_mi_sums)
+    if name in ("cpu", "cuda"):
+        _extension.extension()
+        return _ops_backend(name)
+    if name == "triton":
+        tk = _triton_module()
+        return Backend(name, tk.quantize, tk.pairwise_mi, tk.pairwise_mi_sums)
+    raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
+
+
+_AUTO_CACHE: dict[int, str] = {}
+
+
+def _fastest_on_cuda(device: torch.device) -> str:
+    """Time ``cuda`` and ``triton`` once on this GPU (S=16384, 256 x 256 pairs, 16 bins)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _AUTO_CACHE:
+        return _AUTO_CACHE[index]
+    status = available_backends()
+    candidates = [b for b in ("cuda", "triton") if status[b].available]
+    if not candidates:
+        raise ValueError(
+            "no GPU backend is available for CUDA tensors: "
+            + "; ".join(f"{b}: {status[b].detail}" for b in ("cuda", "triton"))
+        )
+    best = candidates[0]
+    if len(candidates) > 1:
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randint(0, 16, (256, 16384), device=device, dtype=torch.uint8, generator=gen).t()
+        y = torch.randint(0, 16, (256, 16384), device=device, dtype=torch.uint8, generator=gen).t()
+        times = {}
+        with torch.cuda.device(device):
+            for b in candidates:
+                fn = get_backend(b).pairwise_mi_sums
+                fn(x, y, 16, 16)  # compile / warm up
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    fn(x, y, 16, 16)
+                torch.cuda.synchronize()
+                times[b] = time.perf_counter() - t0
+        best = min(times, key=times.get)
+    _AUTO_CACHE[index] = best
+    return best
+
+
+@torch.compiler.disable  # plain Python bookkeeping: run it eagerly under torch.compile
+def resolve(backend: str, device: torch.device) -> Backend:
+    """The backend to run on tensors of ``device``, with a ValueError if it cannot."""
+    if backend == "auto":
+        backend = os.environ.get("CAUSALPRUNE_BACKEND", "auto")
+    if backend == "auto":
+        if device.type == "cuda":
+            backend = _fastest_on_cuda(device)
+        elif _extension._C is not None:
+            backend = "cpu"
+        else:
+            backend = "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    status = available_backends()[backend]
+    if not status.available:
+        raise ValueError(f"backend {backend!r} is not available here: {status.detail}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {device}")
+    if backend == "triton" and device.type != "cuda" and not _triton_interpret():
+        raise ValueError(
+            f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got tensors on {device}"
+        )
+    return get_backend(backend)
