@@ -14,14 +14,19 @@ from causalprune_fast.estimator import (
     pairwise_mi,
     quantize,
 )
+from causalprune_fast.results import CausalScores, LayerScores
+from causalprune_fast.score import score_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendStatus",
+    "CausalScores",
+    "LayerScores",
     "PairwiseMISums",
     "available_backends",
     "default_memory_budget",
     "pairwise_mi",
     "quantize",
+    "score_model",
 ]

@@ -1,0 +1,65 @@
+"""The maximum-entropy perturbation (METHOD.md section 1): i.i.d. uniform noise on a box.
+
+Every noise example is drawn from its own generator, seeded from ``(seed, stream, example
+index)``, on the device that holds the model: CUDA generators are counter-based (Philox), so
+example ``i`` is the same tensor whatever the batch it is drawn in, the number of batches or
+(issue 6) the number of processes drawing examples. The CPU generator is torch's default one,
+seeded the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def example_seed(seed: int, stream: int, index: int) -> int:
+    """A 63-bit generator seed for noise example ``index`` of ``stream`` under ``seed``."""
+    z = _splitmix64(seed & _MASK)
+    z = _splitmix64(z ^ (stream & _MASK))
+    z = _splitmix64(z ^ (index & _MASK))
+    return z >> 1
+
+
+def uniform_examples(
+    shape: Sequence[int],
+    start: int,
+    count: int,
+    low: float | torch.Tensor,
+    high: float | torch.Tensor,
+    *,
+    seed: int,
+    stream: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Examples ``start .. start + count - 1`` of uniform noise, ``[count, *shape]``.
+
+    ``low``/``high`` are floats, or tensors broadcastable to ``shape`` (per-channel ranges).
+    Integer ``dtype`` draws uniform integers in ``[low, high)``.
+    """
+    out = torch.empty((count, *shape), device=device, dtype=dtype)
+    gen = torch.Generator(device=device)
+    integer = not dtype.is_floating_point
+    for k in range(count):
+        gen.manual_seed(example_seed(seed, stream, start + k))
+        if integer:
+            out[k] = torch.randint(
+                int(low), int(high), tuple(shape), generator=gen, device=device, dtype=dtype
+            )
+        elif isinstance(low, torch.Tensor) or isinstance(high, torch.Tensor):
+            u = torch.rand(tuple(shape), generator=gen, device=device, dtype=dtype)
+            out[k] = low + u * (high - low)
+        else:
+            out[k].uniform_(float(low), float(high), generator=gen)
+    return out

@@ -1,0 +1,657 @@
+"""Whole-network causal scoring: :func:`score_model` (METHOD.md sections 1-3 and 6).
+
+The network, in eval mode and without gradients, is driven by seeded uniform noise on the
+model's device. Forward hooks on every measured layer capture its input and output as the
+activations arrive; each layer's samples are drawn from its output positions, its input units
+(unfolded receptive fields) and output units (at the response point) are binned, and their
+pairwise MI is reduced to per-channel sums right away when all examples fit one forward pass.
+With several passes (``batch_size``), each layer's uint8 codes are kept across passes (far
+smaller than its joint counts, which are ``P * B * B``) and its MI computed after the last one;
+layers are split into groups whose codes fit ``memory_budget``, and noise is regenerated
+identically for each group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from causalprune_fast import _validation as v
+from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS, build_groups
+from causalprune_fast.estimator import default_memory_budget, pairwise_mi, quantize
+from causalprune_fast.layers import (
+    TAPS,
+    Layer,
+    find_layers,
+    input_rows,
+    output_positions,
+    output_rows,
+)
+from causalprune_fast.noise import example_seed, uniform_examples
+from causalprune_fast.response import ResponseFinder, ResponsePoint
+from causalprune_fast.results import CausalScores, LayerScores
+
+MODES = ("propagated", "local")
+RANGE_MODES = ("exact", "first-batch")
+
+DEFAULT_SAMPLES = 64  # noise examples
+DEFAULT_MAX_SAMPLES_PER_LAYER = 16384  # (example, position) samples per layer
+
+
+@dataclass
+class _LayerState:
+    layer: Layer
+    index: int
+    response: ResponsePoint
+    positions: int = 0  # samples per noise example
+    input_shape: tuple[int, ...] = ()
+    take: list[int] = field(default_factory=list)  # samples drawn in each batch
+    x_ranges: torch.Tensor | None = None
+    y_ranges: torch.Tensor | None = None
+    x_codes: list[torch.Tensor] = field(default_factory=list)
+    y_codes: list[torch.Tensor] = field(default_factory=list)
+    channel_lo: torch.Tensor | None = None  # local mode: per input channel range
+    channel_hi: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    result: LayerScores | None = None
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc=desc, unit="layer", leave=False)
+        except ImportError:
+            pass
+    return None
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        dtype = p.dtype if p.dtype.is_floating_point else torch.float32
+        return p.device, dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _split(total: int, parts: Sequence[int]) -> list[int]:
+    """Split ``total`` draws over batches proportionally to their sizes ``parts``."""
+    whole = sum(parts)
+    cuts = [round(total * sum(parts[: i + 1]) / whole) for i in range(len(parts))]
+    return [c - p for c, p in zip(cuts, [0, *cuts[:-1]], strict=True)]
+
+
+def _check_finite(t: torch.Tensor, layer: str, what: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"layer '{layer}' produced {bad} non-finite value(s) (NaN/Inf) in its {what} "
+            "under the noise input; check the model (or input_range) for overflow"
+        )
+
+
+def score_model(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    input_range: tuple[float, float] = (-1.0, 1.0),
+    input_dtype: torch.dtype | None = None,
+    mode: str = "propagated",
+    taps: str = "all",
+    bins: int = 16,
+    samples: int = DEFAULT_SAMPLES,
+    max_samples_per_layer: int | None = DEFAULT_MAX_SAMPLES_PER_LAYER,
+    batch_size: int | None = None,
+    seed: int = 0,
+    layers=None,
+    direction: str = "in",
+    reduction: str = "sum",
+    correction: str | None = None,
+    backend: str = "auto",
+    memory_budget: int | None = None,
+    ranges: str = "exact",
+    return_matrices: bool = False,
+    progress: bool = True,
+) -> CausalScores:
+    """Score every prunable channel of ``model`` by the causal information flowing through it.
+
+    Args:
+        model: the network (its parameters' device and dtype are used for the noise).
+        input_shape: shape of one input example, without the batch dimension, e.g.
+            ``(3, 224, 224)``. Or give ``example_input`` (a tensor whose shape after the
+            batch dimension and whose dtype are used; its values are not).
+        input_range: the box ``(lo, hi)`` of the uniform noise (METHOD.md section 1); for
+            integer (token) inputs, ``(0, vocab)``.
+        input_dtype: dtype of the noise; default the model's parameter dtype, or
+            ``example_input``'s.
+        mode: ``"propagated"`` (one perturbation at the input flows through the network) or
+            ``"local"`` (each layer's input replaced by fresh uniform noise on the per-channel
+            range its input showed in a propagated calibration pass).
+        taps: ``"all"`` (every (input channel, kernel tap) is an input unit) or ``"center"``.
+        bins: bins per variable, 2..256.
+        samples: number of noise examples.
+        max_samples_per_layer: cap on (example, position) samples per layer, drawn by a seeded
+            uniform subsample of positions; None for no cap.
+        batch_size: noise examples per forward pass (default: all at once).
+        seed: seed of the noise and of the subsampling.
+        layers: filter of measured layers by qualified name (a name, regex, callable or list).
+        direction: ``"in"``, ``"out"`` or ``"both"`` (METHOD.md section 6).
+        reduction: reduction over a channel's producers/consumers: ``"sum"``, ``"mean"``,
+            ``"max"``.
+        correction: ``None`` or ``"miller-madow"``.
+        backend: estimator backend (see :func:`causalprune_fast.available_backends`).
+        memory_budget: bytes for the estimator's working memory and for codes kept across
+            forward passes; default :func:`causalprune_fast.default_memory_budget`.
+        ranges: with several forward passes, ``"exact"`` (a first pass finds every column's
+            min and max) or ``"first-batch"`` (ranges from the first pass, later values
+            clamped into the edge bins). With one pass both are exact.
+        return_matrices: keep every layer's ``[inputs, outputs]`` MI matrix.
+        progress: show a progress bar (tqdm).
+
+    Returns:
+        :class:`CausalScores`.
+
+    Raises:
+        ValueError: bad arguments, a model that raises on the noise, non-finite activations
+            (naming the layer), a layer filter that matches nothing, a memory budget too small
+            for one tile (naming the layer).
+    """
+    t_start = time.perf_counter()
+    # ------------------------------------------------------------------ arguments
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device, param_dtype = _model_device_dtype(model)
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+            raise ValueError("example_input must be a tensor with a batch dimension")
+        shape = tuple(example_input.shape[1:])
+        dtype = input_dtype or example_input.dtype
+    else:
+        if input_shape is None:
+            raise ValueError("give input_shape (one example, without the batch dimension)")
+        try:
+            shape = tuple(int(s) for s in input_shape)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"input_shape must be a sequence of ints, got {input_shape!r}"
+            ) from None
+        dtype = input_dtype or param_dtype
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be positive sizes, e.g. (3, 224, 224); got {shape}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if taps not in TAPS:
+        raise ValueError(f"taps must be one of {TAPS}, got {taps!r}")
+    bins = v.check_bins(bins)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    v.check_correction(correction)
+    if ranges not in RANGE_MODES:
+        raise ValueError(f"ranges must be one of {RANGE_MODES}, got {ranges!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples (noise examples) must be a positive int, got {samples!r}")
+    if max_samples_per_layer is not None and (
+        not isinstance(max_samples_per_layer, int) or max_samples_per_layer < 1
+    ):
+        raise ValueError(
+            f"max_samples_per_layer must be a positive int or None, got {max_samples_per_layer!r}"
+        )
+    batch_size = samples if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    lo, hi = (float(input_range[0]), float(input_range[1]))
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"input_range must be finite (lo, hi) with hi > lo, got {input_range!r}")
+    budget = v.check_memory_budget(
+        default_memory_budget() if memory_budget is None else memory_budget
+    )
+
+    found, unsupported = find_layers(model, layers)
+    was_training = model.training
+    model.eval()
+    try:
+        return _score(
+            model,
+            found,
+            unsupported,
+            shape,
+            dtype,
+            device,
+            (lo, hi),
+            mode,
+            taps,
+            bins,
+            samples,
+            max_samples_per_layer,
+            batch_size,
+            seed,
+            direction,
+            reduction,
+            correction,
+            backend,
+            budget,
+            ranges,
+            return_matrices,
+            progress,
+            t_start,
+        )
+    finally:
+        model.train(was_training)
+
+
+def _noise(shape, dtype, device, seed, input_range, start, count) -> torch.Tensor:
+    return uniform_examples(
+        shape, start, count, *input_range, seed=seed, device=device, dtype=dtype
+    )
+
+
+def _score(
+    model,
+    found,
+    unsupported,
+    shape,
+    dtype,
+    device,
+    input_range,
+    mode,
+    taps,
+    bins,
+    samples,
+    cap,
+    batch_size,
+    seed,
+    direction,
+    reduction,
+    correction,
+    backend,
+    budget,
+    range_mode,
+    return_matrices,
+    progress,
+    t_start,
+) -> CausalScores:
+    timings: dict[str, float] = {}
+    finder = ResponseFinder(model)
+    states = [_LayerState(layer, i, finder.find(layer.name)) for i, layer in enumerate(found)]
+
+    # ------------------------------------------------------------------ probe pass
+    t0 = _clock(device)
+    calls: dict[str, int] = {s.layer.name: 0 for s in states}
+
+    def probe_hook(state: _LayerState):
+        def hook(module, args, output):
+            calls[state.layer.name] += 1
+            state.input_shape = tuple(args[0].shape[1:])
+            state.positions = output_positions(state.layer, output)
+
+        return hook
+
+    example = _noise(shape, dtype, device, seed, input_range, 0, 1)
+    handles = [s.layer.module.register_forward_hook(probe_hook(s)) for s in states]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as e:
+        raise ValueError(
+            f"the model raised on a noise input of shape {tuple(example.shape)} "
+            f"(input_shape={shape}, dtype={dtype}): {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        for h in handles:
+            h.remove()
+    kept = []
+    for s in states:
+        n = calls[s.layer.name]
+        if n == 1:
+            kept.append(s)
+        else:
+            unsupported[s.layer.name] = (
+                "not called in the forward pass"
+                if n == 0
+                else f"called {n} times per forward pass (shared weights are not supported)"
+            )
+    states = kept
+    if not states:
+        raise ValueError("no measurable layer is called exactly once in the forward pass")
+    timings["probe"] = _clock(device) - t0
+
+    # ------------------------------------------------------------------ channel graph
+    t0 = time.perf_counter()
+    groups, graph_note = build_groups(model, example, [s.layer.name for s in states])
+    heads = _attention_heads(model, {s.layer.name for s in states})
+    timings["graph"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ plan
+    batches = [(b, min(batch_size, samples - b)) for b in range(0, samples, batch_size)]
+    for s in states:
+        total = samples * s.positions
+        s.take = _split(min(total, cap) if cap else total, [c * s.positions for _, c in batches])
+    mi_kwargs = dict(bins=bins, correction=correction, backend=backend, memory_budget=budget)
+    run = _Runner(
+        model,
+        states,
+        shape,
+        dtype,
+        device,
+        input_range,
+        seed,
+        taps,
+        mi_kwargs,
+        return_matrices,
+        batches,
+        timings,
+        progress,
+    )
+    try:
+        if mode == "propagated":
+            run.propagated(range_mode, budget)
+        else:
+            run.local(range_mode, budget)
+    finally:
+        run.close()
+
+    layer_results = {s.layer.name: s.result for s in states}
+    few = [
+        f"{s.layer.name} ({s.result.samples})"
+        for s in states
+        if s.result.samples < bins * bins and not s.result.model_output
+    ]
+    if few:
+        warnings.warn(
+            f"{len(few)} layer(s) got fewer samples than bins^2 = {bins * bins}, where the "
+            f"plug-in MI is dominated by its bias: {', '.join(few[:8])}"
+            f"{' ...' if len(few) > 8 else ''}; raise `samples` (noise examples)",
+            stacklevel=2,
+        )
+    timings["total"] = time.perf_counter() - t_start
+    config = {
+        "input_shape": list(shape),
+        "input_range": list(input_range),
+        "input_dtype": str(dtype).replace("torch.", ""),
+        "mode": mode,
+        "taps": taps,
+        "bins": bins,
+        "samples": samples,
+        "max_samples_per_layer": cap,
+        "batch_size": batch_size,
+        "seed": seed,
+        "direction": direction,
+        "reduction": reduction,
+        "correction": correction,
+        "backend": run.backend_used or backend,
+        "ranges": range_mode,
+        "device": str(device),
+        "graph": graph_note,
+        "model": type(model).__name__,
+    }
+    return CausalScores(layer_results, groups, config, unsupported, timings, heads)
+
+
+def _attention_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
+    """timm-style attention modules (a ``qkv`` Linear and ``num_heads``) whose qkv is measured."""
+    out = {}
+    for name, m in model.named_modules():
+        qkv = getattr(m, "qkv", None)
+        heads = getattr(m, "num_heads", None)
+        if isinstance(qkv, nn.Linear) and isinstance(heads, int) and heads > 0:
+            qkv_name = f"{name}.qkv" if name else "qkv"
+            if qkv_name in measured and qkv.out_features % (3 * heads) == 0:
+                out[name] = {"qkv": qkv_name, "num_heads": heads}
+    return out
+
+
+class _Runner:
+    """Drives forward passes, hooks and per-layer MI for one call of score_model."""
+
+    def __init__(
+        self,
+        model,
+        states,
+        shape,
+        dtype,
+        device,
+        input_range,
+        seed,
+        taps,
+        mi_kwargs,
+        return_matrices,
+        batches,
+        timings,
+        progress,
+    ):
+        self.model, self.states, self.shape, self.dtype = model, states, shape, dtype
+        self.device, self.input_range, self.seed, self.taps = device, input_range, seed, taps
+        self.mi_kwargs, self.return_matrices = mi_kwargs, return_matrices
+        self.batches, self.timings = batches, timings
+        self.bar = _progress(len(states), progress, "causal scores")
+        self.backend_used: str | None = None
+        self.timings.setdefault("forward", 0.0)
+        self.hook_time = 0.0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    # ---------------------------------------------------------------- sample rows
+    def _rows(self, s: _LayerState, batch: int, n_examples: int) -> torch.Tensor:
+        """The sampled (example, position) rows of this batch: a seeded uniform subsample."""
+        total = n_examples * s.positions
+        k = s.take[batch]
+        if k >= total:
+            return torch.arange(total, device=self.device)
+        gen = torch.Generator().manual_seed(example_seed(self.seed, 1 + s.index, batch))
+        rows = torch.randperm(total, generator=gen)[:k].sort().values
+        return rows.to(self.device)
+
+    def _capture(self, s: _LayerState, batch: int, x: torch.Tensor, out: torch.Tensor):
+        t0 = _clock(self.device)
+        name = s.layer.name
+        response = s.response.apply(out)
+        _check_finite(x, name, "input")
+        _check_finite(response, name, f"response ({s.response.description})")
+        rows = self._rows(s, batch, x.shape[0])
+        xr = input_rows(s.layer, x, rows, self.taps)
+        yr = output_rows(s.layer, response, rows)
+        s.add_time("capture", _clock(self.device) - t0)
+        return xr, yr
+
+    # ---------------------------------------------------------------- MI of one layer
+    def _finish(self, s: _LayerState, xc: torch.Tensor, yc: torch.Tensor) -> None:
+        t0 = _clock(self.device)
+        layer = s.layer
+        try:
+            if self.return_matrices:
+                matrix = pairwise_mi(xc, yc, groups=layer.groups, **self.mi_kwargs)
+                per_x, per_y = matrix.double().sum(dim=1), matrix.double().sum(dim=0)
+            else:
+                matrix = None
+                per_x, per_y = pairwise_mi(
+                    xc, yc, groups=layer.groups, reduce="sum", **self.mi_kwargs
+                )
+        except ValueError as e:
+            raise ValueError(f"layer '{layer.name}': {e}") from e
+        s.add_time("mi", _clock(self.device) - t0)
+        if self.backend_used is None:
+            from causalprune_fast.backends import resolve
+
+            self.backend_used = resolve(self.mi_kwargs["backend"], xc.device).name
+        per_x, per_y = per_x.cpu(), per_y.cpu()
+        k = layer.taps_per_channel(self.taps)
+        s.result = LayerScores(
+            name=layer.name,
+            kind=layer.kind,
+            incoming=per_y,
+            outgoing=per_x.reshape(layer.in_channels, k).sum(dim=1),
+            sensitivity=float(per_y.sum()),
+            response=s.response.description,
+            response_reason=s.response.reason,
+            samples=int(xc.shape[0]),
+            input_units=int(xc.shape[1]),
+            groups=layer.groups,
+            taps=self.taps,
+            timings=dict(s.timings),
+            model_output=s.response.model_output,
+            x_ranges=s.x_ranges.cpu() if s.x_ranges is not None else None,
+            y_ranges=s.y_ranges.cpu() if s.y_ranges is not None else None,
+            matrix=matrix.cpu() if matrix is not None else None,
+        )
+        s.x_codes, s.y_codes = [], []
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _bin(self, s: _LayerState, xr: torch.Tensor, yr: torch.Tensor):
+        t0 = _clock(self.device)
+        bins = self.mi_kwargs["bins"]
+        backend = self.mi_kwargs["backend"]
+        xc, xrng = quantize(xr, bins, s.x_ranges, backend=backend)
+        yc, yrng = quantize(yr, bins, s.y_ranges, backend=backend)
+        if s.x_ranges is None:
+            s.x_ranges, s.y_ranges = xrng, yrng
+        s.add_time("binning", _clock(self.device) - t0)
+        return xc, yc
+
+    def _update_ranges(self, s: _LayerState, xr: torch.Tensor, yr: torch.Tensor) -> None:
+        for attr, t in (("x_ranges", xr), ("y_ranges", yr)):
+            lo, hi = t.double().amin(dim=0), t.double().amax(dim=0)
+            cur = getattr(s, attr)
+            if cur is not None:
+                lo, hi = torch.minimum(lo, cur[:, 0]), torch.maximum(hi, cur[:, 1])
+            setattr(s, attr, torch.stack([lo, hi], dim=1))
+
+    # ---------------------------------------------------------------- forward passes
+    def _forward_all(self, hook_for: Callable[[_LayerState], Callable], group) -> None:
+        """One forward pass per batch with ``hook_for(state)`` on every layer of ``group``."""
+        for b, (start, count) in enumerate(self.batches):
+            self.batch = b
+            handles = [s.layer.module.register_forward_hook(hook_for(s)) for s in group]
+            try:
+                x = _noise(
+                    self.shape, self.dtype, self.device, self.seed, self.input_range, start, count
+                )
+                before = sum(sum(s.timings.values()) for s in group)
+                t0 = _clock(self.device)
+                with torch.no_grad():
+                    self.model(x)
+                spent = _clock(self.device) - t0
+                inside = sum(sum(s.timings.values()) for s in group) - before
+                self.timings["forward"] += max(0.0, spent - inside)
+            finally:
+                for h in handles:
+                    h.remove()
+
+    def _groups_within_budget(self, budget: int) -> list[list[_LayerState]]:
+        """Layers split so that the codes kept across forward passes fit ``budget``."""
+        if len(self.batches) == 1:
+            return [self.states]
+        groups, current, used = [], [], 0
+        for s in self.states:
+            need = sum(s.take) * (s.layer.input_units(self.taps) + s.layer.out_channels)
+            if need > budget:
+                raise ValueError(
+                    f"layer '{s.layer.name}': memory_budget={budget} is too small for its "
+                    f"codes across forward passes ({need} bytes); raise it or use one pass"
+                )
+            if current and used + need > budget:
+                groups.append(current)
+                current, used = [], 0
+            current.append(s)
+            used += need
+        if current:
+            groups.append(current)
+        return groups
+
+    def propagated(self, range_mode: str, budget: int) -> None:
+        last = len(self.batches) - 1
+
+        def minmax_hook(s):
+            def hook(module, args, output):
+                xr, yr = self._capture(s, self.batch, args[0], output)
+                self._update_ranges(s, xr, yr)
+
+            return hook
+
+        def codes_hook(s):
+            def hook(module, args, output):
+                xr, yr = self._capture(s, self.batch, args[0], output)
+                xc, yc = self._bin(s, xr, yr)
+                if last == 0:
+                    self._finish(s, xc, yc)
+                    return
+                s.x_codes.append(xc)
+                s.y_codes.append(yc)
+                if self.batch == last:
+                    xc = torch.cat(s.x_codes).t().contiguous().t()
+                    yc = torch.cat(s.y_codes).t().contiguous().t()
+                    self._finish(s, xc, yc)
+
+            return hook
+
+        for group in self._groups_within_budget(budget):
+            if last > 0 and range_mode == "exact":
+                self._forward_all(minmax_hook, group)
+            self._forward_all(codes_hook, group)
+
+    def local(self, range_mode: str, budget: int) -> None:
+        """Per-layer intervention: calibrate each layer's input channel ranges on a
+        propagated pass over the first batch, then drive each layer alone with fresh uniform
+        noise on those ranges (noise stream ``1000 + layer index``)."""
+
+        def calib_hook(s):
+            def hook(module, args, output):
+                x = args[0]
+                _check_finite(x, s.layer.name, "input")
+                dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
+                s.channel_lo = x.double().amin(dim=dims)
+                s.channel_hi = x.double().amax(dim=dims)
+
+            return hook
+
+        first = self.batches[:1]
+        saved, self.batches = self.batches, first
+        try:
+            self._forward_all(calib_hook, self.states)
+        finally:
+            self.batches = saved
+        del range_mode, budget  # every layer is driven alone: all its batches at once
+        for s in self.states:
+            view = [-1] + [1] * (len(s.input_shape) - 1) if s.layer.is_conv else [-1]
+            lo = s.channel_lo.to(self.dtype).reshape(view)
+            hi = s.channel_hi.to(self.dtype).reshape(view)
+            xs, ys = [], []
+            for b, (start, count) in enumerate(self.batches):
+                x = uniform_examples(
+                    s.input_shape,
+                    start,
+                    count,
+                    lo,
+                    hi,
+                    seed=self.seed,
+                    stream=1000 + s.index,
+                    device=self.device,
+                    dtype=self.dtype,
+                )
+                with torch.no_grad():
+                    out = s.layer.module(x)
+                    xr, yr = self._capture(s, b, x, out)
+                xs.append(xr)
+                ys.append(yr)
+            xc, yc = self._bin(s, torch.cat(xs), torch.cat(ys))
+            self._finish(s, xc, yc)
