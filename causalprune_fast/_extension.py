@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import torch  # noqa: F401  (loads libc10 and libtorch before the extension)
+
 _C: ModuleType | None
 try:
     from causalprune_fast import (

@@ -1,0 +1,3 @@
+from causalprune_fast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""The ``causalprune`` command.
+
+    causalprune score torchvision:resnet50 --input-shape 3,224,224 --out scores.safetensors
+    causalprune summary scores.safetensors [--direction both]
+    causalprune plot scores.safetensors --out fig.png
+    causalprune backends
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'lo,hi', got {text!r}") from None
+    return lo, hi
+
+
+def _parser() -> argparse.ArgumentParser:
+    from causalprune_fast.score import DEFAULT_MAX_SAMPLES_PER_LAYER, DEFAULT_SAMPLES
+
+    p = argparse.ArgumentParser(prog="causalprune", description="Data-free causal channel scores.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="score every prunable channel of a model")
+    s.add_argument("model", help="torchvision:NAME, timm:NAME or package.module:factory")
+    s.add_argument("--input-shape", type=_ints, required=True, help="one example, e.g. 3,224,224")
+    s.add_argument("--weights", help="local state-dict file (default: random init)")
+    s.add_argument("--num-classes", type=int, help="passed to the model factory")
+    s.add_argument("--input-range", type=_floats, default=(-1.0, 1.0), help="noise box lo,hi")
+    s.add_argument("--mode", choices=["propagated", "local"], default="propagated")
+    s.add_argument("--taps", choices=["all", "center"], default="all")
+    s.add_argument("--bins", type=int, default=16)
+    s.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="noise examples")
+    s.add_argument("--max-samples-per-layer", type=int, default=DEFAULT_MAX_SAMPLES_PER_LAYER)
+    s.add_argument("--batch-size", type=int, help="noise examples per forward pass")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layers", help="regular expression on qualified layer names")
+    s.add_argument("--direction", choices=["in", "out", "both"], default="in")
+    s.add_argument("--reduction", choices=["sum", "mean", "max"], default="sum")
+    s.add_argument("--correction", choices=["miller-madow"], default=None)
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--memory-budget", type=int, help="bytes of working memory")
+    s.add_argument("--matrices", action="store_true", help="keep the full MI matrices")
+    s.add_argument("--out", help="write the scores here (.safetensors)")
+    s.add_argument("--plot", help="also write a plot of the scores here (.png)")
+    s.add_argument("--no-progress", action="store_true")
+
+    m = sub.add_parser("summary", help="print the per-layer table of a scores file")
+    m.add_argument("file")
+    m.add_argument("--direction", choices=["in", "out", "both"])
+
+    g = sub.add_parser("plot", help="plot per-layer score distributions of a scores file")
+    g.add_argument("file")
+    g.add_argument("--out", required=True, help="image file, e.g. fig.png")
+    g.add_argument("--direction", choices=["in", "out", "both"])
+
+    sub.add_parser("backends", help="list the estimator backends and whether they work here")
+    return p
+
+
+def _score(args) -> int:
+    import re
+
+    import causalprune_fast as cf
+    from causalprune_fast.models import build_model, load_weights
+
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = build_model(args.model, **kwargs)
+    if args.weights:
+        load_weights(model, args.weights)
+    model = model.to(args.device)
+    scores = cf.score_model(
+        model,
+        args.input_shape,
+        input_range=args.input_range,
+        mode=args.mode,
+        taps=args.taps,
+        bins=args.bins,
+        samples=args.samples,
+        max_samples_per_layer=args.max_samples_per_layer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        layers=re.compile(args.layers) if args.layers else None,
+        direction=args.direction,
+        reduction=args.reduction,
+        correction=args.correction,
+        backend=args.backend,
+        memory_budget=args.memory_budget,
+        return_matrices=args.matrices,
+        progress=not args.no_progress,
+    )
+    scores.config["model"] = args.model
+    if args.weights:
+        scores.config["weights"] = args.weights
+    print(scores.summary())
+    if args.out:
+        scores.save(args.out)
+        print(f"scores written to {args.out}")
+    if args.plot:
+        scores.plot(args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "score":
+            return _score(args)
+        import causalprune_fast as cf
+
+        if args.command == "backends":
+            for name, status in cf.available_backends().items():
+                print(f"{name:10s} {'yes' if status.available else 'no ':3s} {status.detail}")
+            return 0
+        scores = cf.CausalScores.load(args.file)
+        if args.direction:
+            scores = scores.with_direction(args.direction)
+        if args.command == "summary":
+            print(scores.summary())
+        else:
+            scores.plot(args.out)
+            print(f"plot written to {args.out}")
+        return 0
+    except ValueError as e:
+        print(f"causalprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""score_model on networks with known causal structure (issue 3, item 6), its errors (item 7),
+and the result object (save/load, directions, heads)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import causalprune_fast as cf
+from causalprune_fast.noise import uniform_examples
+from causalprune_fast.results import spearman
+
+FAST = dict(samples=8, progress=False)
+
+
+def small_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 7 * 7, 5),
+    )
+    with torch.no_grad():  # give BN non-trivial statistics
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_single_linear_equals_pairwise_mi_by_hand():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 4)
+    net = nn.Sequential(layer)
+    scores = cf.score_model(net, (6,), samples=500, seed=3, progress=False)
+    noise = uniform_examples((6,), 0, 500, -1.0, 1.0, seed=3)
+    per_x, per_y = cf.pairwise_mi(noise, layer(noise).detach(), 16, reduce="sum")
+    res = scores.layers["0"]
+    torch.testing.assert_close(res.incoming, per_y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res.outgoing, per_x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(scores["0"], per_y, rtol=0, atol=1e-12)
+    assert res.samples == 500 and res.response == "output" and res.model_output
+
+
+def test_dead_channels_score_zero():
+    net = small_cnn()
+    with torch.no_grad():
+        net[0].weight[2] = 0  # zero weights and bias: a constant channel
+        net[0].bias[2] = 0
+        net[1].weight[5] = 0  # BatchNorm scale 0: constant after the norm
+        net[0].bias[6] = -1e4  # ReLU never active
+    scores = cf.score_model(net, (3, 16, 16), **FAST)
+    incoming = scores.layers["0"].incoming
+    assert incoming[2] == 0 and incoming[5] == 0 and incoming[6] == 0
+    assert (incoming[[0, 1, 3, 4, 7]] > 0).all()
+    assert scores.layers["0"].response == "output -> 1 -> 2"  # conv -> bn -> relu
+    # A dead channel passes nothing on either: its outgoing in the next conv is 0 too.
+    outgoing = scores.layers["3"].outgoing
+    assert outgoing[2] == 0 and outgoing[5] == 0 and outgoing[6] == 0
+
+
+def test_duplicated_channels_score_equally():
+    net = small_cnn()
+    with torch.no_grad():
+        net[0].weight[4] = net[0].weight[1]
+        net[0].bias[4] = net[0].bias[1]
+        net[1].running_mean[4] = net[1].running_mean[1]
+        net[1].running_var[4] = net[1].running_var[1]
+    incoming = cf.score_model(net, (3, 16, 16), **FAST).layers["0"].incoming
+    # Equal up to the convolution's own rounding, which may differ between output channels.
+    torch.testing.assert_close(incoming[4], incoming[1], rtol=1e-3, atol=0)
+    assert not torch.allclose(incoming[4], incoming[0], rtol=1e-3)
+
+
+def test_permuting_output_channels_permutes_scores():
+    net = small_cnn()
+    perm = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for t in (
+            other[0].weight,
+            other[0].bias,
+            other[1].weight,
+            other[1].bias,
+            other[1].running_mean,
+            other[1].running_var,
+        ):
+            t.copy_(t[perm])
+        other[3].weight.copy_(other[3].weight[:, perm])
+    a = cf.score_model(net, (3, 16, 16), **FAST)
+    b = cf.score_model(other, (3, 16, 16), **FAST)
+    torch.testing.assert_close(b.layers["0"].incoming, a.layers["0"].incoming[perm])
+    torch.testing.assert_close(b.layers["3"].outgoing, a.layers["3"].outgoing[perm])
+    torch.testing.assert_close(b.layers["3"].incoming, a.layers["3"].incoming)
+
+
+def test_other_groups_contribute_nothing():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, groups=2)
+    net = nn.Sequential(conv, nn.ReLU())
+    scores = cf.score_model(net, (4, 9, 9), return_matrices=True, **FAST)
+    m = scores.layers["0"].matrix  # [4 * 9 inputs, 6 outputs]
+    assert m.shape == (36, 6)
+    assert (m[:18, 3:] == 0).all() and (m[18:, :3] == 0).all()
+    assert (m[:18, :3] > 0).any() and (m[18:, 3:] > 0).any()
+    torch.testing.assert_close(scores.layers["0"].incoming, m.double().sum(0))
+
+
+def test_depthwise_and_center_taps():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(5, 5, 3, groups=5, padding=1), nn.ReLU(), nn.Conv2d(5, 3, 1))
+    full = cf.score_model(net, (5, 8, 8), **FAST)
+    center = cf.score_model(net, (5, 8, 8), taps="center", **FAST)
+    assert full.layers["0"].input_units == 45 and center.layers["0"].input_units == 5
+    assert full.layers["0"].groups == 5
+    assert (center.layers["0"].incoming > 0).all()
+
+
+def test_streaming_batches_equal_one_batch_with_fixed_ranges():
+    net = small_cnn()
+    kw = dict(samples=12, max_samples_per_layer=None, progress=False, seed=4)
+    one = cf.score_model(net, (3, 16, 16), **kw)
+    many = cf.score_model(net, (3, 16, 16), batch_size=5, ranges="exact", **kw)
+    for name in one.layers:
+        torch.testing.assert_close(many.layers[name].incoming, one.layers[name].incoming)
+        torch.testing.assert_close(many.layers[name].outgoing, one.layers[name].outgoing)
+        torch.testing.assert_close(many.layers[name].x_ranges, one.layers[name].x_ranges)
+
+
+def test_same_seed_same_result_other_seed_differs():
+    net = small_cnn()
+    a = cf.score_model(net, (3, 16, 16), seed=5, **FAST)
+    b = cf.score_model(net, (3, 16, 16), seed=5, **FAST)
+    c = cf.score_model(net, (3, 16, 16), seed=6, **FAST)
+    for name in a:
+        assert torch.equal(a[name], b[name])
+    assert not torch.equal(a["0"], c["0"])
+
+
+def test_local_mode_equals_per_layer_intervention_by_hand():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+    with torch.no_grad():
+        net[0].bias[2] = -100.0  # unit 2 of the hidden layer is never active: range [0, 0]
+    scores = cf.score_model(net, (5,), mode="local", samples=400, seed=9, progress=False)
+    # Calibration: the propagated input of layer "2", per channel.
+    hidden = net[1](net[0](uniform_examples((5,), 0, 400, -1.0, 1.0, seed=9)))
+    lo, hi = hidden.amin(dim=0), hidden.amax(dim=0)
+    assert lo[2] == hi[2] == 0
+    # Intervention: fresh uniform noise on those ranges (noise stream 1000 + layer index).
+    u = uniform_examples((7,), 0, 400, lo, hi, seed=9, stream=1001)
+    per_x, per_y = cf.pairwise_mi(u, net[2](u).detach(), 16, reduce="sum")
+    torch.testing.assert_close(scores.layers["2"].incoming, per_y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(scores.layers["2"].outgoing, per_x, rtol=0, atol=1e-12)
+    assert scores.layers["2"].outgoing[2] == 0  # a constant input carries no information
+
+
+def test_directions_and_coupled_producers_on_resnet():
+    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("torch_pruning")
+    net = torchvision.models.resnet18(num_classes=10)
+    scores = cf.score_model(net, (3, 32, 32), **FAST)
+    assert "Torch-Pruning" in scores.config["graph"]
+    # conv1 and the second convs of layer1 write into the same residual stream: one score.
+    torch.testing.assert_close(scores["conv1"], scores["layer1.0.conv2"])
+    expected = sum(scores.layers[n].incoming for n in ("conv1", "layer1.0.conv2", "layer1.1.conv2"))
+    torch.testing.assert_close(scores["conv1"], expected)
+    out = scores.with_direction("out")
+    consumers = ("layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0")
+    torch.testing.assert_close(out["conv1"], sum(scores.layers[n].outgoing for n in consumers))
+    both = scores.with_direction("both")
+    s_in, s_out = scores["layer1.0.conv1"], out["layer1.0.conv1"]
+    torch.testing.assert_close(both["layer1.0.conv1"], s_in / s_in.mean() + s_out / s_out.mean())
+    # The last layer has no consumer: "out" falls back to "in".
+    torch.testing.assert_close(out["fc"], scores["fc"])
+    assert scores.layers["fc"].model_output
+
+
+def test_resnet18_rankings_stable_across_seeds():
+    """Reduced setting of the issue's stability target (the full one is in RESULTS.md)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    a = cf.score_model(net, (3, 96, 96), samples=32, seed=0, progress=False)
+    b = cf.score_model(net, (3, 96, 96), samples=32, seed=1, progress=False)
+    for name in a:
+        if not a.layers[name].model_output:  # the classifier's outputs are not prunable
+            assert spearman(a[name], b[name]) >= 0.9, name
+
+
+def test_vit_heads_and_mlp_neurons():
+    timm = pytest.importorskip("timm")
+    net = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=4
+    )
+    scores = cf.score_model(net, (3, 32, 32), **FAST)
+    assert scores.layers["blocks.0.mlp.fc1"].response.endswith("blocks.0.mlp.act")
+    assert scores.layers["blocks.0.attn.qkv"].samples == 8 * 17  # tokens are samples
+    heads = scores.heads
+    assert set(heads) == {"blocks.0.attn", "blocks.1.attn"}
+    qkv = scores["blocks.0.attn.qkv"].reshape(3, 3, -1)
+    torch.testing.assert_close(heads["blocks.0.attn"], qkv.sum(dim=(0, 2)))
+    assert "<root>" in scores.unsupported  # cls_token / pos_embed parameters
+
+
+def test_save_load_roundtrip(tmp_path):
+    net = small_cnn()
+    scores = cf.score_model(net, (3, 16, 16), return_matrices=True, **FAST)
+    path = tmp_path / "scores.safetensors"
+    scores.save(path)
+    loaded = cf.CausalScores.load(path)
+    assert loaded.config == scores.config
+    for name in scores:
+        torch.testing.assert_close(loaded[name], scores[name])
+        torch.testing.assert_close(loaded.layers[name].matrix, scores.layers[name].matrix)
+        assert loaded.layers[name].response == scores.layers[name].response
+    torch.testing.assert_close(
+        loaded.with_direction("both")["0"], scores.with_direction("both")["0"]
+    )
+    assert "layers" in loaded.summary().splitlines()[0]
+    assert not list(tmp_path.glob("*.tmp-*"))  # written atomically
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    scores = cf.score_model(small_cnn(), (3, 16, 16), **FAST)
+    scores.plot(tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_errors_name_the_argument_or_layer():
+    net = small_cnn()
+    with pytest.raises(ValueError, match=r"model raised on a noise input of shape \(1, 3, 5, 5\)"):
+        cf.score_model(net, (3, 5, 5), **FAST)
+    with pytest.raises(ValueError, match="input_shape must be positive"):
+        cf.score_model(net, (3, 0, 16), **FAST)
+    with pytest.raises(ValueError, match="give input_shape"):
+        cf.score_model(net, **FAST)
+    with pytest.raises(ValueError, match="layers='nope' matches no Conv/Linear layer"):
+        cf.score_model(net, (3, 16, 16), layers="nope", **FAST)
+    with pytest.raises(ValueError, match="layer '0': memory_budget is too small for one tile"):
+        cf.score_model(net, (3, 16, 16), memory_budget=1000, **FAST)
+    with pytest.raises(ValueError, match="mode must be"):
+        cf.score_model(net, (3, 16, 16), mode="global", **FAST)
+    with pytest.raises(ValueError, match="direction must be"):
+        cf.score_model(net, (3, 16, 16), direction="sideways", **FAST)
+    with pytest.raises(ValueError, match="input_range must be"):
+        cf.score_model(net, (3, 16, 16), input_range=(1, 1), **FAST)
+
+
+def test_non_finite_activations_name_the_layer():
+    net = small_cnn()
+    with torch.no_grad():
+        net[3].weight[0, 0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"layer '3' produced \d+ non-finite value"):
+        cf.score_model(net, (3, 16, 16), **FAST)
+
+
+def test_shared_and_unsupported_modules_are_listed():
+    shared = nn.Linear(4, 4)
+    net = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2), nn.Embedding(3, 2))
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = net[:4]
+            self.extra = nn.Embedding(3, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    scores = cf.score_model(Wrap(), (4,), **FAST)
+    assert "shared weights" in scores.unsupported["body.0"]
+    assert "Embedding" in scores.unsupported["extra"]
+    assert list(scores) == ["body.3"]
