@@ -49,10 +49,9 @@ def _xlogx(n):
 
 
 @triton.jit
-def _pair_sum(t, PX: tl.constexpr, SBX: tl.constexpr, PY: tl.constexpr, SBY: tl.constexpr):
-    """[PX * SBX, PY * SBY] -> [PX, PY]: the sum over each pair's SBX x SBY block."""
-    t = tl.sum(tl.reshape(t, [PX * SBX, PY, SBY]), axis=2)
-    return tl.sum(tl.reshape(t, [PX, SBX, PY]), axis=1)
+def _pair_sum(t):
+    """[PX, SBX, PY, SBY] -> [PX, PY]: the sum over each pair's SBX x SBY block."""
+    return tl.sum(tl.sum(t, axis=3), axis=1)
 
 
 @triton.jit
@@ -101,12 +100,12 @@ def _pairwise_mi_kernel(
     nz_x = tl.zeros([PX, PY], tl.int32)
     nz_y = tl.zeros([PX, PY], tl.int32)
     # n_b partial sums per y sub-block, completed over the x sub-blocks (KY <= 2).
-    cols0 = tl.zeros([PX, BN], tl.int32)
-    cols1 = tl.zeros([PX, BN], tl.int32)
+    cols0 = tl.zeros([PX, PY, SBY], tl.int32)
+    cols1 = tl.zeros([PX, PY, SBY], tl.int32)
 
     for kx in tl.static_range(KX):
         bins_x = kx * SBX + tl.arange(0, SBX)
-        rows = tl.zeros([BM, PY], tl.int32)  # n_a, completed over the y sub-blocks
+        rows = tl.zeros([PX, SBX, PY], tl.int32)  # n_a, completed over the y sub-blocks
         for ky in tl.static_range(KY):
             bins_y = ky * SBY + tl.arange(0, SBY)
             acc = tl.zeros([BM, BN], tl.int32)
@@ -120,35 +119,35 @@ def _pairwise_mi_kernel(
                 cx = tl.where(mx, cx.to(tl.int32), -1)
                 ox = (cx[:, None, :] == bins_x[None, :, None]).to(tl.int8)
                 ox = tl.reshape(ox, [BM, BLOCK_S])
-                # y codes [BLOCK_S, PY] -> one-hot [BLOCK_S, PY, SBY] -> B operand [BLOCK_S, BN].
-                my = in_s[:, None] & valid_y[None, :]
-                cy = tl.load(y_rows[None, :] + offs_s[:, None], mask=my, other=0)
+                # y likewise as [BN, BLOCK_S], transposed into the B operand [BLOCK_S, BN]: int8
+                # wgmma wants B K-major (samples contiguous), which this layout already is.
+                my = valid_y[:, None] & in_s[None, :]
+                cy = tl.load(y_rows[:, None] + offs_s[None, :], mask=my, other=0)
                 cy = tl.where(my, cy.to(tl.int32), -1)
-                oy = (cy[:, :, None] == bins_y[None, None, :]).to(tl.int8)
-                oy = tl.reshape(oy, [BLOCK_S, BN])
+                oy = (cy[:, None, :] == bins_y[None, :, None]).to(tl.int8)
+                oy = tl.trans(tl.reshape(oy, [BN, BLOCK_S]))
                 acc = tl.dot(ox, oy, acc, out_dtype=tl.int32)
 
-            # Epilogue of sub-block (kx, ky): joint terms and partial marginals of every pair.
-            joint += _pair_sum(_xlogx(acc.to(tl.float64)), PX, SBX, PY, SBY)
-            nz_xy += _pair_sum((acc > 0).to(tl.int32), PX, SBX, PY, SBY)
-            rows += tl.sum(tl.reshape(acc, [BM, PY, SBY]), axis=2)
-            cols = tl.sum(tl.reshape(acc, [PX, SBX, BN]), axis=1)
+            # Epilogue of sub-block (kx, ky): joint terms and partial marginals of every pair,
+            # from the counts viewed as [x column, x bin, y column, y bin].
+            n = tl.reshape(acc, [PX, SBX, PY, SBY])
+            joint += _pair_sum(_xlogx(n.to(tl.float64)))
+            nz_xy += _pair_sum((n > 0).to(tl.int32))
+            rows += tl.sum(n, axis=3)
+            cols = tl.sum(n, axis=1)
             if ky == 0:
                 cols0 += cols
             else:
                 cols1 += cols
 
-        rows3 = tl.reshape(rows, [PX, SBX, PY])
-        marg_x += tl.sum(_xlogx(rows3.to(tl.float64)), axis=1)
-        nz_x += tl.sum((rows3 > 0).to(tl.int32), axis=1)
+        marg_x += tl.sum(_xlogx(rows.to(tl.float64)), axis=1)
+        nz_x += tl.sum((rows > 0).to(tl.int32), axis=1)
 
-    cols3 = tl.reshape(cols0, [PX, PY, SBY])
-    marg_y += tl.sum(_xlogx(cols3.to(tl.float64)), axis=2)
-    nz_y += tl.sum((cols3 > 0).to(tl.int32), axis=2)
+    marg_y += tl.sum(_xlogx(cols0.to(tl.float64)), axis=2)
+    nz_y += tl.sum((cols0 > 0).to(tl.int32), axis=2)
     if KY == 2:
-        cols3 = tl.reshape(cols1, [PX, PY, SBY])
-        marg_y += tl.sum(_xlogx(cols3.to(tl.float64)), axis=2)
-        nz_y += tl.sum((cols3 > 0).to(tl.int32), axis=2)
+        marg_y += tl.sum(_xlogx(cols1.to(tl.float64)), axis=2)
+        nz_y += tl.sum((cols1 > 0).to(tl.int32), axis=2)
 
     # mi_bits (mi_math.h), float64, same order of operations.
     s_f = tl.zeros([PX, PY], tl.float64) + S
