@@ -279,6 +279,7 @@ def test_quantize_given_ranges_clamp():
     assert torch.equal(got[:, 2].cpu(), torch.where(col > 2.0, 7, 0).to(torch.uint8))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy, interpreter only
 def test_quantize_nan_and_inf():
     x = torch.randn(300, 4, generator=torch.Generator().manual_seed(1))
     x[17, 1] = float("nan")
@@ -309,3 +310,29 @@ def test_quantize_then_mi():
     cy, _ = tk.quantize(b.to(DEVICE), 16)
     got = check_mi(cx, cy, 16, 16)
     assert got.diagonal().min() > 1.0
+
+
+# ----------------------------------------------------------------------------- sm_90 build
+def _nvidia_backend() -> bool:
+    try:
+        import triton.backends
+
+        return "nvidia" in triton.backends.backends
+    except Exception:  # pragma: no cover
+        return False
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="triton has no NVIDIA backend")
+def test_kernels_compile_for_sm90():
+    # The interpreter runs the kernels' arithmetic but not the GPU compiler: compile the real
+    # configurations for an H100 (sm_90) ahead of time, in a process without TRITON_INTERPRET.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
+    cmd = [sys.executable, "-m", "causalprune_fast.triton_kernels.compile_check", "--smoke"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "wgmma" in res.stdout  # int8 tensor-core products on Hopper

@@ -189,7 +189,9 @@ _MAX_SIDE = 256  # rows (or columns) of the accumulator
 _MIN_DOT = 16  # smallest M / N of tl.dot
 
 
-def tile_config(cxg: int, cyg: int, bins_x: int, bins_y: int) -> TileConfig:
+def tile_config(
+    cxg: int, cyg: int, bins_x: int, bins_y: int, interpret: bool = INTERPRET
+) -> TileConfig:
     """Tile shape for one group of cxg x cyg columns.
 
     About 128 x 128 int32 counts per program (64 accumulator registers per thread with 8
@@ -203,7 +205,7 @@ def tile_config(cxg: int, cyg: int, bins_x: int, bins_y: int) -> TileConfig:
     px = min(_pow2(cxg), max(1, _MAX_TILE // (py * sby * sbx)), max(1, _MAX_SIDE // sbx))
     px = max(px, _MIN_DOT // sbx)
     tile = px * sbx * py * sby
-    if INTERPRET:
+    if interpret:
         # numpy runs each program: few large sample steps keep the Python overhead down.
         block_s, num_warps, num_stages = 256, 4, 1
     else:

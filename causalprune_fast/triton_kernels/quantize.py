@@ -23,6 +23,11 @@ import triton.language as tl
 # (numpy on the host) exactly when this was "1" at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+# Launch shapes on a GPU. The interpreter (numpy, one program at a time) gets fewer, larger
+# programs instead.
+QUANTIZE_BLOCK_S, QUANTIZE_BLOCK_C, QUANTIZE_WARPS = 64, 64, 4
+MINMAX_BLOCK_R, MINMAX_BLOCK_C = 32, 64
+
 
 @triton.jit
 def _column_min_max_kernel(
@@ -127,7 +132,7 @@ def _column_ranges(x: torch.Tensor) -> torch.Tensor:
     """Per-column (min, max) of x [S, C] as [C, 2] float64, NaN where a column holds a NaN."""
     S, C = x.shape
     ranges = torch.empty((C, 2), dtype=torch.float64, device=x.device)
-    block_r, block_c = (64, 64) if INTERPRET else (32, 64)
+    block_r, block_c = (64, 64) if INTERPRET else (MINMAX_BLOCK_R, MINMAX_BLOCK_C)
     tiles_c = triton.cdiv(C, block_c)
     # Split long columns so that there are at least a few programs per SM; a second pass of the
     # same kernel reduces the partial results.
@@ -179,10 +184,13 @@ def quantize(
         # Tiles of 64 samples x 64 columns: reads are coalesced along whichever axis of x is
         # contiguous and the compiler transposes through shared memory for the column-major
         # store. The interpreter prefers fewer, larger programs.
-        block_s, block_c = (256, 64) if INTERPRET else (64, 64)
+        if INTERPRET:
+            block_s, block_c, warps = 256, 64, 4
+        else:
+            block_s, block_c, warps = QUANTIZE_BLOCK_S, QUANTIZE_BLOCK_C, QUANTIZE_WARPS
         grid = (triton.cdiv(S, block_s), triton.cdiv(C, block_c))
         _quantize_kernel[grid](
             x, x.stride(0), x.stride(1), ranges, ranges.stride(0), ranges.stride(1),
-            codes_t, S, C, bins, BLOCK_S=block_s, BLOCK_C=block_c,
+            codes_t, S, C, bins, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
         )  # fmt: skip
     return codes_t.t(), ranges
