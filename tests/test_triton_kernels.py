@@ -250,7 +250,7 @@ def check_quantize(x, bins, ranges=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-@pytest.mark.parametrize("bins", [3, 16, 256])
+@pytest.mark.parametrize("bins", [2, 3, 16, 256])
 def test_quantize_dtypes(dtype, bins):
     g = torch.Generator().manual_seed(bins)
     x = (torch.randn(777, 9, generator=g) * 3 + 1).to(dtype)

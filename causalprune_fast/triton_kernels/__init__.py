@@ -3,6 +3,8 @@
 The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` in the environment before this package is first imported). Arguments
 are validated by the public API (causalprune_fast's estimator); these functions only assert.
+``python -m causalprune_fast.triton_kernels.compile_check`` compiles them for an H100 (sm_90)
+without a GPU and reports registers and spills.
 """
 
 from __future__ import annotations
@@ -58,5 +60,8 @@ def is_available(device=None) -> tuple[bool, str]:
         return False, f"Triton backend {target.backend!r} is not supported (NVIDIA CUDA only)"
     major, _ = torch.cuda.get_device_capability()
     if major < 8:
-        return False, f"needs an NVIDIA GPU of compute capability >= 8.0, got {major}.x"
+        return False, (
+            f"needs an NVIDIA GPU of compute capability >= 8.0 (int8 tensor-core products), "
+            f"got {major}.x"
+        )
     return True, f"Triton {triton.__version__} on {torch.cuda.get_device_name()}"

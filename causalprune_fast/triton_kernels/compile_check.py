@@ -31,6 +31,8 @@ MORE_CASES = [
     ("bins 64", 64, 64, 64, 64),
     ("bins 5 x 7", 100, 30, 5, 7),
     ("depthwise bins 8", 9, 1, 8, 8),
+    ("one x column, bins 16", 1, 1000, 16, 16),  # 16-row tile
+    ("one y column, bins 2", 1000, 1, 2, 2),
 ]
 
 
