@@ -197,6 +197,10 @@ def tile_config(
     About 128 x 128 int32 counts per program (64 accumulator registers per thread with 8
     warps), whole pairs per tile, no more columns per tile than the group has (depthwise layers
     have 9 x 1 columns per group: one 16 x 1-column tile, not a mostly empty square).
+    For sm_90 (compile_check): the products become int8 wgmma, the sample loop is free of
+    register spills, and the float64 epilogue spills some registers once per tile. The loop is
+    bound by building the one-hots on the CUDA cores (compare, select, byte store to shared
+    memory per one-hot element), not by the tensor cores.
     """
     pbx, pby = _pow2(bins_x), _pow2(bins_y)
     sbx, sby = min(pbx, _MAX_SUB_BINS), min(pby, _MAX_SUB_BINS)
