@@ -1,0 +1,286 @@
+"""Fused joint-histogram + mutual-information Triton kernel (METHOD.md sections 5 and 7).
+
+The joint counts of a tile of pairs are one integer matrix product on the tensor cores:
+
+    rows r = (x column i, bin a),  cols c = (y column j, bin b),
+    counts[r, c] = sum_s onehot_x[s, r] * onehot_y[s, c],
+
+with int8 one-hot operands built in registers from the uint8 codes of a chunk of samples
+(a compare against ``tl.arange`` of the padded bins) and int32 accumulation over all samples,
+which is exact for S < 2^31. Bins are padded to a power of two and a tile holds whole pairs
+(``BLOCK_M = PX * padded_bins_x``); padded bins never match a code and samples past S are given
+code -1, so neither contributes.
+
+The epilogue runs in the same program on the int32 tile, in float64: per pair the joint term
+``sum_ab n_ab ln n_ab``, the marginals ``n_a = sum_b n_ab`` and ``n_b = sum_a n_ab`` taken from the
+same tile, and ``mi_bits`` of ``csrc/causalprune_fast/mi_math.h`` (plug-in MI in bits, optional
+Miller-Madow term, clamp at 0). The count tile never reaches global memory: only the [Cx, Cy]
+float32 MI matrix is stored, or, for the sums variant, each tile's row and column sums are
+atomically added to float64 per-column totals.
+
+More than 128 padded bins (129 to 256 bins) would make a one-pair tile 256 x 256 int32, the whole
+register file of an SM; such a pair is split into 128-bin sub-blocks (KX x KY of them, at most
+2 x 2) that the program visits one after the other, carrying the partial marginals in
+registers, so the MI is still computed by the program that counted the pair.
+
+Groups (grouped / depthwise convolutions): x and y columns are split into ``groups`` equal
+contiguous blocks and the 1-D grid enumerates only the tiles inside a group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+LN2 = tl.constexpr(0.6931471805599453)  # float64 nearest ln 2, as kLn2 in mi_math.h
+
+
+@triton.jit
+def _xlogx(n):
+    """n ln n of float64 counts n >= 0, with 0 ln 0 = 0 (xlogx in mi_math.h)."""
+    pos = n > 0.0
+    return tl.where(pos, n * tl.log(tl.where(pos, n, 1.0)), 0.0)
+
+
+@triton.jit
+def _pair_sum(t):
+    """[PX, SBX, PY, SBY] -> [PX, PY]: the sum over each pair's SBX x SBY block."""
+    return tl.sum(tl.sum(t, axis=3), axis=1)
+
+
+@triton.jit
+def _pairwise_mi_kernel(
+    xt_ptr,  # [Cx, S] uint8 codes, contiguous (one column per row)
+    yt_ptr,  # [Cy, S] uint8 codes, contiguous
+    out_ptr,  # [Cx, Cy] float32 MI matrix (unused with SUMS)
+    per_x_ptr,  # [Cx] float64 row sums (SUMS only)
+    per_y_ptr,  # [Cy] float64 column sums (SUMS only)
+    S,
+    CXG,  # x columns per group
+    CYG,  # y columns per group
+    CY,  # row stride of out
+    TILES_X,  # tiles per group along x: cdiv(CXG, PX)
+    TILES_Y,
+    MILLER_MADOW: tl.constexpr,
+    SUMS: tl.constexpr,
+    PX: tl.constexpr,  # x columns per tile
+    SBX: tl.constexpr,  # padded x bins per sub-block (power of two, <= 128)
+    KX: tl.constexpr,  # sub-blocks per x column: padded bins = KX * SBX
+    PY: tl.constexpr,
+    SBY: tl.constexpr,
+    KY: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # samples per step (the K of the matrix product)
+):
+    BM: tl.constexpr = PX * SBX
+    BN: tl.constexpr = PY * SBY
+
+    # Tile -> (group, x tile, y tile). Neighbouring programs share the x columns.
+    pid = tl.program_id(0)
+    g = pid // (TILES_X * TILES_Y)
+    t = pid % (TILES_X * TILES_Y)
+    ix = (t // TILES_Y) * PX + tl.arange(0, PX)
+    iy = (t % TILES_Y) * PY + tl.arange(0, PY)
+    valid_x = ix < CXG
+    valid_y = iy < CYG
+    col_x = g * CXG + ix
+    col_y = g * CYG + iy
+    x_rows = xt_ptr + col_x.to(tl.int64) * S  # start of each x column's codes
+    y_rows = yt_ptr + col_y.to(tl.int64) * S
+
+    joint = tl.zeros([PX, PY], tl.float64)  # sum_ab n_ab ln n_ab
+    marg_x = tl.zeros([PX, PY], tl.float64)  # sum_a n_a ln n_a
+    marg_y = tl.zeros([PX, PY], tl.float64)  # sum_b n_b ln n_b
+    nz_xy = tl.zeros([PX, PY], tl.int32)  # non-empty bins, for Miller-Madow
+    nz_x = tl.zeros([PX, PY], tl.int32)
+    nz_y = tl.zeros([PX, PY], tl.int32)
+    # n_b partial sums per y sub-block, completed over the x sub-blocks (KY <= 2).
+    cols0 = tl.zeros([PX, PY, SBY], tl.int32)
+    cols1 = tl.zeros([PX, PY, SBY], tl.int32)
+
+    for kx in tl.static_range(KX):
+        bins_x = kx * SBX + tl.arange(0, SBX)
+        rows = tl.zeros([PX, SBX, PY], tl.int32)  # n_a, completed over the y sub-blocks
+        for ky in tl.static_range(KY):
+            bins_y = ky * SBY + tl.arange(0, SBY)
+            acc = tl.zeros([BM, BN], tl.int32)
+            for s0 in range(0, S, BLOCK_S):
+                offs_s = s0 + tl.arange(0, BLOCK_S)
+                in_s = offs_s < S
+                # x codes [PX, BLOCK_S] -> one-hot [PX, SBX, BLOCK_S] -> A operand [BM, BLOCK_S].
+                # Samples past S and columns past the group get code -1: an all-zero one-hot.
+                mx = valid_x[:, None] & in_s[None, :]
+                cx = tl.load(x_rows[:, None] + offs_s[None, :], mask=mx, other=0)
+                cx = tl.where(mx, cx.to(tl.int32), -1)
+                ox = (cx[:, None, :] == bins_x[None, :, None]).to(tl.int8)
+                ox = tl.reshape(ox, [BM, BLOCK_S])
+                # y likewise as [BN, BLOCK_S], transposed into the B operand [BLOCK_S, BN]: int8
+                # wgmma wants B K-major (samples contiguous), which this layout already is.
+                my = valid_y[:, None] & in_s[None, :]
+                cy = tl.load(y_rows[:, None] + offs_s[None, :], mask=my, other=0)
+                cy = tl.where(my, cy.to(tl.int32), -1)
+                oy = (cy[:, None, :] == bins_y[None, :, None]).to(tl.int8)
+                oy = tl.trans(tl.reshape(oy, [BN, BLOCK_S]))
+                acc = tl.dot(ox, oy, acc, out_dtype=tl.int32)
+
+            # Epilogue of sub-block (kx, ky): joint terms and partial marginals of every pair,
+            # from the counts viewed as [x column, x bin, y column, y bin].
+            n = tl.reshape(acc, [PX, SBX, PY, SBY])
+            joint += _pair_sum(_xlogx(n.to(tl.float64)))
+            nz_xy += _pair_sum((n > 0).to(tl.int32))
+            rows += tl.sum(n, axis=3)
+            cols = tl.sum(n, axis=1)
+            if ky == 0:
+                cols0 += cols
+            else:
+                cols1 += cols
+
+        marg_x += tl.sum(_xlogx(rows.to(tl.float64)), axis=1)
+        nz_x += tl.sum((rows > 0).to(tl.int32), axis=1)
+
+    marg_y += tl.sum(_xlogx(cols0.to(tl.float64)), axis=2)
+    nz_y += tl.sum((cols0 > 0).to(tl.int32), axis=2)
+    if KY == 2:
+        marg_y += tl.sum(_xlogx(cols1.to(tl.float64)), axis=2)
+        nz_y += tl.sum((cols1 > 0).to(tl.int32), axis=2)
+
+    # mi_bits (mi_math.h), float64, same order of operations.
+    s_f = tl.zeros([PX, PY], tl.float64) + S
+    mi = (joint - marg_x - marg_y + _xlogx(s_f)) / (s_f * LN2)
+    if MILLER_MADOW:
+        mi += (nz_x + nz_y - nz_xy - 1).to(tl.float64) / (2.0 * s_f * LN2)
+    mi = tl.where(mi > 0.0, mi, 0.0)
+    valid = valid_x[:, None] & valid_y[None, :]
+    mi = tl.where(valid, mi, 0.0)
+
+    if SUMS:
+        tl.atomic_add(per_x_ptr + col_x, tl.sum(mi, axis=1), mask=valid_x)
+        tl.atomic_add(per_y_ptr + col_y, tl.sum(mi, axis=0), mask=valid_y)
+    else:
+        out = col_x.to(tl.int64)[:, None] * CY + col_y[None, :]
+        tl.store(out_ptr + out, mi.to(tl.float32), mask=valid)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    px: int  # x columns per tile
+    sbx: int  # padded x bins per sub-block
+    kx: int  # x sub-blocks per column
+    py: int
+    sby: int
+    ky: int
+    block_s: int
+    num_warps: int
+    num_stages: int
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+_MAX_SUB_BINS = 128  # larger padded bins are split into sub-blocks of this size
+_MAX_TILE = 128 * 128  # int32 accumulator elements per program
+_MAX_SIDE = 256  # rows (or columns) of the accumulator
+_MIN_DOT = 16  # smallest M / N of tl.dot
+
+
+def tile_config(
+    cxg: int, cyg: int, bins_x: int, bins_y: int, interpret: bool = INTERPRET
+) -> TileConfig:
+    """Tile shape for one group of cxg x cyg columns.
+
+    About 128 x 128 int32 counts per program (64 accumulator registers per thread with 8
+    warps), whole pairs per tile, no more columns per tile than the group has (depthwise layers
+    have 9 x 1 columns per group: one 16 x 1-column tile, not a mostly empty square).
+    For sm_90 (compile_check): the products become int8 wgmma, the sample loop is free of
+    register spills, and the float64 epilogue spills some registers once per tile. The loop is
+    bound by building the one-hots on the CUDA cores (compare, select, byte store to shared
+    memory per one-hot element), not by the tensor cores.
+    """
+    pbx, pby = _pow2(bins_x), _pow2(bins_y)
+    sbx, sby = min(pbx, _MAX_SUB_BINS), min(pby, _MAX_SUB_BINS)
+    py = min(_pow2(cyg), max(1, _MAX_SUB_BINS // sby))
+    py = max(py, _MIN_DOT // sby)
+    px = min(_pow2(cxg), max(1, _MAX_TILE // (py * sby * sbx)), max(1, _MAX_SIDE // sbx))
+    px = max(px, _MIN_DOT // sbx)
+    tile = px * sbx * py * sby
+    if interpret:
+        # numpy runs each program: few large sample steps keep the Python overhead down.
+        block_s, num_warps, num_stages = 256, 4, 1
+    else:
+        block_s = 64
+        num_warps = 8 if tile >= 128 * 128 else 4
+        num_stages = 3
+    return TileConfig(px, sbx, pbx // sbx, py, sby, pby // sby, block_s, num_warps, num_stages)
+
+
+def _launch(x, y, bins_x, bins_y, groups, miller_madow, sums, config):
+    assert x.dim() == 2 and y.dim() == 2 and x.dtype == torch.uint8 and y.dtype == torch.uint8
+    assert x.shape[0] == y.shape[0] and x.shape[0] >= 1 and x.device == y.device
+    assert 2 <= bins_x <= 256 and 2 <= bins_y <= 256 and groups >= 1
+    S, cx = x.shape
+    cy = y.shape[1]
+    assert cx % groups == 0 and cy % groups == 0 and S < 2**31
+    # Column-major codes: a no-op for codes made by quantize.
+    xt = x.t().contiguous()
+    yt = y.t().contiguous()
+    cxg, cyg = cx // groups, cy // groups
+    cfg = config or tile_config(cxg, cyg, bins_x, bins_y)
+    tiles_x, tiles_y = triton.cdiv(cxg, cfg.px), triton.cdiv(cyg, cfg.py)
+    grid = (groups * tiles_x * tiles_y,)
+    if sums:
+        per_x = torch.zeros(cx, dtype=torch.float64, device=x.device)
+        per_y = torch.zeros(cy, dtype=torch.float64, device=x.device)
+        out = per_x  # placeholder, not written
+    else:
+        out = torch.zeros((cx, cy), dtype=torch.float32, device=x.device)
+        per_x = per_y = out  # placeholders, not written
+    _pairwise_mi_kernel[grid](
+        xt, yt, out, per_x, per_y,
+        S, cxg, cyg, cy, tiles_x, tiles_y,
+        MILLER_MADOW=bool(miller_madow), SUMS=sums,
+        PX=cfg.px, SBX=cfg.sbx, KX=cfg.kx, PY=cfg.py, SBY=cfg.sby, KY=cfg.ky,
+        BLOCK_S=cfg.block_s, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return (per_x, per_y) if sums else out
+
+
+def pairwise_mi(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bins_x: int,
+    bins_y: int,
+    groups: int = 1,
+    miller_madow: bool = False,
+    *,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """MI in bits of every in-group pair of columns of codes x [S, Cx] and y [S, Cy].
+
+    Returns [Cx, Cy] float32; pairs in different groups are 0. ``config`` overrides the tile
+    shape (tests and benchmarks).
+    """
+    return _launch(x, y, bins_x, bins_y, groups, miller_madow, False, config)
+
+
+def pairwise_mi_sums(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bins_x: int,
+    bins_y: int,
+    groups: int = 1,
+    miller_madow: bool = False,
+    *,
+    config: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column sums of the ``pairwise_mi`` matrix, float64, without materialising it.
+
+    per_x[i] = sum_j MI[i, j], per_y[j] = sum_i MI[i, j]. The float64 atomics make the last
+    bits depend on the order in which tiles finish.
+    """
+    return _launch(x, y, bins_x, bins_y, groups, miller_madow, True, config)
