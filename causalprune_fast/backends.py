@@ -48,30 +48,18 @@ class Backend:
     pairwise_mi_sums: Callable
 
 
-def _triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _triton_module() -> ModuleType:
     from causalprune_fast import triton_kernels
 
     return triton_kernels
 
 
-def _triton_status() -> BackendStatus:
+def _triton_status(device: torch.device | None = None) -> BackendStatus:
     try:
-        import triton  # noqa: F401
-
-        _triton_module()
+        ok, detail = _triton_module().is_available(device)
     except Exception as e:  # ImportError, or a broken triton install
         return BackendStatus(False, f"triton cannot be imported ({type(e).__name__}: {e})")
-    if _triton_interpret():
-        return BackendStatus(True, "Triton interpreter on the CPU (TRITON_INTERPRET=1)")
-    if torch.cuda.is_available():
-        return BackendStatus(True, f"Triton on {torch.cuda.get_device_name()}")
-    return BackendStatus(
-        False, "no CUDA device (set TRITON_INTERPRET=1 before import to run it on the CPU)"
-    )
+    return BackendStatus(ok, detail)
 
 
 def available_backends() -> dict[str, BackendStatus]:
@@ -169,8 +157,6 @@ def resolve(backend: str, device: torch.device) -> Backend:
         raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {device}")
-    if backend == "triton" and device.type != "cuda" and not _triton_interpret():
-        raise ValueError(
-            f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got tensors on {device}"
-        )
+    if backend == "triton" and not _triton_status(device).available:
+        raise ValueError(f"backend 'triton' cannot run here: {_triton_status(device).detail}")
     return get_backend(backend)

@@ -15,6 +15,8 @@ from causalprune_fast.noise import uniform_examples
 from causalprune_fast.results import spearman
 
 FAST = dict(samples=8, progress=False)
+# Tiny settings on purpose: the warning about few samples per layer is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:

@@ -155,6 +155,8 @@ def _pairwise_mi_kernel(
     if MILLER_MADOW:
         mi += (nz_x + nz_y - nz_xy - 1).to(tl.float64) / (2.0 * s_f * LN2)
     mi = tl.where(mi > 0.0, mi, 0.0)
+    # A constant column (one non-empty bin) carries exactly zero information (mi_bits).
+    mi = tl.where((nz_x <= 1) | (nz_y <= 1), 0.0, mi)
     valid = valid_x[:, None] & valid_y[None, :]
     mi = tl.where(valid, mi, 0.0)
 
