@@ -1,9 +1,9 @@
 """The ``causalprune`` command.
 
-    causalprune score torchvision:resnet50 --input-shape 3,224,224 --out scores.safetensors
-    causalprune summary scores.safetensors [--direction both]
-    causalprune plot scores.safetensors --out fig.png
-    causalprune backends
+causalprune score torchvision:resnet50 --input-shape 3,224,224 --out scores.safetensors
+causalprune summary scores.safetensors [--direction both]
+causalprune plot scores.safetensors --out fig.png
+causalprune backends
 """
 
 from __future__ import annotations

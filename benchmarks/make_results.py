@@ -1,0 +1,169 @@
+"""Regenerate benchmarks/RESULTS.md (or a section for another machine) from fresh runs.
+
+    python benchmarks/make_results.py --out benchmarks/RESULTS.md --json-dir benchmarks/results/cpu
+
+Runs the kernel suite (bench_pairwise_mi.py), the whole-model suite (bench_models.py) and the
+seed-stability study (stability.py), keeps their full JSON in --json-dir, and writes the
+markdown. Nothing in RESULTS.md is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from report import report  # noqa: E402
+
+ANCHORS = ("numpy_sklearn_loop", "deep_ei_parts", "torch_onehot_matmul")
+
+
+def _run(cmd: list[str]) -> str:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return " ".join(cmd)
+
+
+def _anchor_rates(kernels: dict) -> dict[str, float]:
+    rates = {}
+    for b in kernels["benchmarks"]:
+        for a in ANCHORS:
+            if b["name"] == f"test_anchor_{a}":
+                rates[a] = b["extra_info"]["pair_samples_per_s"]
+    return rates
+
+
+def models_section(models: dict, kernels: dict, command: str) -> str:
+    rates = _anchor_rates(kernels)
+    head = [
+        "model",
+        "layers",
+        "total",
+        "forward",
+        "capture",
+        "binning",
+        "MI",
+        "pair-samples",
+        "MI rate",
+    ]
+    head += [f"{a} (projected)" for a in rates]
+    lines = [
+        f"- command: `{command}`",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for b in models["benchmarks"]:
+        e = b["extra_info"]
+        st = e["stages_s"]
+        row = [e["model"], str(e["layers"]), f"{e['total_s']:.1f} s"]
+        row += [f"{st[k]:.1f} s" for k in ("forward", "capture", "binning", "mi")]
+        row += [f"{e['pair_samples']:.3g}", f"{(e['mi_pair_samples_per_s'] or 0) / 1e9:.2f} G/s"]
+        row += [f"{e['pair_samples'] / r / 3600:.3g} h" for r in rates.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Projected columns: the same pair-samples at the rate each alternative reached on "
+        "this machine in the kernel table above (same codes, same bins); they were not run on "
+        "whole models.",
+        "",
+    ]
+    for b in models["benchmarks"]:
+        e = b["extra_info"]
+        lines += [
+            f"<details><summary>per-layer time and samples: {e['model']}</summary>",
+            "",
+            "| layer | ms | samples |",
+            "|---|---|---|",
+        ]
+        for name, ms in e["per_layer_ms"].items():
+            lines.append(f"| `{name}` | {ms} | {e['per_layer_samples'][name]} |")
+        lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def stability_section(stab: dict, command: str) -> str:
+    lines = [
+        f"- command: `{command}`",
+        "- settings: "
+        + json.dumps({k: stab["config"][k] for k in ("samples", "max_samples_per_layer", "bins")}),
+        f"- seconds per run: {', '.join(f'{s:.1f}' for s in stab['seconds_per_run'])}",
+        "",
+        "| direction | min Spearman over prunable layers |",
+        "|---|---|",
+    ]
+    for d, v in stab["min_over_prunable_layers"].items():
+        lines.append(f"| {d} | {v:.3f} |")
+    outs = ", ".join(
+        f"`{n}` {stab['spearman']['in'][n]:.3f} ({stab['samples_per_layer'][n]} samples)"
+        for n in stab["model_output_layers"]
+    )
+    lines += [
+        "",
+        f"Model-output layers (classes, not prunable), direction in: {outs}.",
+        "",
+        "<details><summary>per layer</summary>",
+        "",
+        "| layer | samples | in | out | both |",
+        "|---|---|---|---|---|",
+    ]
+    for n in stab["spearman"]["in"]:
+        vals = " | ".join(f"{stab['spearman'][d][n]:.3f}" for d in ("in", "out", "both"))
+        lines.append(f"| `{n}` | {stab['samples_per_layer'][n]} | {vals} |")
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", required=True, help="markdown file to write")
+    p.add_argument("--json-dir", required=True, help="where to keep the raw JSON")
+    p.add_argument("--title", default="CPU")
+    args = p.parse_args(argv)
+    os.makedirs(args.json_dir, exist_ok=True)
+    py = sys.executable
+    kj, mj, sj = (
+        os.path.join(args.json_dir, f) for f in ("kernels.json", "models.json", "stability.json")
+    )
+    kcmd = _run(
+        [py, "-m", "pytest", "-q", "benchmarks/bench_pairwise_mi.py", f"--benchmark-json={kj}"]
+    )
+    mcmd = _run([py, "-m", "pytest", "-q", "benchmarks/bench_models.py", f"--benchmark-json={mj}"])
+    scmd = _run([py, "benchmarks/stability.py", "--json", sj])
+    with open(kj) as f:
+        kernels = json.load(f)
+    with open(mj) as f:
+        models = json.load(f)
+    with open(sj) as f:
+        stab = json.load(f)
+    text = [
+        f"# Benchmark results ({args.title})",
+        "",
+        "Generated by `python benchmarks/make_results.py` "
+        f"(`--out {args.out} --json-dir {args.json_dir}`); raw pytest-benchmark JSON beside it "
+        f"in `{args.json_dir}`. Do not edit by hand: rerun.",
+        "",
+        "## pairwise_mi: backends beside the alternatives (same codes)",
+        "",
+        report(kj, kcmd),
+        "## score_model on whole networks (default settings, random init)",
+        "",
+        models_section(models, kernels, mcmd),
+        "## Ranking stability: two seeds, resnet18, 224 x 224, default settings",
+        "",
+        stability_section(stab, scmd),
+    ]
+    with open(args.out, "w") as f:
+        f.write("\n".join(text))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
