@@ -289,14 +289,23 @@ void run_count(const Problem& p, const Sink& sink, int64_t chunks) {
 Algorithm choose(const Problem& p) {
   const auto forced = static_cast<Algorithm>(g_algorithm.load());
   if (forced != Algorithm::kAuto) return forced;
-  // Crossover of the two, measured on a 2-core AMD EPYC (Zen 4) at S = 16384 (see
-  // benchmarks/RESULTS.md): the bitmask product costs about (bx - 1)(by - 1) / 512 vector steps
-  // per pair-sample with AVX-512 (/ 64 scalar steps on the portable path), counting about one
-  // scattered increment. AVX-512: bitmask wins up to 24 bins (529 cells), counting from 32;
-  // portable: bitmask wins up to 12 bins (121 cells), counting from 16 (225).
-  const int64_t cells = int64_t(p.bx - 1) * (p.by - 1);
-  const int64_t limit = active_isa() == Isa::kAvx512 ? 600 : 150;
-  return cells <= limit ? Algorithm::kBitmask : Algorithm::kCount;
+  // Cost per pair (ns on one core of a 2-core AMD EPYC Zen 4 at 2 threads, fitted to
+  // measurements at 4 to 32 bins and 4 to 16384 samples):
+  //   bitmask: a * (bx - 1)(by - 1) * ceil(S / 512)  +  e * bx * by   (product + epilogue over
+  //            every cell), a = 0.28 with AVX-512, 1.27 on the portable path;
+  //   count:   c * S  +  e * min(bx * by, S)   (increments + epilogue over touched cells).
+  // Small sample counts (layers behind pooling, few noise examples) favour counting, because
+  // the bitmask epilogue visits every cell; many samples favour the bitmask product up to
+  // about 24 bins with AVX-512 and 12 without.
+  const double blocks = static_cast<double>((p.samples + 511) / 512);
+  const double cells = static_cast<double>(p.bx - 1) * (p.by - 1);
+  const double hist = static_cast<double>(p.bx) * p.by;
+  const double a = active_isa() == Isa::kAvx512 ? 0.28 : 1.27;
+  const double e = 1.3, c = 0.35;
+  const double bitmask = a * cells * blocks + e * hist;
+  const double count = c * static_cast<double>(p.samples) +
+                       e * std::min(hist, static_cast<double>(p.samples));
+  return bitmask <= count ? Algorithm::kBitmask : Algorithm::kCount;
 }
 
 void run(const at::Tensor& x, const at::Tensor& y, int64_t bins_x, int64_t bins_y,
