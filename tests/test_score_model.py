@@ -284,3 +284,59 @@ def test_shared_and_unsupported_modules_are_listed():
     assert "shared weights" in scores.unsupported["body.0"]
     assert "Embedding" in scores.unsupported["extra"]
     assert list(scores) == ["body.3"]
+
+
+# ----------------------------------------------------------------------------- layer kinds
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_conv1d_and_conv3d_with_stride_padding_dilation(dims):
+    conv = {1: nn.Conv1d, 3: nn.Conv3d}[dims]
+    torch.manual_seed(4)
+    layer = conv(
+        2, 3, 3, stride=2, padding=1, dilation=2, padding_mode="reflect" if dims == 1 else "zeros"
+    )
+    net = nn.Sequential(layer, nn.ReLU())
+    shape = (2, 11) if dims == 1 else (2, 7, 6, 5)
+    scores = cf.score_model(net, shape, max_samples_per_layer=None, **FAST)
+    # By hand: unfold the padded noise the same way and compare with pairwise_mi.
+    x = uniform_examples(shape, 0, 8, -1.0, 1.0, seed=0)
+    xp = torch.nn.functional.pad(
+        x, layer._reversed_padding_repeated_twice, mode="reflect" if dims == 1 else "constant"
+    )
+    patches = xp
+    for d in range(dims):
+        patches = patches.unfold(2 + d, 1 + 2 * (3 - 1), 2)  # window of the dilated kernel
+    # [N, C, *out, *window] -> keep every second element of each window (dilation 2)
+    idx = (slice(None),) * (2 + dims) + (slice(None, None, 2),) * dims
+    patches = patches[idx]
+    out_dims = patches.shape[2 : 2 + dims]
+    perm = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
+    units = patches.permute(perm).reshape(8 * math.prod(out_dims), -1)
+    y = torch.relu(layer(x)).detach().movedim(1, -1).reshape(-1, 3)
+    per_x, per_y = cf.pairwise_mi(units, y, 16, reduce="sum")
+    torch.testing.assert_close(scores.layers["0"].incoming, per_y, rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        scores.layers["0"].outgoing, per_x.reshape(2, -1).sum(1), rtol=0, atol=1e-9
+    )
+
+
+def test_linear_on_tokens():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 4))
+    scores = cf.score_model(net, (7, 6), **FAST)  # [N, tokens, features]
+    assert scores.layers["0"].samples == 8 * 7
+    assert scores.layers["0"].response == "output -> 1"
+
+
+def test_mobilenet_v3_small_end_to_end():
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.mobilenet_v3_small(num_classes=10)
+    scores = cf.score_model(net, (3, 64, 64), **FAST)
+    dw = scores.layers["features.1.block.0.0"]
+    assert dw.groups == 16 and dw.input_units == 16 * 9
+    se = scores.layers["features.1.block.1.fc1"]
+    assert se.response == "output -> features.1.block.1.activation"
+    assert len(scores) == len(scores.layers) > 40
+    for name in scores:
+        assert torch.isfinite(scores[name]).all()
