@@ -14,6 +14,7 @@ from causalprune_fast.estimator import (
     pairwise_mi,
     quantize,
 )
+from causalprune_fast.pruning import PruneReport, prune
 from causalprune_fast.results import CausalScores, LayerScores
 from causalprune_fast.score import score_model
 
@@ -24,9 +25,11 @@ __all__ = [
     "CausalScores",
     "LayerScores",
     "PairwiseMISums",
+    "PruneReport",
     "available_backends",
     "default_memory_budget",
     "pairwise_mi",
+    "prune",
     "quantize",
     "score_model",
 ]
