@@ -94,16 +94,6 @@ CPF_HD HistogramTerms merge_terms(HistogramTerms a, HistogramTerms b) {
   return HistogramTerms{a.xlogx_sum + b.xlogx_sum, a.nonempty + b.nonempty};
 }
 
-// Adds one count to partial HistogramTerms (the per-cell step of histogram_terms).
-template <typename Count>
-CPF_HD HistogramTerms add_count(HistogramTerms t, Count n) {
-  if (n > 0) {
-    t.xlogx_sum += xlogx(static_cast<double>(n));
-    t.nonempty += 1;
-  }
-  return t;
-}
-
 // NaN-propagating [min, max] of a set of values (METHOD.md section 4: each column is binned on
 // its own range). Same result as the CPU quantize kernel's column_min_max: the minimum and
 // maximum of the values, or lo = hi = NaN as soon as one value is NaN; the empty set is

@@ -83,8 +83,9 @@ struct PairParams {
 __device__ __forceinline__ HistogramTerms warp_sum(HistogramTerms t) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) {
-    t.xlogx_sum += __shfl_xor_sync(0xFFFFFFFFu, t.xlogx_sum, off);
-    t.nonempty += __shfl_xor_sync(0xFFFFFFFFu, t.nonempty, off);
+    const HistogramTerms other{__shfl_xor_sync(0xFFFFFFFFu, t.xlogx_sum, off),
+                               __shfl_xor_sync(0xFFFFFFFFu, t.nonempty, off)};
+    t = merge_terms(t, other);
   }
   return t;
 }
@@ -95,15 +96,14 @@ __device__ __forceinline__ HistogramTerms warp_sum(HistogramTerms t) {
 template <bool kSums>
 __global__ void __launch_bounds__(kThreads) pairwise_mi_kernel(const PairParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 720
+  (void)p;
   __trap();  // int8 wmma needs sm_72+; the host refuses such devices before launching
 #else
   namespace wmma = nvcuda::wmma;
   // One-hot tiles A and B during the sample loop; the int32 counts of the sub-tile after it.
   __shared__ __align__(128) unsigned char smem[kSmemBytes];
-  __shared__ double frag_sum[kMaxFrags];
-  __shared__ int frag_nonempty[kMaxFrags];
-  __shared__ double pair_sum[kMaxPairs];  // pair (ii, jj) at ii * tj + jj, over all sub-tiles
-  __shared__ int pair_nonempty[kMaxPairs];
+  __shared__ HistogramTerms frag_terms[kMaxFrags];  // this sub-tile's fragments
+  __shared__ HistogramTerms pair_terms[kMaxPairs];  // pair (ii, jj) at ii * tj + jj, all sub-tiles
   __shared__ double pair_mi[kMaxPairs];
 
   const TilePlan& plan = p.plan;
@@ -113,10 +113,7 @@ __global__ void __launch_bounds__(kThreads) pairwise_mi_kernel(const PairParams 
   const int lane = tid % 32;
   const int64_t S = p.samples;
 
-  if (tid < kMaxPairs) {
-    pair_sum[tid] = 0.0;
-    pair_nonempty[tid] = 0;
-  }
+  if (tid < kMaxPairs) pair_terms[tid] = HistogramTerms{0.0, 0};
   __syncthreads();
 
   for (int sr = 0; sr < tile.nsr; ++sr) {
@@ -201,10 +198,7 @@ __global__ void __launch_bounds__(kThreads) pairwise_mi_kernel(const PairParams 
             t = histogram_terms(frag_counts + r * ldc + c0, n);
           }
           t = warp_sum(t);
-          if (lane == 0) {
-            frag_sum[f] = t.xlogx_sum;
-            frag_nonempty[f] = t.nonempty;
-          }
+          if (lane == 0) frag_terms[f] = t;
         }
       }
       __syncthreads();
@@ -213,11 +207,10 @@ __global__ void __launch_bounds__(kThreads) pairwise_mi_kernel(const PairParams 
           const int ii = (sub.gr0 + f / sub.fn) / plan.fx;
           const int jj = (sub.gc0 + f % sub.fn) / plan.fy;
           const int pair = ii * plan.tj + jj;
-          pair_sum[pair] += frag_sum[f];
-          pair_nonempty[pair] += frag_nonempty[f];
+          pair_terms[pair] = merge_terms(pair_terms[pair], frag_terms[f]);
         }
       }
-      __syncthreads();  // smem and frag_* are reused by the next sub-tile
+      __syncthreads();  // smem and frag_terms are reused by the next sub-tile
     }
   }
 
@@ -229,8 +222,9 @@ __global__ void __launch_bounds__(kThreads) pairwise_mi_kernel(const PairParams 
     if (ii < tile.ni && jj < tile.nj) {
       const int64_t i = tile.i0 + ii;
       const int64_t j = tile.j0 + jj;
-      const double mi = mi_bits(pair_sum[tid], p.x_sum[i], p.y_sum[j], samples, p.miller_madow,
-                                p.x_nonempty[i], p.y_nonempty[j], pair_nonempty[tid]);
+      const HistogramTerms joint = pair_terms[tid];
+      const double mi = mi_bits(joint.xlogx_sum, p.x_sum[i], p.y_sum[j], samples,
+                                p.miller_madow, p.x_nonempty[i], p.y_nonempty[j], joint.nonempty);
       if (kSums) {
         pair_mi[tid] = mi;
       } else {
