@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define CPF_HD __host__ __device__ __forceinline__
@@ -81,6 +82,44 @@ CPF_HD HistogramTerms histogram_terms(const Count* counts, int bins) {
     }
   }
   return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers added for the CUDA kernels (cuda/*.cu). Each is the same arithmetic the CPU kernels
+// inline; keeping it here lets one definition serve every backend.
+
+// Sum of two partial HistogramTerms: both the xlogx sum and the non-empty count are additive
+// over disjoint sets of cells (used to combine the cells of one joint histogram that several
+// threads, warps or sub-tiles reduced separately).
+CPF_HD HistogramTerms merge_terms(HistogramTerms a, HistogramTerms b) {
+  return HistogramTerms{a.xlogx_sum + b.xlogx_sum, a.nonempty + b.nonempty};
+}
+
+// NaN-propagating [min, max] of a set of values (METHOD.md section 4: each column is binned on
+// its own range). Same result as the CPU quantize kernel's column_min_max: the minimum and
+// maximum of the values, or lo = hi = NaN as soon as one value is NaN; the empty set is
+// (+inf, -inf), the identity of minmax_merge.
+struct MinMax {
+  double lo;
+  double hi;
+};
+
+CPF_HD MinMax minmax_empty() {
+  return MinMax{std::numeric_limits<double>::infinity(),
+                -std::numeric_limits<double>::infinity()};
+}
+
+CPF_HD MinMax minmax_include(MinMax r, double v) {
+  if (v != v) {  // NaN: sticky, since every comparison with a NaN bound below is false
+    return MinMax{v, v};
+  }
+  return MinMax{v < r.lo ? v : r.lo, v > r.hi ? v : r.hi};
+}
+
+CPF_HD MinMax minmax_merge(MinMax a, MinMax b) {
+  if (a.lo != a.lo) return a;  // NaN
+  if (b.lo != b.lo) return b;
+  return MinMax{b.lo < a.lo ? b.lo : a.lo, b.hi > a.hi ? b.hi : a.hi};
 }
 
 }  // namespace causalprune_fast
