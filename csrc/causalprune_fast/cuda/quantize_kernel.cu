@@ -128,7 +128,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, int64_t bi
   const int64_t S = x.size(0);
   const int64_t C = x.size(1);
   const at::Tensor xt = x.t().contiguous();  // [C, S]: every column contiguous
-  at::Tensor r = ranges.has_value() ? ranges->contiguous()
+  // A fresh tensor even when ranges are given: op outputs must not alias their inputs.
+  at::Tensor r = ranges.has_value() ? ranges->clone(at::MemoryFormat::Contiguous)
                                     : at::empty({C, 2}, x.options().dtype(at::kDouble));
   at::Tensor codes_t = at::empty({C, S}, x.options().dtype(at::kByte));
   if (C == 0) {
