@@ -95,6 +95,17 @@ class CausalImportance(tp.importance.Importance):
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         dg = group._DG
+        root = group[0].dep.target.module
+        handler = group[0].dep.handler
+        count = (
+            dg.get_out_channels if dg.is_out_channel_pruning_fn(handler) else dg.get_in_channels
+        )(root)
+        idxs = [int(i) for i in group[0].idxs]
+        if count is not None and idxs != list(range(count)):
+            # A subset of the channels: score all of them (so "both" normalises over the whole
+            # tensor, METHOD.md section 6) and pick the subset.
+            full = self(dg.get_pruning_group(root, handler, list(range(count))))
+            return None if full is None else full[idxs]
         scores = self.scores(dg.model)
         names = {m: n for m, n in dg._module2name.items() if n in scores.layers}
         members = members_of_group(group, names)
