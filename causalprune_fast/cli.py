@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the scores here (.safetensors)")
     s.add_argument("--plot", help="also write a plot of the scores here (.png)")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument(
+        "--distributed",
+        action="store_true",
+        help="score across the processes started by torchrun (nccl on GPUs, gloo on CPUs); "
+        "rank 0 prints and writes the results",
+    )
+    s.add_argument("--timeout", type=int, default=600, help="seconds a collective may wait")
 
     m = sub.add_parser("summary", help="print the per-layer table of a scores file")
     m.add_argument("file")
@@ -83,7 +90,23 @@ def _score(args) -> int:
     model = build_model(args.model, **kwargs)
     if args.weights:
         load_weights(model, args.weights)
-    model = model.to(args.device)
+    device = torch.device(args.device)
+    rank = 0
+    if args.distributed:
+        import datetime
+        import os
+
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=args.timeout),
+        )
+        rank = dist.get_rank()
+    model = model.to(device)
     scores = cf.score_model(
         model,
         args.input_shape,
@@ -103,7 +126,14 @@ def _score(args) -> int:
         memory_budget=args.memory_budget,
         return_matrices=args.matrices,
         progress=not args.no_progress,
+        distributed=args.distributed,
     )
+    if args.distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
     scores.config["model"] = args.model
     if args.weights:
         scores.config["weights"] = args.weights

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["quantize", "pairwise_mi", "pairwise_mi_sums", "joint_counts"]
+__all__ = ["quantize", "pairwise_mi", "pairwise_mi_sums", "joint_counts", "mi_from_counts"]
 
 
 def quantize(
@@ -53,27 +53,36 @@ def joint_counts(x: torch.Tensor, y: torch.Tensor, bins_x: int, bins_y: int) -> 
     return torch.einsum("sia,sjb->iajb", _one_hot(x, bins_x), _one_hot(y, bins_y))
 
 
-def _mi_block(
-    x: torch.Tensor, y: torch.Tensor, bins_x: int, bins_y: int, miller_madow: bool
-) -> torch.Tensor:
-    s = float(x.shape[0])
-    ox, oy = _one_hot(x, bins_x), _one_hot(y, bins_y)
-    counts = torch.einsum("sia,sjb->iajb", ox, oy)
-    nx, ny = ox.sum(dim=0), oy.sum(dim=0)  # marginal counts [Cx, Bx], [Cy, By]
-    joint = _xlogx(counts).sum(dim=(1, 3))
+def mi_from_counts(counts: torch.Tensor, miller_madow: bool = False) -> torch.Tensor:
+    """MI in bits ``[Cx, Cy]`` (float64) from exact joint counts ``[Cx, Bx, Cy, By]``.
+
+    The marginals come from the counts themselves, so counts summed over several sample
+    shards (e.g. across processes) give exactly the MI of all samples.
+    """
+    c = counts.to(torch.float64)
+    s = float(c[0, :, 0, :].sum())
+    nx = c[:, :, 0, :].sum(dim=2)  # [Cx, Bx]: the x marginal is the same for every y column
+    ny = c[0, :, :, :].sum(dim=0)  # [Cy, By]
+    joint = _xlogx(c).sum(dim=(1, 3))
     mx = _xlogx(nx).sum(dim=1)
     my = _xlogx(ny).sum(dim=1)
     mi = (joint - mx[:, None] - my[None, :] + s * math.log(s)) / (s * math.log(2.0))
     nonempty_x = (nx > 0).sum(dim=1).to(torch.float64)
     nonempty_y = (ny > 0).sum(dim=1).to(torch.float64)
     if miller_madow:
-        nonempty_xy = (counts > 0).sum(dim=(1, 3)).to(torch.float64)
+        nonempty_xy = (c > 0).sum(dim=(1, 3)).to(torch.float64)
         mi = mi + (nonempty_x[:, None] + nonempty_y[None, :] - nonempty_xy - 1) / (
             2 * s * math.log(2.0)
         )
     # A constant column (one non-empty bin) carries exactly zero information.
     constant = (nonempty_x[:, None] <= 1) | (nonempty_y[None, :] <= 1)
     return mi.clamp_min(0.0).masked_fill(constant, 0.0)
+
+
+def _mi_block(
+    x: torch.Tensor, y: torch.Tensor, bins_x: int, bins_y: int, miller_madow: bool
+) -> torch.Tensor:
+    return mi_from_counts(joint_counts(x, y, bins_x, bins_y), miller_madow)
 
 
 def pairwise_mi(

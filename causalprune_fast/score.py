@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast import _validation as v
+from causalprune_fast import reference
 from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS, build_groups
+from causalprune_fast.distributed import DistContext
 from causalprune_fast.estimator import default_memory_budget, pairwise_mi, quantize
 from causalprune_fast.layers import (
     TAPS,
@@ -51,7 +53,7 @@ class _LayerState:
     response: ResponsePoint
     positions: int = 0  # samples per noise example
     input_shape: tuple[int, ...] = ()
-    take: list[int] = field(default_factory=list)  # samples drawn in each batch
+    target: int = 0  # samples of the layer over all examples (all ranks)
     x_ranges: torch.Tensor | None = None
     y_ranges: torch.Tensor | None = None
     x_codes: list[torch.Tensor] = field(default_factory=list)
@@ -89,13 +91,6 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _split(total: int, parts: Sequence[int]) -> list[int]:
-    """Split ``total`` draws over batches proportionally to their sizes ``parts``."""
-    whole = sum(parts)
-    cuts = [round(total * sum(parts[: i + 1]) / whole) for i in range(len(parts))]
-    return [c - p for c, p in zip(cuts, [0, *cuts[:-1]], strict=True)]
-
-
 def _check_finite(t: torch.Tensor, layer: str, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
@@ -128,6 +123,7 @@ def score_model(
     ranges: str = "exact",
     return_matrices: bool = False,
     progress: bool = True,
+    distributed: bool = False,
 ) -> CausalScores:
     """Score every prunable channel of ``model`` by the causal information flowing through it.
 
@@ -162,7 +158,11 @@ def score_model(
             min and max) or ``"first-batch"`` (ranges from the first pass, later values
             clamped into the edge bins). With one pass both are exact.
         return_matrices: keep every layer's ``[inputs, outputs]`` MI matrix.
-        progress: show a progress bar (tqdm).
+        progress: show a progress bar (tqdm; rank 0 only when distributed).
+        distributed: score across the processes of the initialised default torch.distributed
+            process group (see :mod:`causalprune_fast.distributed`): examples are split over
+            the ranks, results are identical to one process with the same arguments, and every
+            rank returns them.
 
     Returns:
         :class:`CausalScores`.
@@ -224,6 +224,9 @@ def score_model(
         default_memory_budget() if memory_budget is None else memory_budget
     )
 
+    ctx = DistContext.create(distributed)
+    if samples < ctx.world:
+        raise ValueError(f"samples={samples} must be at least the number of ranks ({ctx.world})")
     found, unsupported = find_layers(model, layers)
     was_training = model.training
     model.eval()
@@ -252,6 +255,7 @@ def score_model(
             return_matrices,
             progress,
             t_start,
+            ctx,
         )
     finally:
         model.train(was_training)
@@ -287,6 +291,7 @@ def _score(
     return_matrices,
     progress,
     t_start,
+    ctx,
 ) -> CausalScores:
     timings: dict[str, float] = {}
     finder = ResponseFinder(model)
@@ -305,18 +310,28 @@ def _score(
         return hook
 
     example = _noise(shape, dtype, device, seed, input_range, 0, 1)
+    current = ["before the first measured layer"]
     handles = [s.layer.module.register_forward_hook(probe_hook(s)) for s in states]
+    handles += [
+        s.layer.module.register_forward_pre_hook(
+            lambda m, a, name=s.layer.name: current.__setitem__(0, f"at layer '{name}'")
+        )
+        for s in states
+    ]
+    probe_error = None
     try:
         with torch.no_grad():
             model(example)
     except Exception as e:
-        raise ValueError(
-            f"the model raised on a noise input of shape {tuple(example.shape)} "
+        probe_error = ValueError(
+            f"the model raised {current[0]} on a noise input of shape {tuple(example.shape)} "
             f"(input_shape={shape}, dtype={dtype}): {type(e).__name__}: {e}"
-        ) from e
+        )
+        probe_error.__cause__ = e
     finally:
         for h in handles:
             h.remove()
+    ctx.check(probe_error, "in the probe forward pass")
     kept = []
     for s in states:
         n = calls[s.layer.name]
@@ -340,10 +355,11 @@ def _score(
     timings["graph"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ plan
-    batches = [(b, min(batch_size, samples - b)) for b in range(0, samples, batch_size)]
+    first, last = ctx.examples(samples)
+    batches = [(b, min(batch_size, last - b)) for b in range(first, last, batch_size)]
     for s in states:
         total = samples * s.positions
-        s.take = _split(min(total, cap) if cap else total, [c * s.positions for _, c in batches])
+        s.target = min(total, cap) if cap else total
     mi_kwargs = dict(bins=bins, correction=correction, backend=backend, memory_budget=budget)
     run = _Runner(
         model,
@@ -357,14 +373,16 @@ def _score(
         mi_kwargs,
         return_matrices,
         batches,
+        samples,
         timings,
         progress,
+        ctx,
     )
     try:
         if mode == "propagated":
             run.propagated(range_mode, budget)
         else:
-            run.local(range_mode, budget)
+            run.local(batch_size)
     finally:
         run.close()
 
@@ -374,7 +392,7 @@ def _score(
         for s in states
         if s.result.samples < bins * bins and not s.result.model_output
     ]
-    if few:
+    if few and ctx.rank == 0:
         warnings.warn(
             f"{len(few)} layer(s) got fewer samples than bins^2 = {bins * bins}, where the "
             f"plug-in MI is dominated by its bias: {', '.join(few[:8])}"
@@ -399,6 +417,7 @@ def _score(
         "backend": run.backend_used or backend,
         "ranges": range_mode,
         "device": str(device),
+        "world_size": ctx.world,
         "graph": graph_note,
         "model": type(model).__name__,
     }
@@ -419,7 +438,14 @@ def _attention_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
 
 
 class _Runner:
-    """Drives forward passes, hooks and per-layer MI for one call of score_model."""
+    """Drives forward passes, hooks and per-layer MI for one call of score_model.
+
+    Samples are defined per global example: example ``e`` contributes ``k_e`` of its
+    ``positions`` output positions to a layer, chosen by a permutation seeded from
+    ``(seed, layer, e)``, with ``sum_e k_e = min(samples * positions, max_samples_per_layer)``
+    (the first examples take one more when it does not divide). So the samples of a layer do
+    not depend on how the examples are batched, or split over processes.
+    """
 
     def __init__(
         self,
@@ -434,66 +460,119 @@ class _Runner:
         mi_kwargs,
         return_matrices,
         batches,
+        samples,
         timings,
         progress,
+        ctx,
     ):
         self.model, self.states, self.shape, self.dtype = model, states, shape, dtype
         self.device, self.input_range, self.seed, self.taps = device, input_range, seed, taps
         self.mi_kwargs, self.return_matrices = mi_kwargs, return_matrices
-        self.batches, self.timings = batches, timings
-        self.bar = _progress(len(states), progress, "causal scores")
+        self.batches, self.samples, self.timings, self.ctx = batches, samples, timings, ctx
+        self.bar = _progress(len(states), progress and ctx.rank == 0, "causal scores")
         self.backend_used: str | None = None
         self.timings.setdefault("forward", 0.0)
-        self.hook_time = 0.0
+        self.current = "before the first measured layer"
+        self.batch = (0, 0)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
     # ---------------------------------------------------------------- sample rows
-    def _rows(self, s: _LayerState, batch: int, n_examples: int) -> torch.Tensor:
-        """The sampled (example, position) rows of this batch: a seeded uniform subsample."""
-        total = n_examples * s.positions
-        k = s.take[batch]
-        if k >= total:
-            return torch.arange(total, device=self.device)
-        gen = torch.Generator().manual_seed(example_seed(self.seed, 1 + s.index, batch))
-        rows = torch.randperm(total, generator=gen)[:k].sort().values
-        return rows.to(self.device)
+    def _rows(self, s: _LayerState, start: int, count: int) -> torch.Tensor:
+        """Flat (example, position) rows of examples ``start .. start + count - 1``."""
+        per, extra = divmod(s.target, self.samples)
+        if per >= s.positions:  # every position of every example
+            return torch.arange(count * s.positions, device=self.device)
+        rows = []
+        for k in range(count):
+            e = start + k
+            take = per + (1 if e < extra else 0)
+            gen = torch.Generator().manual_seed(example_seed(self.seed, 1 + s.index, e))
+            chosen = torch.randperm(s.positions, generator=gen)[:take].sort().values
+            rows.append(chosen + k * s.positions)
+        return torch.cat(rows).to(self.device)
 
-    def _capture(self, s: _LayerState, batch: int, x: torch.Tensor, out: torch.Tensor):
+    def _capture(self, s: _LayerState, start: int, x: torch.Tensor, out: torch.Tensor):
         t0 = _clock(self.device)
         name = s.layer.name
         response = s.response.apply(out)
         _check_finite(x, name, "input")
         _check_finite(response, name, f"response ({s.response.description})")
-        rows = self._rows(s, batch, x.shape[0])
+        rows = self._rows(s, start, x.shape[0])
         xr = input_rows(s.layer, x, rows, self.taps)
         yr = output_rows(s.layer, response, rows)
         s.add_time("capture", _clock(self.device) - t0)
         return xr, yr
 
     # ---------------------------------------------------------------- MI of one layer
-    def _finish(self, s: _LayerState, xc: torch.Tensor, yc: torch.Tensor) -> None:
-        t0 = _clock(self.device)
+    def _mi(self, s: _LayerState, xc: torch.Tensor, yc: torch.Tensor):
+        """(per_x, per_y, matrix or None, samples) of the layer, combined over ranks."""
         layer = s.layer
-        try:
-            if self.return_matrices:
-                matrix = pairwise_mi(xc, yc, groups=layer.groups, **self.mi_kwargs)
-                per_x, per_y = matrix.double().sum(dim=1), matrix.double().sum(dim=0)
-            else:
-                matrix = None
-                per_x, per_y = pairwise_mi(
-                    xc, yc, groups=layer.groups, reduce="sum", **self.mi_kwargs
-                )
-        except ValueError as e:
-            raise ValueError(f"layer '{layer.name}': {e}") from e
-        s.add_time("mi", _clock(self.device) - t0)
         if self.backend_used is None:
             from causalprune_fast.backends import resolve
 
             self.backend_used = resolve(self.mi_kwargs["backend"], xc.device).name
-        per_x, per_y = per_x.cpu(), per_y.cpu()
+        if not self.ctx.enabled:
+            if self.return_matrices:
+                matrix = pairwise_mi(xc, yc, groups=layer.groups, **self.mi_kwargs)
+                return matrix.double().sum(dim=1), matrix.double().sum(dim=0), matrix, len(xc)
+            per_x, per_y = pairwise_mi(xc, yc, groups=layer.groups, reduce="sum", **self.mi_kwargs)
+            return per_x, per_y, None, len(xc)
+        return self._mi_distributed(s, xc, yc)
+
+    def _mi_distributed(self, s: _LayerState, xc: torch.Tensor, yc: torch.Tensor):
+        """Exact counts combined over ranks: all-reduce of integer counts when the layer's
+        counts fit the memory budget, else all-gathered codes with the pairs sharded."""
+        ctx, layer = self.ctx, s.layer
+        bins = self.mi_kwargs["bins"]
+        mm = self.mi_kwargs["correction"] == "miller-madow"
+        g = layer.groups
+        cx, cy = xc.shape[1], yc.shape[1]
+        gx, gy = cx // g, cy // g
+        samples = int(ctx.sum(torch.tensor([len(xc)], dtype=torch.float64))[0])
+        counts_bytes = g * gx * gy * bins * bins * 8
+        matrix = torch.zeros(cx, cy, dtype=torch.float64)
+        if counts_bytes <= self.mi_kwargs["memory_budget"]:
+            for k in range(g):
+                xs, ys = slice(k * gx, (k + 1) * gx), slice(k * gy, (k + 1) * gy)
+                counts = reference.joint_counts(xc[:, xs].cpu(), yc[:, ys].cpu(), bins, bins)
+                counts = ctx.sum(counts.round().to(torch.int64))
+                matrix[xs, ys] = reference.mi_from_counts(counts, mm)
+            return matrix.sum(dim=1), matrix.sum(dim=0), matrix.float(), samples
+        xa, ya = ctx.gather_rows(xc), ctx.gather_rows(yc)  # all samples, in rank order
+        per_x = torch.zeros(cx, dtype=torch.float64)
+        per_y = torch.zeros(cy, dtype=torch.float64)
+        if g > 1:  # shard whole groups
+            g0, g1 = ctx.shard(g)
+            x0, x1, y0, y1, sub = g0 * gx, g1 * gx, g0 * gy, g1 * gy, g1 - g0
+        else:  # shard the x columns
+            (x0, x1), (y0, y1), sub = ctx.shard(cx), (0, cy), 1
+        if x1 > x0:
+            xa_s = xa[:, x0:x1].t().contiguous().t()
+            ya_s = ya[:, y0:y1].t().contiguous().t()
+            if self.return_matrices:
+                m = pairwise_mi(xa_s, ya_s, groups=sub, **self.mi_kwargs).double().cpu()
+                matrix[x0:x1, y0:y1] = m
+            else:
+                px, py = pairwise_mi(xa_s, ya_s, groups=sub, reduce="sum", **self.mi_kwargs)
+                per_x[x0:x1] += px.cpu()
+                per_y[y0:y1] += py.cpu()
+        if self.return_matrices:
+            matrix = ctx.sum(matrix)
+            return matrix.sum(dim=1), matrix.sum(dim=0), matrix.float(), samples
+        return ctx.sum(per_x), ctx.sum(per_y), None, samples
+
+    def _finish(self, s: _LayerState, xc: torch.Tensor, yc: torch.Tensor) -> None:
+        t0 = _clock(self.device)
+        layer = s.layer
+        try:
+            per_x, per_y, matrix, samples = self._mi(s, xc, yc)
+        except ValueError as e:
+            raise ValueError(f"layer '{layer.name}': {e}") from e
+        s.add_time("mi", _clock(self.device) - t0)
+        per_x, per_y = per_x.cpu().double(), per_y.cpu().double()
         k = layer.taps_per_channel(self.taps)
         s.result = LayerScores(
             name=layer.name,
@@ -503,7 +582,7 @@ class _Runner:
             sensitivity=float(per_y.sum()),
             response=s.response.description,
             response_reason=s.response.reason,
-            samples=int(xc.shape[0]),
+            samples=samples,
             input_units=int(xc.shape[1]),
             groups=layer.groups,
             taps=self.taps,
@@ -537,11 +616,20 @@ class _Runner:
             setattr(s, attr, torch.stack([lo, hi], dim=1))
 
     # ---------------------------------------------------------------- forward passes
-    def _forward_all(self, hook_for: Callable[[_LayerState], Callable], group) -> None:
-        """One forward pass per batch with ``hook_for(state)`` on every layer of ``group``."""
-        for b, (start, count) in enumerate(self.batches):
-            self.batch = b
+    def _forward_all(self, hook_for: Callable[[_LayerState], Callable], group, batches) -> None:
+        """One forward pass per batch with ``hook_for(state)`` on every layer of ``group``.
+        With several ranks, a failure on any rank is raised on all of them, naming the rank
+        and the layer, before anyone enters a collective."""
+        error = None
+        for start, count in batches:
+            self.batch = (start, count)
             handles = [s.layer.module.register_forward_hook(hook_for(s)) for s in group]
+            handles += [
+                s.layer.module.register_forward_pre_hook(
+                    lambda m, a, name=s.layer.name: setattr(self, "current", f"at layer '{name}'")
+                )
+                for s in group
+            ]
             try:
                 x = _noise(
                     self.shape, self.dtype, self.device, self.seed, self.input_range, start, count
@@ -553,17 +641,26 @@ class _Runner:
                 spent = _clock(self.device) - t0
                 inside = sum(sum(s.timings.values()) for s in group) - before
                 self.timings["forward"] += max(0.0, spent - inside)
+            except Exception as e:
+                if not self.ctx.enabled:
+                    raise
+                error = e
+                break
             finally:
                 for h in handles:
                     h.remove()
+        self.ctx.check(error, f"{self.current} (examples {self.batch[0]}..)")
 
-    def _groups_within_budget(self, budget: int) -> list[list[_LayerState]]:
-        """Layers split so that the codes kept across forward passes fit ``budget``."""
-        if len(self.batches) == 1:
+    def _groups_within_budget(self, budget: int, keep_codes: bool) -> list[list[_LayerState]]:
+        """Layers split so that the codes this rank keeps across forward passes fit
+        ``budget``."""
+        if not keep_codes:
             return [self.states]
+        share = sum(c for _, c in self.batches) / self.samples  # this rank's examples
         groups, current, used = [], [], 0
         for s in self.states:
-            need = sum(s.take) * (s.layer.input_units(self.taps) + s.layer.out_channels)
+            units = s.layer.input_units(self.taps) + s.layer.out_channels
+            need = math.ceil(s.target * share + self.samples) * units
             if need > budget:
                 raise ValueError(
                     f"layer '{s.layer.name}': memory_budget={budget} is too small for its "
@@ -578,41 +675,63 @@ class _Runner:
             groups.append(current)
         return groups
 
+    def _agree_ranges(self, group) -> None:
+        for s in group:
+            s.x_ranges, s.y_ranges = self.ctx.ranges(s.x_ranges), self.ctx.ranges(s.y_ranges)
+
+    def _finish_kept(self, group) -> None:
+        """MI of every layer of ``group`` from the codes kept across passes (in layer order,
+        the same on every rank)."""
+        for s in group:
+            error, codes = None, None
+            try:
+                xc = torch.cat(s.x_codes).t().contiguous().t()
+                yc = torch.cat(s.y_codes).t().contiguous().t()
+                codes = (xc, yc)
+            except Exception as e:
+                error = e
+            self.ctx.check(error, f"at layer '{s.layer.name}'")
+            self._finish(s, *codes)
+
     def propagated(self, range_mode: str, budget: int) -> None:
-        last = len(self.batches) - 1
+        # One pass per rank and ranges from its data: MI right inside the hook. Otherwise
+        # codes are kept across passes (several batches, or several ranks whose ranges and
+        # counts must be combined).
+        single = len(self.batches) == 1 and not self.ctx.enabled
 
         def minmax_hook(s):
             def hook(module, args, output):
-                xr, yr = self._capture(s, self.batch, args[0], output)
+                xr, yr = self._capture(s, self.batch[0], args[0], output)
                 self._update_ranges(s, xr, yr)
 
             return hook
 
         def codes_hook(s):
             def hook(module, args, output):
-                xr, yr = self._capture(s, self.batch, args[0], output)
+                xr, yr = self._capture(s, self.batch[0], args[0], output)
                 xc, yc = self._bin(s, xr, yr)
-                if last == 0:
+                if single:
                     self._finish(s, xc, yc)
                     return
                 s.x_codes.append(xc)
                 s.y_codes.append(yc)
-                if self.batch == last:
-                    xc = torch.cat(s.x_codes).t().contiguous().t()
-                    yc = torch.cat(s.y_codes).t().contiguous().t()
-                    self._finish(s, xc, yc)
 
             return hook
 
-        for group in self._groups_within_budget(budget):
-            if last > 0 and range_mode == "exact":
-                self._forward_all(minmax_hook, group)
-            self._forward_all(codes_hook, group)
+        exact = range_mode == "exact" or self.ctx.enabled
+        for group in self._groups_within_budget(budget, keep_codes=not single):
+            if not single and exact:
+                self._forward_all(minmax_hook, group, self.batches)
+                self._agree_ranges(group)
+            self._forward_all(codes_hook, group, self.batches)
+            if not single:
+                self._finish_kept(group)
 
-    def local(self, range_mode: str, budget: int) -> None:
+    def local(self, batch_size: int) -> None:
         """Per-layer intervention: calibrate each layer's input channel ranges on a
-        propagated pass over the first batch, then drive each layer alone with fresh uniform
-        noise on those ranges (noise stream ``1000 + layer index``)."""
+        propagated pass over the first ``batch_size`` examples (the same examples on every
+        rank), then drive each layer alone with fresh uniform noise on those ranges (noise
+        stream ``1000 + layer index``)."""
 
         def calib_hook(s):
             def hook(module, args, output):
@@ -624,34 +743,35 @@ class _Runner:
 
             return hook
 
-        first = self.batches[:1]
-        saved, self.batches = self.batches, first
-        try:
-            self._forward_all(calib_hook, self.states)
-        finally:
-            self.batches = saved
-        del range_mode, budget  # every layer is driven alone: all its batches at once
+        self._forward_all(calib_hook, self.states, [(0, min(batch_size, self.samples))])
         for s in self.states:
             view = [-1] + [1] * (len(s.input_shape) - 1) if s.layer.is_conv else [-1]
             lo = s.channel_lo.to(self.dtype).reshape(view)
             hi = s.channel_hi.to(self.dtype).reshape(view)
-            xs, ys = [], []
-            for b, (start, count) in enumerate(self.batches):
-                x = uniform_examples(
-                    s.input_shape,
-                    start,
-                    count,
-                    lo,
-                    hi,
-                    seed=self.seed,
-                    stream=1000 + s.index,
-                    device=self.device,
-                    dtype=self.dtype,
-                )
-                with torch.no_grad():
-                    out = s.layer.module(x)
-                    xr, yr = self._capture(s, b, x, out)
-                xs.append(xr)
-                ys.append(yr)
-            xc, yc = self._bin(s, torch.cat(xs), torch.cat(ys))
+            xs, ys, error = [], [], None
+            try:
+                for start, count in self.batches:
+                    x = uniform_examples(
+                        s.input_shape,
+                        start,
+                        count,
+                        lo,
+                        hi,
+                        seed=self.seed,
+                        stream=1000 + s.index,
+                        device=self.device,
+                        dtype=self.dtype,
+                    )
+                    with torch.no_grad():
+                        out = s.layer.module(x)
+                        xr, yr = self._capture(s, start, x, out)
+                    xs.append(xr)
+                    ys.append(yr)
+                xr, yr = torch.cat(xs), torch.cat(ys)
+                self._update_ranges(s, xr, yr)
+            except Exception as e:
+                error = e
+            self.ctx.check(error, f"at layer '{s.layer.name}'")
+            s.x_ranges, s.y_ranges = self.ctx.ranges(s.x_ranges), self.ctx.ranges(s.y_ranges)
+            xc, yc = self._bin(s, xr, yr)
             self._finish(s, xc, yc)

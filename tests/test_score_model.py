@@ -124,6 +124,17 @@ def test_depthwise_and_center_taps():
     assert (center.layers["0"].incoming > 0).all()
 
 
+def test_subsampled_streaming_equals_one_batch():
+    """Samples are drawn per global example, so batching does not change them."""
+    net = small_cnn()
+    kw = dict(samples=10, max_samples_per_layer=300, progress=False, seed=8)
+    one = cf.score_model(net, (3, 16, 16), **kw)
+    many = cf.score_model(net, (3, 16, 16), batch_size=3, **kw)
+    for name in one.layers:
+        assert many.layers[name].samples == one.layers[name].samples
+        torch.testing.assert_close(many.layers[name].incoming, one.layers[name].incoming)
+
+
 def test_streaming_batches_equal_one_batch_with_fixed_ranges():
     net = small_cnn()
     kw = dict(samples=12, max_samples_per_layer=None, progress=False, seed=4)
