@@ -22,4 +22,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_set_algorithm", &causalprune_fast::cpu::set_algorithm,
         "CPU counting algorithm: 'auto', 'bitmask' or 'count'.");
   m.def("cpu_get_algorithm", &causalprune_fast::cpu::get_algorithm);
+  m.def("cpu_popcount_ceiling", &causalprune_fast::cpu::ceiling, pybind11::arg("seconds") = 1.0,
+        "AND + popcount ceiling of the active CPU path, in bit pairs per second.");
 }

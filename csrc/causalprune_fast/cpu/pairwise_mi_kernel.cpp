@@ -389,6 +389,7 @@ std::string get_algorithm() {
 
 std::string isa() { return isa_name(active_isa()); }
 void force_portable(bool on) { g_force_portable.store(on); }
+double ceiling(double seconds) { return popcount_ceiling(active_isa(), seconds); }
 
 }  // namespace cpu
 

@@ -16,5 +16,8 @@ std::string get_algorithm();
 std::string isa();
 void force_portable(bool on);
 
+// The AND + popcount ceiling of the active instruction set (bit pairs per second).
+double ceiling(double seconds);
+
 }  // namespace cpu
 }  // namespace causalprune_fast

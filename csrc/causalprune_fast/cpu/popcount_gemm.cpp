@@ -1,8 +1,12 @@
 // AND + popcount matrix product and bin-mask construction; see popcount_gemm.h.
 #include "popcount_gemm.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <vector>
 #include <utility>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -236,6 +240,37 @@ void popcount_gemm(Isa isa, const uint64_t* A, int64_t rows, const uint64_t* B, 
       }
     }
   }
+}
+
+double popcount_ceiling(Isa isa, double seconds) {
+  // One full micro-tile (kMR rows x kNR rows of kBlockWords words: 12 KiB, in L1) per thread,
+  // repeated; the product is the same code path as popcount_gemm's inner loop.
+  const MicroFn fn = kernel_table(isa)[kMR - 1][kNR - 1];
+  const int threads = std::max(1, at::get_num_threads());
+  std::vector<double> bits(threads, 0.0);
+  const auto start = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::vector<uint64_t> a(kMR * kBlockWords), b(kNR * kBlockWords);
+      for (size_t i = 0; i < a.size(); ++i) a[i] = 0x9E3779B97F4A7C15ull * (i + 1 + t);
+      for (size_t i = 0; i < b.size(); ++i) b[i] = 0xBF58476D1CE4E5B9ull * (i + 7 + t);
+      int32_t c[kMR * kNR] = {};
+      int64_t reps = 0;
+      while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
+             seconds) {
+        for (int r = 0; r < 64; ++r) fn(a.data(), b.data(), kBlockWords, 0, kBlockWords, c, kNR);
+        reps += 64;
+      }
+      volatile int32_t sink = c[0];
+      (void)sink;
+      bits[t] = static_cast<double>(reps) * kMR * kNR * kBlockWords * 64;
+    }
+  });
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double total = 0.0;
+  for (double v : bits) total += v;
+  return total / elapsed;
 }
 
 }  // namespace cpu

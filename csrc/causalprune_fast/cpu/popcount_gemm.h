@@ -39,5 +39,11 @@ void build_bin_masks(Isa isa, const uint8_t* codes, int64_t samples, int64_t col
 void popcount_gemm(Isa isa, const uint64_t* A, int64_t rows, const uint64_t* B, int64_t cols,
                    int64_t ld, int64_t w0, int64_t nw, int32_t* C, int64_t ldc);
 
+// Ceiling of the AND + popcount product on this CPU: runs the register-tiled micro-kernel on
+// L1-resident masks with every thread for about `seconds` and returns the rate in bit pairs
+// (sample x bin-pair) per second. A kernel's fraction of the ceiling is its
+// pair-samples/s x (bins_x - 1)(bins_y - 1) divided by this.
+double popcount_ceiling(Isa isa, double seconds);
+
 }  // namespace cpu
 }  // namespace causalprune_fast
