@@ -30,6 +30,11 @@ def _run(cmd: list[str]) -> str:
     return " ".join(cmd)
 
 
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def _anchor_rates(kernels: dict) -> dict[str, float]:
     rates = {}
     for b in kernels["benchmarks"]:
@@ -120,6 +125,41 @@ def stability_section(stab: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def ceiling_section(ceiling: dict, command: str) -> str:
+    lines = [f"- command: `{command}`", ""]
+    for b in ceiling["benchmarks"]:
+        e = b["extra_info"]
+        if e.get("kind") == "cpu":
+            lines += [
+                f"CPU, {e['bins']} bins, S={e['samples']}, {e['pairs']} pairs: the AND + "
+                "popcount micro-kernel on L1-resident masks with every thread is the ceiling; "
+                "a pair-sample costs (bins - 1)^2 bit pairs.",
+                "",
+                "| path | ceiling (bit pairs/s) | = pair-samples/s at these bins | kernel "
+                "pair-samples/s | fraction of ceiling |",
+                "|---|---|---|---|---|",
+            ]
+            for path, v in e["paths"].items():
+                lines.append(
+                    f"| {path} ({v['isa']}) | {v['ceiling_bit_pairs_per_s'] / 1e9:.0f} G | "
+                    f"{v['ceiling_pair_samples_per_s_at_B'] / 1e9:.2f} G | "
+                    f"{v['kernel_pair_samples_per_s'] / 1e9:.2f} G | "
+                    f"{v['fraction_of_ceiling']:.0%} |"
+                )
+        elif e.get("kind") == "gpu":
+            lines.append(
+                f"GPU: int8 tensor cores {e['int8_ops_per_s'] / 1e12:.0f} TOPS, copy "
+                f"{e['copy_bytes_per_s'] / 1e12:.2f} TB/s"
+            )
+            for k, v in e["kernels"].items():
+                lines.append(
+                    f"- {k}: {v['pair_samples_per_s'] / 1e9:.1f} G pair-samples/s, "
+                    f"{v['fraction_of_int8_peak']:.0%} of int8 peak"
+                )
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="markdown file to write")
@@ -136,6 +176,14 @@ def main(argv=None) -> int:
     )
     mcmd = _run([py, "-m", "pytest", "-q", "benchmarks/bench_models.py", f"--benchmark-json={mj}"])
     scmd = _run([py, "benchmarks/stability.py", "--json", sj])
+    cj, gj = (
+        os.path.join(args.json_dir, "ceiling.json"),
+        os.path.join(args.json_dir, "scaling.json"),
+    )
+    ccmd = _run([py, "-m", "pytest", "-q", "benchmarks/bench_ceiling.py", f"--benchmark-json={cj}"])
+    gcmd = _run([py, "-m", "pytest", "-q", "benchmarks/bench_scaling.py", f"--benchmark-json={gj}"])
+    png = os.path.join(os.path.dirname(args.out), f"scaling-{args.title.lower()}.png")
+    pcmd = _run([py, "benchmarks/plot_scaling.py", gj, "--out", png])
     with open(kj) as f:
         kernels = json.load(f)
     with open(mj) as f:
@@ -158,6 +206,14 @@ def main(argv=None) -> int:
         "## Ranking stability: two seeds, resnet18, 224 x 224, default settings",
         "",
         stability_section(stab, scmd),
+        "## Ceilings: how close the kernels get to the machine's limit",
+        "",
+        ceiling_section(_load(cj), ccmd),
+        "## Scaling: throughput as the work grows",
+        "",
+        f"![throughput vs size]({os.path.basename(png)}) (`{pcmd}`)",
+        "",
+        report(gj, gcmd),
     ]
     with open(args.out, "w") as f:
         f.write("\n".join(text))
