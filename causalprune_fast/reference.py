@@ -85,6 +85,19 @@ def _mi_block(
     return mi_from_counts(joint_counts(x, y, bins_x, bins_y), miller_madow)
 
 
+def _matrix(
+    x: torch.Tensor, y: torch.Tensor, bins_x: int, bins_y: int, groups: int, miller_madow: bool
+) -> torch.Tensor:
+    """The float64 ``[Cx, Cy]`` MI matrix, pairs across groups 0."""
+    cx, cy = x.shape[1], y.shape[1]
+    gx, gy = cx // groups, cy // groups
+    out = torch.zeros(cx, cy, dtype=torch.float64, device=x.device)
+    for g in range(groups):
+        xs, ys = slice(g * gx, (g + 1) * gx), slice(g * gy, (g + 1) * gy)
+        out[xs, ys] = _mi_block(x[:, xs], y[:, ys], bins_x, bins_y, miller_madow)
+    return out
+
+
 def pairwise_mi(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -98,13 +111,7 @@ def pairwise_mi(
     ``x``/``y`` are codes ``[S, Cx]``/``[S, Cy]``; with ``groups`` > 1 the columns of each are
     split into that many contiguous equal blocks and pairs across blocks are 0.
     """
-    cx, cy = x.shape[1], y.shape[1]
-    gx, gy = cx // groups, cy // groups
-    out = torch.zeros(cx, cy, dtype=torch.float64, device=x.device)
-    for g in range(groups):
-        xs, ys = slice(g * gx, (g + 1) * gx), slice(g * gy, (g + 1) * gy)
-        out[xs, ys] = _mi_block(x[:, xs], y[:, ys], bins_x, bins_y, miller_madow)
-    return out.to(torch.float32)
+    return _matrix(x, y, bins_x, bins_y, groups, miller_madow).to(torch.float32)
 
 
 def pairwise_mi_sums(
@@ -116,13 +123,5 @@ def pairwise_mi_sums(
     miller_madow: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column sums (float64) of :func:`pairwise_mi`'s matrix."""
-    cx, cy = x.shape[1], y.shape[1]
-    gx, gy = cx // groups, cy // groups
-    per_x = torch.zeros(cx, dtype=torch.float64, device=x.device)
-    per_y = torch.zeros(cy, dtype=torch.float64, device=x.device)
-    for g in range(groups):
-        xs, ys = slice(g * gx, (g + 1) * gx), slice(g * gy, (g + 1) * gy)
-        block = _mi_block(x[:, xs], y[:, ys], bins_x, bins_y, miller_madow)
-        per_x[xs] += block.sum(dim=1)
-        per_y[ys] += block.sum(dim=0)
-    return per_x, per_y
+    m = _matrix(x, y, bins_x, bins_y, groups, miller_madow)
+    return m.sum(dim=1), m.sum(dim=0)

@@ -361,23 +361,10 @@ def _score(
         total = samples * s.positions
         s.target = min(total, cap) if cap else total
     mi_kwargs = dict(bins=bins, correction=correction, backend=backend, memory_budget=budget)
-    run = _Runner(
-        model,
-        states,
-        shape,
-        dtype,
-        device,
-        input_range,
-        seed,
-        taps,
-        mi_kwargs,
-        return_matrices,
-        batches,
-        samples,
-        timings,
-        progress,
-        ctx,
+    plan = _Plan(
+        shape, dtype, device, input_range, seed, taps, samples, mi_kwargs, return_matrices, progress
     )
+    run = _Runner(model, states, plan, batches, timings, ctx)
     try:
         if mode == "propagated":
             run.propagated(range_mode, budget)
@@ -437,6 +424,22 @@ def _attention_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
     return out
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The settings of one score_model call that the runner needs."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    input_range: tuple[float, float]
+    seed: int
+    taps: str
+    samples: int  # noise examples, over all ranks
+    mi_kwargs: dict
+    return_matrices: bool
+    progress: bool
+
+
 class _Runner:
     """Drives forward passes, hooks and per-layer MI for one call of score_model.
 
@@ -447,28 +450,19 @@ class _Runner:
     not depend on how the examples are batched, or split over processes.
     """
 
-    def __init__(
-        self,
-        model,
-        states,
-        shape,
-        dtype,
-        device,
-        input_range,
-        seed,
-        taps,
-        mi_kwargs,
-        return_matrices,
-        batches,
-        samples,
-        timings,
-        progress,
-        ctx,
-    ):
-        self.model, self.states, self.shape, self.dtype = model, states, shape, dtype
-        self.device, self.input_range, self.seed, self.taps = device, input_range, seed, taps
-        self.mi_kwargs, self.return_matrices = mi_kwargs, return_matrices
-        self.batches, self.samples, self.timings, self.ctx = batches, samples, timings, ctx
+    def __init__(self, model, states, plan: _Plan, batches, timings, ctx):
+        self.model, self.states, self.batches, self.timings, self.ctx = (
+            model,
+            states,
+            batches,
+            timings,
+            ctx,
+        )
+        self.shape, self.dtype, self.device = plan.shape, plan.dtype, plan.device
+        self.input_range, self.seed, self.taps = plan.input_range, plan.seed, plan.taps
+        self.samples, self.mi_kwargs = plan.samples, plan.mi_kwargs
+        self.return_matrices = plan.return_matrices
+        progress = plan.progress
         self.bar = _progress(len(states), progress and ctx.rank == 0, "causal scores")
         self.backend_used: str | None = None
         self.timings.setdefault("forward", 0.0)

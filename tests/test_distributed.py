@@ -22,6 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 
 
 def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` on the CPU, captured."""
     env = dict(
         os.environ,
         PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -34,10 +35,13 @@ def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
         "--standalone",
         "--nproc_per_node",
         "2",
-        os.path.join(HERE, "distributed", "worker.py"),
         *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def worker(*args: str) -> subprocess.CompletedProcess:
+    return torchrun(os.path.join(HERE, "distributed", "worker.py"), *args)
 
 
 @pytest.mark.parametrize("model", ["cnn", "block"])
@@ -47,7 +51,7 @@ def test_two_ranks_equal_one_process(tmp_path, model, path):
         pytest.importorskip("timm")
     out = tmp_path / "scores.safetensors"
     budget = [] if path == "counts" else ["--budget", "100000"]  # too small for counts
-    proc = torchrun(model, str(out), *budget)
+    proc = worker(model, str(out), *budget)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dist_scores = cf.CausalScores.load(out)
     net, shape = build(model)
@@ -73,7 +77,7 @@ def test_two_ranks_equal_one_process(tmp_path, model, path):
 
 def test_failing_rank_stops_every_rank_with_its_name(tmp_path):
     out = tmp_path / "scores.safetensors"
-    proc = torchrun("cnn", str(out), "--fail-rank", "1")
+    proc = worker("cnn", str(out), "--fail-rank", "1")
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     # Both ranks raise, naming the failing rank and its layer (here already in the probe pass).
@@ -89,18 +93,7 @@ def test_failing_rank_stops_every_rank_with_its_name(tmp_path):
 def test_cli_under_torchrun(tmp_path):
     pytest.importorskip("torchvision")
     out = tmp_path / "r18.safetensors"
-    env = dict(
-        os.environ,
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        OMP_NUM_THREADS="1",
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+    proc = torchrun(
         "-m",
         "causalprune_fast",
         "score",
@@ -117,8 +110,8 @@ def test_cli_under_torchrun(tmp_path):
         "--no-progress",
         "--out",
         str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("scores written to") == 1  # rank 0 only
     assert cf.CausalScores.load(out).config["world_size"] == 2

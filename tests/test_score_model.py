@@ -252,7 +252,9 @@ def test_plot(tmp_path):
 
 def test_errors_name_the_argument_or_layer():
     net = small_cnn()
-    with pytest.raises(ValueError, match=r"model raised on a noise input of shape \(1, 3, 5, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"model raised at layer '6' on a noise input of shape \(1, 3, 5, 5\)"
+    ):
         cf.score_model(net, (3, 5, 5), **FAST)
     with pytest.raises(ValueError, match="input_shape must be positive"):
         cf.score_model(net, (3, 0, 16), **FAST)
