@@ -153,7 +153,7 @@ def _local_linear_kernels(args, run) -> None:
         per_y_ptr="*fp64", ydbg_ptr="*fp32", seed="i64", S="i32", CIN="i32", COUT="i32",
         bins="i32", TILES_Y="i32",
     )  # fmt: skip
-    cases = list(LOCAL_LINEAR_CASES)
+    cases = list(LOCAL_LINEAR_CASES[:1] if args.smoke else LOCAL_LINEAR_CASES)
     if args.all:
         cases += [(f"256x256 bins 16 {a}", 256, 256, 16, a) for a in MORE_LOCAL_LINEAR_ACTIVATIONS]
     for i, (name, cin, cout, bins, act) in enumerate(cases):
@@ -164,6 +164,8 @@ def _local_linear_kernels(args, run) -> None:
         run(f"local_linear ranges {name}", ll._range_kernel, rsig, dict(flags, **shapes), 4, 1,
             enable_fp_fusion=False)  # fmt: skip
         variants = [(False, False), (True, True)] if i == 0 or args.all else [(i % 2 == 1, False)]
+        if args.smoke:  # one compile of each kernel: sums with Miller-Madow
+            variants = [(True, True)]
         for sums, mm in variants:
             consts = dict(
                 flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, SBX=c.sbx, KX=c.kx,
