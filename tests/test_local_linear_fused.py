@@ -185,12 +185,17 @@ def test_split_bins_gpu_shapes():
     check_fused(3, 2, 130, 256, "tanh", True, False, False, "sum", config=cfg)
 
 
-def test_one_by_one_conv_weight():
+def test_one_by_one_conv_weight_and_parameters():
     p = make_layer(6, 4, seed=5)
     kw = dict(samples=300, seed=2, bins=16, activation="relu")
     m2 = ll.local_linear_mi(p["weight"], p["bias"], p["lo"], p["hi"], **kw)
     m4 = ll.local_linear_mi(p["weight"][:, :, None, None], p["bias"], p["lo"], p["hi"], **kw)
     assert torch.equal(m2, m4)
+    # nn.Parameters (requiring grad) and float64 ranges are taken as float32 values.
+    w = torch.nn.Parameter(p["weight"].clone())
+    b = torch.nn.Parameter(p["bias"].clone())
+    mp = ll.local_linear_mi(w, b, p["lo"].double(), p["hi"].double(), **kw)
+    assert torch.equal(m2, mp)
 
 
 # ----------------------------------------------------------------------------- noise
@@ -220,7 +225,7 @@ def philox_rand_np(seed: int, offsets: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) * np.float32(4.6566127342e-10)
 
 
-@pytest.mark.parametrize("seed", [0, 12345, 2**40 + 17])
+@pytest.mark.parametrize("seed", [0, 12345, 3_000_000_000, 2**40 + 17])
 def test_noise_is_philox(seed):
     S, cin = 70, 9
     zeros = torch.zeros(cin, device=DEVICE)
