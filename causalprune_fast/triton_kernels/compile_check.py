@@ -34,6 +34,15 @@ MORE_CASES = [
     ("one x column, bins 16", 1, 1000, 16, 16),  # 16-row tile
     ("one y column, bins 2", 1000, 1, 2, 2),
 ]
+# Fused local-mode Linear kernels (local_linear.py): (name, Cin, Cout, bins, activation).
+LOCAL_LINEAR_CASES = [
+    ("512x512 bins 16 relu", 512, 512, 16, "relu"),
+    ("768x3072 bins 16 gelu", 768, 3072, 16, "gelu"),
+    ("64x10 bins 2 identity", 64, 10, 2, "identity"),
+    ("256x256 bins 64 tanh", 256, 256, 64, "tanh"),
+    ("128x128 bins 256 silu", 128, 128, 256, "silu"),
+]
+MORE_LOCAL_LINEAR_ACTIVATIONS = ["sigmoid", "hardswish", "relu6"]
 
 
 def _resource_usage(cubin: bytes) -> str:
@@ -48,7 +57,7 @@ def _resource_usage(cubin: bytes) -> str:
     return f"regs {m.group(1)} stack {m.group(2)}" if m else "regs ?"
 
 
-def _compile(fn, signature, constexprs, arch, num_warps, num_stages):
+def _compile(fn, signature, constexprs, arch, num_warps, num_stages, **options):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -63,7 +72,7 @@ def _compile(fn, signature, constexprs, arch, num_warps, num_stages):
         if v.startswith("*") or k == "S"
     }
     src = ASTSource(fn, sig, constexprs, attrs)
-    opts = dict(num_warps=num_warps, num_stages=num_stages)
+    opts = dict(num_warps=num_warps, num_stages=num_stages, **options)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
@@ -73,6 +82,11 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="more bin / group shapes")
     parser.add_argument("--smoke", action="store_true", help="one config per kernel (tests)")
     parser.add_argument("--sass", help="write each kernel's SASS into this folder")
+    parser.add_argument(
+        "--local-linear",
+        action="store_true",
+        help="only the fused local-mode Linear kernels (local_linear.py)",
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
@@ -84,10 +98,10 @@ def main(argv=None) -> int:
 
     failures = 0
 
-    def run(name, fn, signature, constexprs, num_warps, num_stages):
+    def run(name, fn, signature, constexprs, num_warps, num_stages, **options):
         nonlocal failures
         try:
-            k = _compile(fn, signature, constexprs, args.arch, num_warps, num_stages)
+            k = _compile(fn, signature, constexprs, args.arch, num_warps, num_stages, **options)
         except Exception as e:  # report every failing configuration, not just the first
             failures += 1
             msg = str(e).strip().splitlines()
@@ -112,6 +126,58 @@ def main(argv=None) -> int:
             with open(os.path.join(args.sass, fname), "w") as f:
                 f.write(sass.stdout)
 
+    if not args.local_linear:
+        _estimator_kernels(args, run, pm, q)
+    if args.local_linear or not args.smoke:
+        _local_linear_kernels(args, run)
+    print("all compiled" if not failures else f"{failures} configuration(s) failed")
+    return 1 if failures else 0
+
+
+def _local_linear_kernels(args, run) -> None:
+    ll = importlib.import_module(__package__ + ".local_linear")
+    common = dict(
+        w_ptr="*fp32", b_ptr="*fp32", scale_ptr="*fp32", shift_ptr="*fp32", lo_ptr="*fp32",
+        hi_ptr="*fp32",
+    )  # fmt: skip
+    run("materialize_noise", ll._noise_kernel, dict(out_ptr="*fp32", lo_ptr="*fp32",
+        hi_ptr="*fp32", seed="i64", S="i32", CIN="i32"),
+        dict(BLOCK_S=ll.NOISE_BLOCK_S, BLOCK_K=ll.NOISE_BLOCK_K), 4, 1,
+        enable_fp_fusion=False)  # fmt: skip
+    rsig = dict(
+        common, part_lo_ptr="*fp64", part_hi_ptr="*fp64", ydbg_ptr="*fp32", seed="i64",
+        S="i32", CIN="i32", COUT="i32", rows_per_program="i32", TILES_Y="i32",
+    )  # fmt: skip
+    msig = dict(
+        common, xr_ptr="*fp64", yr_ptr="*fp64", out_ptr="*fp32", per_x_ptr="*fp64",
+        per_y_ptr="*fp64", ydbg_ptr="*fp32", seed="i64", S="i32", CIN="i32", COUT="i32",
+        bins="i32", TILES_Y="i32",
+    )  # fmt: skip
+    cases = list(LOCAL_LINEAR_CASES[:1] if args.smoke else LOCAL_LINEAR_CASES)
+    if args.all:
+        cases += [(f"256x256 bins 16 {a}", 256, 256, 16, a) for a in MORE_LOCAL_LINEAR_ACTIVATIONS]
+    for i, (name, cin, cout, bins, act) in enumerate(cases):
+        c = ll.local_tile_config(cin, cout, bins, interpret=False)
+        flags = dict(ACT=act, HAS_BIAS=True, HAS_AFFINE=i % 2 == 0, DEBUG_Y=False)
+        shapes = dict(YW=c.yw, BLOCK_S=c.block_s, BLOCK_K=c.block_k)
+        # The launchers compile without multiply-add contraction (see local_linear.py).
+        run(f"local_linear ranges {name}", ll._range_kernel, rsig, dict(flags, **shapes), 4, 1,
+            enable_fp_fusion=False)  # fmt: skip
+        variants = [(False, False), (True, True)] if i == 0 or args.all else [(i % 2 == 1, False)]
+        if args.smoke:  # one compile of each kernel: sums with Miller-Madow
+            variants = [(True, True)]
+        for sums, mm in variants:
+            consts = dict(
+                flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, SBX=c.sbx, KX=c.kx,
+                PY=c.py, SBY=c.sby, KY=c.ky,
+            )  # fmt: skip
+            tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
+            label = f"local_linear mi{'_sums' if sums else ''} {name} ({tile})"
+            run(label, ll._mi_kernel, msig, consts, c.num_warps, c.num_stages,
+                enable_fp_fusion=False)  # fmt: skip
+
+
+def _estimator_kernels(args, run, pm, q) -> None:
     qsig = dict(
         x_ptr="*fp32", stride_s="i32", stride_c="i32", ranges_ptr="*fp64", stride_rc="i32",
         stride_rk="i32", codes_ptr="*u8", S="i32", C="i32", bins="i32",
@@ -150,8 +216,6 @@ def main(argv=None) -> int:
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"pairwise_mi{'_sums' if sums else ''} {name} ({tile})"
             run(label, pm._pairwise_mi_kernel, msig, consts, c.num_warps, c.num_stages)
-    print("all compiled" if not failures else f"{failures} configuration(s) failed")
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,356 @@
+"""Tests of the fused local-mode Linear kernels (causalprune_fast.triton_kernels.local_linear).
+
+Without a GPU they run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1 before the
+kernels are imported); with one, on CUDA tensors. The reference is the unfused path on the same
+noise: ``u = materialize_noise(...)``, ``y = act(scale * (u @ W.T + b) + shift)`` in torch
+float32, then ``causalprune_fast.pairwise_mi(u, y, backend="cpu")``.
+
+A float32 matrix product in Triton and in torch may differ in its last bits (summation order),
+and a code flips where such a difference straddles a bin edge. So the MI is checked exactly
+(1e-5 bits) against the unfused estimator run on the fused kernel's own response (returned by
+``local_linear_debug``), the fused response is bounded against torch's by a few ulp of the
+magnitudes involved, and against torch's own response the MI is checked exactly wherever all
+codes agree; the fraction of flipped codes is bounded (and reported by the assertion message).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import causalprune_fast as cf  # noqa: E402
+from causalprune_fast import triton_kernels as tk  # noqa: E402
+from causalprune_fast.triton_kernels import local_linear as ll  # noqa: E402
+
+_OK, _WHY = tk.is_available()
+pytestmark = pytest.mark.skipif(not _OK, reason=_WHY)
+DEVICE = "cpu" if tk.INTERPRET else "cuda"
+TOL = 1e-5  # bits (METHOD.md section 5)
+EPS = torch.finfo(torch.float32).eps
+# |y_triton - y_torch| <= ULPS * eps * (magnitude of the sum + |y|); at most 1.7 was seen under
+# the interpreter (all activations, Cin <= 40); a GPU's FMA chain may round a little differently.
+ULPS = 16
+MAX_FLIP_FRACTION = 2e-3
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def make_layer(cin, cout, bias=True, affine=False, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    p = dict(weight=torch.randn(cout, cin, generator=g) / cin**0.5)
+    p["bias"] = torch.randn(cout, generator=g) * 0.5 if bias else None
+    if affine:
+        p["scale"] = torch.rand(cout, generator=g) * 1.5 + 0.25
+        p["shift"] = torch.randn(cout, generator=g) * 0.5
+    # Per-unit ranges of different widths and centres, as a calibration pass would give.
+    p["lo"] = -torch.rand(cin, generator=g) * 2.0
+    p["hi"] = p["lo"] + torch.rand(cin, generator=g) * 3.0 + 0.1
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+
+
+def unfused_mi(u, y, bins, miller_madow, reduce):
+    corr = "miller-madow" if miller_madow else None
+    return cf.pairwise_mi(
+        u.cpu(), y.cpu(), bins, correction=corr, backend="cpu", reduce=reduce
+    )  # fmt: skip
+
+
+def assert_mi_equal(got, want, reduce):
+    if reduce is None:
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=TOL)
+    else:
+        assert got.per_x.dtype == got.per_y.dtype == torch.float64
+        # Sums of up to 40 entries each within TOL of the reference.
+        torch.testing.assert_close(got.per_x.cpu(), want.per_x, rtol=0, atol=TOL * 40)
+        torch.testing.assert_close(got.per_y.cpu(), want.per_y, rtol=0, atol=TOL * 40)
+
+
+def check_fused(cin, cout, samples, bins, act, bias=True, affine=False, miller_madow=False,
+                reduce=None, seed=7, config=None, layer_seed=0):  # fmt: skip
+    """Every check of one fused run against the unfused path; returns (run, flip fraction)."""
+    p = make_layer(cin, cout, bias, affine, layer_seed)
+    lo, hi = p.pop("lo"), p.pop("hi")
+    kw = dict(samples=samples, seed=seed, bins=bins, activation=act, miller_madow=miller_madow,
+              reduce=reduce)  # fmt: skip
+    run = ll.local_linear_debug(p["weight"], p["bias"], lo, hi, **kw, scale=p.get("scale"),
+                                shift=p.get("shift"), config=config)  # fmt: skip
+    u = ll.materialize_noise(samples, lo, hi, seed)
+    y_torch = ll.reference_response(u, p["weight"], p["bias"], p.get("scale"), p.get("shift"), act)
+
+    # Pass 2 recomputed exactly the response pass 1 measured; the ranges are the exact
+    # minima and maxima of the materialized noise and of that response.
+    y = run.y_pass2
+    assert torch.equal(run.y_pass1, y)
+    assert torch.isfinite(y).all()
+    u64, y64 = u.double(), y.double()
+    assert torch.equal(run.x_ranges, torch.stack([u64.amin(0), u64.amax(0)], 1))
+    assert torch.equal(run.y_ranges, torch.stack([y64.amin(0), y64.amax(0)], 1))
+
+    # The fused response is torch's up to rounding: a few ulp of |u| @ |W|^T (+ |b|, ...).
+    mag = u.abs() @ p["weight"].abs().t()
+    if p["bias"] is not None:
+        mag = mag + p["bias"].abs()
+    if affine:
+        mag = mag * p["scale"].abs() + p["shift"].abs()
+    err = (y - y_torch).abs()
+    bound = ULPS * EPS * (mag + y_torch.abs())
+    assert bool((err <= bound).all()), f"max |dy| {float(err.max()):.3g}"
+
+    # MI: exact against the unfused estimator on the fused response ...
+    got = run.matrix if reduce is None else cf.PairwiseMISums(run.per_x, run.per_y)
+    assert_mi_equal(got, unfused_mi(u, y, bins, miller_madow, reduce), reduce)
+    # ... and against the unfused path on torch's response wherever no code flipped.
+    codes_f, _ = cf.quantize(y.cpu(), bins, run.y_ranges.cpu(), backend="cpu")
+    codes_t, _ = cf.quantize(y_torch.cpu(), bins, backend="cpu")
+    flips = float((codes_f != codes_t).double().mean())
+    assert flips <= MAX_FLIP_FRACTION, f"{flips:.2e} of the y codes flipped"
+    if flips == 0.0:
+        assert_mi_equal(got, unfused_mi(u, y_torch, bins, miller_madow, reduce), reduce)
+    return run, flips
+
+
+# ----------------------------------------------------------------------------- fused vs unfused
+# (Cin, Cout, S, bins, activation, bias, affine, miller_madow, reduce)
+CASES = [
+    (3, 5, 100, 16, "identity", True, False, False, None),
+    (5, 3, 1000, 16, "relu", False, True, False, "sum"),
+    (17, 5, 1000, 16, "gelu", True, True, False, None),
+    (5, 17, 1000, 2, "silu", True, False, True, None),
+    (40, 3, 3000, 16, "sigmoid", True, True, True, "sum"),
+    (3, 40, 3000, 2, "tanh", False, False, False, None),
+    (17, 5, 1000, 64, "hardswish", True, True, False, None),
+    (40, 40, 1000, 2, "relu6", True, True, False, "sum"),
+    (40, 17, 1000, 16, "identity", False, True, True, None),
+    (5, 5, 3000, 64, "gelu", True, False, True, "sum"),
+    (17, 3, 100, 64, "silu", True, True, False, "sum"),
+    (3, 3, 1, 16, "relu", True, False, False, None),  # one sample: every MI is 0
+    (3, 3, 1, 16, "relu", True, False, True, "sum"),
+    (40, 5, 3000, 2, "tanh", True, True, False, "sum"),
+    (5, 40, 100, 16, "sigmoid", False, True, True, None),
+]
+
+
+@pytest.mark.parametrize(
+    "cin, cout, samples, bins, act, bias, affine, miller_madow, reduce", CASES
+)  # fmt: skip
+def test_fused_equals_unfused(cin, cout, samples, bins, act, bias, affine, miller_madow, reduce):
+    run, _ = check_fused(cin, cout, samples, bins, act, bias, affine, miller_madow, reduce)
+    if samples == 1:
+        got = run.matrix if reduce is None else torch.cat([run.per_x, run.per_y])
+        assert torch.all(got == 0)
+
+
+def test_matrix_and_sums_agree():
+    p = make_layer(17, 5, affine=True, seed=3)
+    args = (p["weight"], p["bias"], p["lo"], p["hi"])
+    kw = dict(samples=500, seed=11, bins=8, scale=p["scale"], shift=p["shift"], activation="silu")
+    m = ll.local_linear_mi(*args, **kw)
+    s = ll.local_linear_mi(*args, **kw, reduce="sum")
+    assert isinstance(s, cf.PairwiseMISums)
+    torch.testing.assert_close(s.per_x, m.double().sum(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(s.per_y, m.double().sum(0), rtol=0, atol=1e-5)
+    # The debug entry point runs the same kernels.
+    run = ll.local_linear_debug(*args, **kw)
+    assert torch.equal(run.matrix, m)
+    m2, xr, yr = ll.local_linear_mi(*args, **kw, return_ranges=True)
+    assert torch.equal(m2, m) and torch.equal(xr, run.x_ranges) and torch.equal(yr, run.y_ranges)
+    assert float(m.max()) > 0.1  # a real layer carries information
+
+
+def test_gpu_tile_shapes_under_interpreter():
+    # The GPU launch shapes (64-sample, 32-input steps; 8-channel pair tiles, y computed 16
+    # channels at a time and the first 8 kept): several K chunks, sample chunks and a partial
+    # last chunk.
+    cfg = ll.local_tile_config(40, 17, 16, interpret=False)
+    assert (cfg.block_s, cfg.block_k, cfg.yw // cfg.py) == (64, 32, 2)
+    check_fused(40, 17, 300, 16, "gelu", True, True, True, None, config=cfg)
+
+
+def test_split_bins_gpu_shapes():
+    # 256 bins: 128-bin sub-blocks (KX = KY = 2), one pair per tile, y computed 16 at a time.
+    cfg = ll.local_tile_config(3, 2, 256, interpret=False)
+    assert (cfg.kx, cfg.ky, cfg.px, cfg.py, cfg.yw) == (2, 2, 1, 1, 16)
+    check_fused(3, 2, 130, 256, "tanh", True, False, False, "sum", config=cfg)
+
+
+def test_one_by_one_conv_weight_and_parameters():
+    p = make_layer(6, 4, seed=5)
+    kw = dict(samples=300, seed=2, bins=16, activation="relu")
+    m2 = ll.local_linear_mi(p["weight"], p["bias"], p["lo"], p["hi"], **kw)
+    m4 = ll.local_linear_mi(p["weight"][:, :, None, None], p["bias"], p["lo"], p["hi"], **kw)
+    assert torch.equal(m2, m4)
+    # nn.Parameters (requiring grad) and float64 ranges are taken as float32 values.
+    w = torch.nn.Parameter(p["weight"].clone())
+    b = torch.nn.Parameter(p["bias"].clone())
+    mp = ll.local_linear_mi(w, b, p["lo"].double(), p["hi"].double(), **kw)
+    assert torch.equal(m2, mp)
+
+
+# ----------------------------------------------------------------------------- noise
+def philox_rand_np(seed: int, offsets: np.ndarray) -> np.ndarray:
+    """tl.rand(seed, offsets) re-implemented in NumPy: Philox 4x32-10 on counter
+    (offset_lo, offset_hi, 0, 0) and key (seed_lo, seed_hi), first word to [0, 1)."""
+    m32 = np.uint64(0xFFFFFFFF)
+    off = offsets.astype(np.uint64)
+    c0, c1 = off & m32, off >> np.uint64(32)
+    c2 = np.zeros_like(c0)
+    c3 = np.zeros_like(c0)
+    k0 = np.full_like(c0, seed & 0xFFFFFFFF)
+    k1 = np.full_like(c0, (seed >> 32) & 0xFFFFFFFF)
+    ra, rb = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    for _ in range(10):
+        p0, p2 = rb * c2, ra * c0  # 32 x 32 -> 64-bit products
+        c0, c1, c2, c3 = (
+            (p0 >> np.uint64(32)) ^ c1 ^ k0,
+            p0 & m32,
+            (p2 >> np.uint64(32)) ^ c3 ^ k1,
+            p2 & m32,
+        )
+        k0 = (k0 + np.uint64(0x9E3779B9)) & m32
+        k1 = (k1 + np.uint64(0xBB67AE85)) & m32
+    x = c0.astype(np.uint32).view(np.int32)
+    x = np.where(x < 0, ~x, x)
+    return x.astype(np.float32) * np.float32(4.6566127342e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 3_000_000_000, 2**40 + 17])
+def test_noise_is_philox(seed):
+    S, cin = 70, 9
+    zeros = torch.zeros(cin, device=DEVICE)
+    u = ll.materialize_noise(S, zeros, torch.ones(cin, device=DEVICE), seed)
+    want = philox_rand_np(seed, np.arange(S * cin, dtype=np.int64)).reshape(S, cin)
+    np.testing.assert_array_equal(u.cpu().numpy(), want)
+
+
+def test_noise_reproducible_ranges_and_seeds():
+    p = make_layer(13, 2, seed=1)
+    lo, hi = p["lo"], p["hi"]
+    lo[4] = hi[4] = 0.375  # a constant input
+    a = ll.materialize_noise(2000, lo, hi, 5)
+    assert a.shape == (2000, 13) and a.dtype == torch.float32
+    assert torch.equal(a, ll.materialize_noise(2000, lo, hi, 5))
+    b = ll.materialize_noise(2000, lo, hi, 6)
+    varying = torch.arange(13, device=DEVICE) != 4
+    assert float((a != b)[:, varying].double().mean()) > 0.99
+    assert bool(((a >= lo) & (a <= hi)).all())
+    assert torch.all(a[:, 4] == 0.375)
+    # Uniform: mean and spread of each column close to those of U(lo, hi).
+    mid, width = (lo + hi) / 2, hi - lo
+    assert bool(((a.mean(0) - mid).abs() <= 0.05 * width + 1e-7).all())
+    assert bool(((a.std(0) - width / 12**0.5).abs() <= 0.05 * width + 1e-7).all())
+    # Scalars broadcast; a prefix of the samples is the same noise (counter-based).
+    c = ll.materialize_noise(100, lo, hi, 5)
+    assert torch.equal(c, a[:100])
+
+
+def test_constant_input_gives_zero_mi():
+    p = make_layer(9, 6, affine=True, seed=2)
+    p["lo"][3] = p["hi"][3] = -0.5
+    p["lo"][7] = p["hi"][7] = 2.0
+    args = (p["weight"], p["bias"], p["lo"], p["hi"])
+    kw = dict(samples=800, seed=4, bins=16, scale=p["scale"], shift=p["shift"])
+    for mm in (False, True):
+        m = ll.local_linear_mi(*args, **kw, miller_madow=mm)
+        assert torch.all(m[3] == 0) and torch.all(m[7] == 0)
+        assert float(m.max()) > 0.01
+        s = ll.local_linear_mi(*args, **kw, miller_madow=mm, reduce="sum")
+        assert float(s.per_x[3]) == 0.0 and float(s.per_x[7]) == 0.0
+    # A constant output channel (relu of an always-negative pre-activation) gives 0 too.
+    p["bias"][2] = -100.0
+    m = ll.local_linear_mi(*args, **kw, activation="relu")
+    assert torch.all(m[:, 2] == 0)
+
+
+# ----------------------------------------------------------------------------- errors
+def _bad_calls():
+    p = make_layer(4, 3, affine=True)
+    w, b, lo, hi = p["weight"], p["bias"], p["lo"], p["hi"]
+    ok = dict(samples=10, seed=0)
+    yield "weight", (w[0], b, lo, hi), ok
+    yield "weight", (w.long(), b, lo, hi), ok
+    yield "weight", (w[:, :, None, None].expand(3, 4, 3, 3), b, lo, hi), ok
+    yield "weight", ("w", b, lo, hi), ok
+    yield "bias", (w, b[:2], lo, hi), ok
+    yield "lo", (w, b, lo[:3], hi), ok
+    yield "lo", (w, b, torch.full_like(lo, float("nan")), hi), ok
+    yield "hi", (w, b, lo, lo - 1.0), ok
+    yield "samples", (w, b, lo, hi), dict(samples=0, seed=0)
+    yield "samples", (w, b, lo, hi), dict(samples=2.0, seed=0)
+    yield "seed", (w, b, lo, hi), dict(samples=10, seed=-1)
+    yield "seed", (w, b, lo, hi), dict(samples=10, seed=True)
+    yield "bins", (w, b, lo, hi), dict(ok, bins=1)
+    yield "bins", (w, b, lo, hi), dict(ok, bins=257)
+    yield "activation", (w, b, lo, hi), dict(ok, activation="softplus")
+    yield "scale", (w, b, lo, hi), dict(ok, scale=p["scale"][:1])
+    yield "shift", (w, b, lo, hi), dict(ok, shift=p["shift"].int())
+    yield "reduce", (w, b, lo, hi), dict(ok, reduce="mean")
+    yield "miller_madow", (w, b, lo, hi), dict(ok, miller_madow="yes")
+
+
+@pytest.mark.parametrize("name, args, kwargs", list(_bad_calls()))
+def test_bad_arguments(name, args, kwargs):
+    with pytest.raises(ValueError, match=name):
+        ll.local_linear_mi(*args, **kwargs)
+
+
+def test_bad_noise_arguments():
+    lo = torch.zeros(3, device=DEVICE)
+    with pytest.raises(ValueError, match="samples"):
+        ll.materialize_noise(0, lo, lo + 1, 0)
+    with pytest.raises(ValueError, match="seed"):
+        ll.materialize_noise(5, lo, lo + 1, 2**63)
+    with pytest.raises(ValueError, match="hi"):
+        ll.materialize_noise(5, lo, lo - 1, 0)
+    with pytest.raises(ValueError, match="lo"):
+        ll.materialize_noise(5, [0.0, 1.0], lo, 0)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # numpy, interpreter only
+def test_non_finite_response():
+    p = make_layer(4, 3)
+    w = p["weight"].clone()
+    w[1] = 3e38  # overflows to inf in float32
+    with pytest.raises(ValueError, match=r"non-finite.*\[1\]"):
+        ll.local_linear_mi(w, p["bias"], p["lo"].abs() + 1, p["hi"].abs() + 2, samples=50, seed=0)
+
+
+# ----------------------------------------------------------------------------- sm_90 build
+def _nvidia_tooling() -> bool:
+    """Triton's NVIDIA backend with its bundled ptxas (what compile_check needs)."""
+    try:
+        import triton
+        import triton.backends
+
+        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+        return "nvidia" in triton.backends.backends and os.access(ptxas, os.X_OK)
+    except Exception:  # pragma: no cover
+        return False
+
+
+@pytest.mark.skipif(not _nvidia_tooling(), reason="no Triton NVIDIA backend with ptxas")
+def test_local_linear_kernels_compile_for_sm90():
+    # The interpreter does not run the GPU compiler: compile the kernels for an H100 (sm_90)
+    # ahead of time, in a process without TRITON_INTERPRET (compile_check.py).
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
+    cmd = [sys.executable, "-m", "causalprune_fast.triton_kernels.compile_check",
+           "--local-linear", "--smoke"]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "local_linear mi" in res.stdout and "wgmma" in res.stdout
