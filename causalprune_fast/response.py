@@ -139,7 +139,8 @@ def _function_step(node: torch.fx.Node) -> tuple[str, Callable] | None:
         consts = node.args[1:]
         fn = node.target
         kwargs.pop("inplace", None)
-        return fn.__name__, lambda t, fn=fn, consts=consts, kw=kwargs: fn(t, *consts, **kw)
+        label = fn.__name__ if not consts and not kwargs else f"{fn.__name__}(...)"
+        return label, lambda t, fn=fn, consts=consts, kw=kwargs: fn(t, *consts, **kw)
     if node.op == "call_method" and node.target in ACTIVATION_METHODS and len(node.args) == 1:
         name = node.target.rstrip("_")
         return name, lambda t, name=name: getattr(t, name)()

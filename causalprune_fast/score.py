@@ -124,6 +124,7 @@ def score_model(
     return_matrices: bool = False,
     progress: bool = True,
     distributed: bool = False,
+    fused_local: bool | None = None,
 ) -> CausalScores:
     """Score every prunable channel of ``model`` by the causal information flowing through it.
 
@@ -163,6 +164,10 @@ def score_model(
             process group (see :mod:`causalprune_fast.distributed`): examples are split over
             the ranks, results are identical to one process with the same arguments, and every
             rank returns them.
+        fused_local: in ``local`` mode, score Linear and 1x1-conv layers with the fused Triton
+            kernel (noise, layer, response, binning and counts in one kernel; its own
+            counter-based noise). None (default): on CUDA devices only; True: wherever Triton
+            runs (also the CPU under ``TRITON_INTERPRET=1``); False: never.
 
     Returns:
         :class:`CausalScores`.
@@ -256,6 +261,7 @@ def score_model(
             progress,
             t_start,
             ctx,
+            fused_local,
         )
     finally:
         model.train(was_training)
@@ -292,6 +298,7 @@ def _score(
     progress,
     t_start,
     ctx,
+    fused_local,
 ) -> CausalScores:
     timings: dict[str, float] = {}
     finder = ResponseFinder(model)
@@ -362,7 +369,17 @@ def _score(
         s.target = min(total, cap) if cap else total
     mi_kwargs = dict(bins=bins, correction=correction, backend=backend, memory_budget=budget)
     plan = _Plan(
-        shape, dtype, device, input_range, seed, taps, samples, mi_kwargs, return_matrices, progress
+        shape,
+        dtype,
+        device,
+        input_range,
+        seed,
+        taps,
+        samples,
+        mi_kwargs,
+        return_matrices,
+        progress,
+        fused_local,
     )
     run = _Runner(model, states, plan, batches, timings, ctx)
     try:
@@ -406,6 +423,7 @@ def _score(
         "device": str(device),
         "world_size": ctx.world,
         "graph": graph_note,
+        "fused_local": fused_local,
         "model": type(model).__name__,
     }
     return CausalScores(layer_results, groups, config, unsupported, timings, heads)
@@ -438,6 +456,7 @@ class _Plan:
     mi_kwargs: dict
     return_matrices: bool
     progress: bool
+    fused_local: bool | None
 
 
 class _Runner:
@@ -462,6 +481,7 @@ class _Runner:
         self.input_range, self.seed, self.taps = plan.input_range, plan.seed, plan.taps
         self.samples, self.mi_kwargs = plan.samples, plan.mi_kwargs
         self.return_matrices = plan.return_matrices
+        self.fused_local = plan.fused_local
         progress = plan.progress
         self.bar = _progress(len(states), progress and ctx.rank == 0, "causal scores")
         self.backend_used: str | None = None
@@ -739,6 +759,12 @@ class _Runner:
 
         self._forward_all(calib_hook, self.states, [(0, min(batch_size, self.samples))])
         for s in self.states:
+            fused = None
+            if not self.ctx.enabled and self.fused_local is not False:
+                fused = _fused_local_plan(s, self.device, force=bool(self.fused_local))
+            if fused is not None:
+                self._local_fused(s, fused)
+                continue
             view = [-1] + [1] * (len(s.input_shape) - 1) if s.layer.is_conv else [-1]
             lo = s.channel_lo.to(self.dtype).reshape(view)
             hi = s.channel_hi.to(self.dtype).reshape(view)
@@ -769,3 +795,115 @@ class _Runner:
             s.x_ranges, s.y_ranges = self.ctx.ranges(s.x_ranges), self.ctx.ranges(s.y_ranges)
             xc, yc = self._bin(s, xr, yr)
             self._finish(s, xc, yc)
+
+    def _local_fused(self, s: _LayerState, plan: dict) -> None:
+        """Local mode of a Linear / 1x1 convolution on a GPU in one fused Triton kernel:
+        Philox noise generated in registers (twice, instead of stored), the layer, its
+        response, binning and joint counts, reduced to MI (triton_kernels/local_linear.py).
+        Same samples count as the unfused path, different (counter-based) noise."""
+        from causalprune_fast.triton_kernels.local_linear import local_linear_mi
+
+        t0 = _clock(self.device)
+        module = s.layer.module
+        try:
+            result, xr, yr = local_linear_mi(
+                module.weight.detach(),
+                None if module.bias is None else module.bias.detach(),
+                s.channel_lo,
+                s.channel_hi,
+                samples=s.target,
+                seed=example_seed(self.seed, 1000 + s.index, 0),
+                bins=self.mi_kwargs["bins"],
+                scale=plan["scale"],
+                shift=plan["shift"],
+                activation=plan["activation"],
+                miller_madow=self.mi_kwargs["correction"] == "miller-madow",
+                reduce=None if self.return_matrices else "sum",
+                return_ranges=True,
+            )
+        except ValueError as e:
+            raise ValueError(f"layer '{s.layer.name}': {e}") from e
+        if self.return_matrices:
+            matrix = result.cpu()
+            per_x, per_y = matrix.double().sum(dim=1), matrix.double().sum(dim=0)
+        else:
+            matrix, (per_x, per_y) = None, result
+        s.add_time("mi", _clock(self.device) - t0)
+        s.x_ranges, s.y_ranges = xr, yr
+        s.result = LayerScores(
+            name=s.layer.name,
+            kind=s.layer.kind,
+            incoming=per_y.cpu().double(),
+            outgoing=per_x.cpu().double(),
+            sensitivity=float(per_y.sum()),
+            response=s.response.description + " [fused Triton local kernel]",
+            response_reason=s.response.reason,
+            samples=s.target,
+            input_units=s.layer.in_channels,
+            groups=1,
+            taps=self.taps,
+            timings=dict(s.timings),
+            model_output=s.response.model_output,
+            x_ranges=xr.cpu(),
+            y_ranges=yr.cpu(),
+            matrix=matrix,
+        )
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+_FUSED_ACTIVATIONS = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.SiLU: "silu",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.Hardswish: "hardswish",
+}
+_FUSED_FUNCTIONS = {"relu", "relu6", "silu", "sigmoid", "tanh", "hardswish", "gelu"}
+
+
+def _fused_local_plan(s: _LayerState, device: torch.device, force: bool) -> dict | None:
+    """How to run a layer's local mode in the fused kernel, or None where it does not apply.
+
+    It applies on a GPU (anywhere Triton runs with ``force``), to Linear layers and 1x1
+    convolutions (stride 1, no padding, one group) whose response is at most an eval
+    BatchNorm (folded into scale and shift) and one activation the kernel knows."""
+    if device.type != "cuda" and not force:
+        return None
+    m = s.layer.module
+    if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        if (
+            any(k != 1 for k in m.kernel_size)
+            or any(st != 1 for st in m.stride)
+            or any(m._reversed_padding_repeated_twice)
+            or m.groups != 1
+        ):
+            return None
+    elif not isinstance(m, nn.Linear):
+        return None
+    try:
+        from causalprune_fast.triton_kernels import is_available
+
+        if not is_available(device)[0]:
+            return None
+    except Exception:
+        return None
+    plan = {"scale": None, "shift": None, "activation": "identity"}
+    for k, (label, fn) in enumerate(s.response.steps):
+        last = k == len(s.response.steps) - 1
+        if isinstance(fn, nn.modules.batchnorm._BatchNorm) and k == 0 and fn.track_running_stats:
+            inv = torch.rsqrt(fn.running_var.double() + fn.eps)
+            w = fn.weight.double() if fn.affine else torch.ones_like(inv)
+            b = fn.bias.double() if fn.affine else torch.zeros_like(inv)
+            plan["scale"] = (w * inv).float()
+            plan["shift"] = (b - fn.running_mean.double() * w * inv).float()
+        elif last and type(fn) in _FUSED_ACTIVATIONS:
+            plan["activation"] = _FUSED_ACTIVATIONS[type(fn)]
+        elif last and isinstance(fn, nn.GELU) and fn.approximate == "none":
+            plan["activation"] = "gelu"
+        elif last and not isinstance(fn, nn.Module) and label in _FUSED_FUNCTIONS:
+            plan["activation"] = label
+        else:
+            return None
+    return plan

@@ -353,3 +353,47 @@ def test_mobilenet_v3_small_end_to_end():
     assert len(scores) == len(scores.layers) > 40
     for name in scores:
         assert torch.isfinite(scores[name]).all()
+
+
+def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
+    """The fused Triton local-mode path (GPU default; forced here under the interpreter) is
+    wired with the calibrated ranges, the folded BatchNorm and the activation."""
+    from causalprune_fast.noise import example_seed
+    from causalprune_fast.triton_kernels.local_linear import local_linear_mi
+
+    if not cf.available_backends()["triton"].available:
+        pytest.skip(cf.available_backends()["triton"].detail)
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.3, 0.3)
+        net[1].running_var.uniform_(0.5, 2.0)
+    scores = cf.score_model(
+        net, (5,), mode="local", samples=64, seed=2, progress=False, fused_local=True
+    )
+    first = scores.layers["0"]
+    assert first.response.endswith("[fused Triton local kernel]")
+    bn = net[1]
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    shift = (bn.bias - bn.running_mean * scale).detach()
+    # Calibration ranges of the first layer's input are those of the input noise: recompute.
+    x = uniform_examples((5,), 0, 64, -1.0, 1.0, seed=2)
+    lo, hi = x.double().amin(0), x.double().amax(0)
+    per_x, per_y = local_linear_mi(
+        net[0].weight.detach(),
+        net[0].bias.detach(),
+        lo,
+        hi,
+        samples=64,
+        seed=example_seed(2, 1000, 0),
+        scale=scale,
+        shift=shift,
+        activation="relu",
+        reduce="sum",
+    )
+    torch.testing.assert_close(first.incoming, per_y.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(first.outgoing, per_x.double(), rtol=1e-6, atol=1e-6)
+    unfused = cf.score_model(
+        net, (5,), mode="local", samples=64, seed=2, progress=False, fused_local=False
+    )
+    assert not unfused.layers["0"].response.endswith("kernel]")
