@@ -453,7 +453,7 @@ def plot(summary, methods, panels, path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     p.add_argument("--methods", nargs="+", default=None, help="subset of the criteria")
     p.add_argument("--ft-epochs", type=int, default=FINETUNE["epochs"])
