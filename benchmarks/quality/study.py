@@ -58,6 +58,15 @@ INPUT_SHAPE = (1, 8, 8)
 DIRECTIONS = ("in", "out", "both")
 MODES = ("propagated", "local")
 BASELINES = ("l1", "l2", "bn-scale", "random")
+# Paired (same seed) differences are reported against these: L1, random, and the current default
+# of causalprune_fast (direction "in", mode "propagated").
+REFERENCES = ("l1", "random", "causal-in-propagated")
+PROTOCOLS = {
+    "acc": "no fine-tuning",
+    "acc_ft": "after fine-tuning",
+    "acc_bn": "no fine-tuning, BatchNorm statistics re-estimated on the training set",
+}
+SHORT = {"acc": "no fine-tune", "acc_ft": "fine-tuned", "acc_bn": "BN re-estimated"}
 
 # Causal scoring: every measured layer gets >= bins^2 = 256 samples. The classifier after global
 # pooling has one sample per noise example, hence samples=1024 (its outgoing MI is the "out"
@@ -320,11 +329,13 @@ def summarise(rows, methods, ratios) -> list[dict]:
             if not runs:
                 continue
             rec = {"method": m, "ratio": ratio, "n": len(runs)}
-            for key in ("acc", "acc_bn", "acc_ft"):
+            for key in PROTOCOLS:
                 vals = [r[key] for r in runs.values()]
                 rec[f"{key}_mean"] = statistics.fmean(vals)
                 rec[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                for ref in ("l1", "random"):
+                for ref in REFERENCES:
+                    if ref == m:
+                        continue
                     ref_runs = by.get((ref, ratio), {})
                     diffs = [r[key] - ref_runs[s][key] for s, r in runs.items() if s in ref_runs]
                     if diffs:
@@ -340,13 +351,32 @@ def summarise(rows, methods, ratios) -> list[dict]:
 
 def markdown_tables(summary, methods, ratios) -> str:
     cell = {(s["method"], s["ratio"]): s for s in summary}
-    parts = []
-    titles = {
-        "acc": "no fine-tuning",
-        "acc_ft": "after fine-tuning",
-        "acc_bn": "no fine-tuning, BatchNorm statistics re-estimated on the training set",
-    }
-    for key, title in titles.items():
+    lines = [
+        "Overview: test accuracy (%) averaged over the ratios "
+        f"{', '.join(f'{r:.1f}' for r in ratios)} (mean over seeds), and the paired difference "
+        "to `l1` in points averaged the same way. No fine-tune: pruned as is; fine-tuned: after "
+        "the fixed short fine-tune; BN re-estimated: no fine-tune, BatchNorm running statistics "
+        "re-estimated on the training set (no weight update)",
+        "",
+        "| method | "
+        + " | ".join(SHORT.values())
+        + " | "
+        + " | ".join(f"vs l1, {t}" for t in SHORT.values())
+        + " |",
+        "|---" * (1 + 2 * len(PROTOCOLS)) + "|",
+    ]
+    for m in methods:
+        vals = [cell[(m, r)] for r in ratios if (m, r) in cell]
+        acc = [f"{100 * statistics.fmean(v[f'{k}_mean'] for v in vals):.1f}" for k in PROTOCOLS]
+        diff = [
+            f"{100 * statistics.fmean(v[f'{k}_vs_l1_mean'] for v in vals):+.1f}"
+            if all(f"{k}_vs_l1_mean" in v for v in vals)
+            else ""
+            for k in PROTOCOLS
+        ]
+        lines.append(f"| {m} | " + " | ".join(acc + diff) + " |")
+    parts = ["\n".join(lines)]
+    for key, title in PROTOCOLS.items():
         head = "| method | " + " | ".join(f"{r:.1f}" for r in ratios) + " | mean |"
         sep = "|---" * (len(ratios) + 2) + "|"
         lines = [f"Test accuracy (%), {title}: mean ± std over seeds", "", head, sep]
@@ -359,7 +389,9 @@ def markdown_tables(summary, methods, ratios) -> str:
             avg = [v[f"{key}_mean"] for v in vals if v is not None]
             lines.append(f"| {m} | " + " | ".join(txt) + f" | {100 * statistics.fmean(avg):.1f} |")
         parts.append("\n".join(lines))
-        for ref in ("l1", "random"):
+        for ref in REFERENCES:
+            if ref not in methods:
+                continue
             lines = [
                 f"Paired difference to `{ref}` ({title}), accuracy points: mean ± std of the "
                 "per-seed difference [seeds better/worse]",
@@ -409,9 +441,10 @@ def plot(summary, methods, panels, path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(1 + 6 * len(panels), 5.2), squeeze=False)
     axes = axes[0]
     for ax, (key, title, dense) in zip(axes, panels, strict=True):
-        for m in methods:
+        for i, m in enumerate(methods):
             pts = [s for s in summary if s["method"] == m]
-            x = [s["ratio"] for s in pts]
+            dodge = 0.005 * (i - (len(methods) - 1) / 2)  # keep error bars apart
+            x = [s["ratio"] + dodge for s in pts]
             y = [100 * s[f"{key}_mean"] for s in pts]
             e = [100 * s[f"{key}_std"] for s in pts]
             if m.startswith("causal-seq-"):
@@ -438,13 +471,53 @@ def plot(summary, methods, panels, path) -> None:
         ax.axhline(100 * dense, color="gray", lw=0.8, ls="-.", label="unpruned")
         ax.set_title(f"digits CNN, {title}", fontsize=10)
         ax.set_xlabel("fraction of channels removed per layer")
-        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%), mean ± std over seeds")
     axes[-1].legend(fontsize=7.5, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def write_reports(out, rows, config) -> None:
+    """summary.csv, tables.md and the plots, from the per-run rows and config.json's content."""
+    methods, ratios, seeds = config["methods"], config["ratios"], config["seeds"]
+    seeds_info = config["per_seed"]
+    summary = summarise(rows, methods, ratios)
+    with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+        keys = sorted({k for s in summary for k in s}, key=lambda k: (k not in ("method",), k))
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(summary)
+    dense = {
+        "acc": statistics.fmean(i["dense_accuracy"] for i in seeds_info),
+        "acc_ft": statistics.fmean(i["dense_finetuned_accuracy"] for i in seeds_info),
+    }
+    with open(os.path.join(out, "tables.md"), "w") as f:
+        f.write(
+            f"Unpruned: {100 * dense['acc']:.1f}% (after the same fine-tune: "
+            f"{100 * dense['acc_ft']:.1f}%), mean over seeds {seeds}.\n\n"
+        )
+        f.write(markdown_tables(summary, methods, ratios))
+    plot(
+        summary,
+        methods,
+        [("acc", "no fine-tuning", dense["acc"]), ("acc_ft", "fine-tuned", dense["acc_ft"])],
+        os.path.join(out, "accuracy_vs_ratio.png"),
+    )
+    plot(
+        summary,
+        methods,
+        [("acc_bn", "no fine-tuning, BatchNorm statistics re-estimated", dense["acc"])],
+        os.path.join(out, "accuracy_vs_ratio_bn_recalibrated.png"),
+    )
+
+
+def read_runs(path) -> list[dict]:
+    types = dict(seed=int, ratio=float, acc=float, acc_bn=float, acc_ft=float, dense_acc=float)
+    types.update(params=int, rescored=int, prune_seconds=float)
+    with open(path, newline="") as f:
+        return [{k: types.get(k, str)(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 # --------------------------------------------------------------------------- main
@@ -464,7 +537,17 @@ def main(argv=None) -> int:
         help="torch threads (1: the tiny layers gain nothing from more, on a shared machine)",
     )
     p.add_argument("--smoke", action="store_true", help="1 seed, 2 ratios, 1 fine-tune epoch")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild summary.csv, tables.md and the plots from --out's runs.csv and config.json",
+    )
     args = p.parse_args(argv)
+    if args.report_only:
+        with open(os.path.join(args.out, "config.json")) as f:
+            config = json.load(f)
+        write_reports(args.out, read_runs(os.path.join(args.out, "runs.csv")), config)
+        return 0
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.seeds, args.ratios, args.ft_epochs = [0], [0.3, 0.6], 1
@@ -513,34 +596,6 @@ def main(argv=None) -> int:
         ]
     total_s = time.perf_counter() - t_start
 
-    summary = summarise(rows, methods, args.ratios)
-    with open(os.path.join(args.out, "summary.csv"), "w", newline="") as f:
-        keys = sorted({k for s in summary for k in s}, key=lambda k: (k not in ("method",), k))
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(summary)
-    dense = {
-        "acc": statistics.fmean(i["dense_accuracy"] for i in seeds_info),
-        "acc_ft": statistics.fmean(i["dense_finetuned_accuracy"] for i in seeds_info),
-    }
-    with open(os.path.join(args.out, "tables.md"), "w") as f:
-        f.write(
-            f"Unpruned: {100 * dense['acc']:.1f}% (after the same fine-tune: "
-            f"{100 * dense['acc_ft']:.1f}%), mean over seeds {args.seeds}.\n\n"
-        )
-        f.write(markdown_tables(summary, methods, args.ratios))
-    plot(
-        summary,
-        methods,
-        [("acc", "no fine-tuning", dense["acc"]), ("acc_ft", "fine-tuned", dense["acc_ft"])],
-        os.path.join(args.out, "accuracy_vs_ratio.png"),
-    )
-    plot(
-        summary,
-        methods,
-        [("acc_bn", "no fine-tuning, BatchNorm statistics re-estimated", dense["acc"])],
-        os.path.join(args.out, "accuracy_vs_ratio_bn_recalibrated.png"),
-    )
     config = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -578,6 +633,7 @@ def main(argv=None) -> int:
     }
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
+    write_reports(args.out, rows, config)
     print(f"{len(rows)} runs in {total_s:.0f} s; results in {args.out}")
     return 0
 
