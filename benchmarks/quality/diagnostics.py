@@ -6,7 +6,8 @@ For every prunable channel (outputs of conv1, conv2, conv3) the *ablation import
 increase of the training-set cross-entropy when that one channel's activation (after its ReLU)
 is set to zero, which is what removing the channel does to the rest of the network (BatchNorm
 statistics as trained). Each criterion's per-layer Spearman rank correlation with it is
-reported: causal scores in every direction and mode, with the study's settings and with one
+reported: causal scores in every direction and mode, with the study's settings (`[study]`:
+samples=1024, bins=16, taps="all", no correction) and with one
 setting changed at a time (Miller-Madow correction, centre tap only, 8 bins, 4x the noise
 samples), Torch-Pruning's L1, L2 and BN-scale importances (the scores MetaPruner ranks by), and,
 as a data-driven reference, each channel's mean activation on the training set.
@@ -36,7 +37,7 @@ import study  # noqa: E402
 
 LAYERS = ("conv1", "conv2", "conv3")
 VARIANTS = {
-    "default": {},
+    "study": {},
     "miller-madow": {"correction": "miller-madow"},
     "taps=center": {"taps": "center"},
     "bins=8": {"bins": 8},
@@ -110,10 +111,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--smoke", action="store_true", help="1 seed, default settings only")
+    p.add_argument("--smoke", action="store_true", help="1 seed, the study's settings only")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    variants = {"default": {}} if args.smoke else VARIANTS
+    variants = {"study": {}} if args.smoke else VARIANTS
     seeds = [0] if args.smoke else args.seeds
     train_cfg = {**study.TRAIN, "epochs": 10} if args.smoke else study.TRAIN
     xtr, ytr, xte, yte = study.load_data()
