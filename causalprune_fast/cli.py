@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="local state-dict file (default: random init)")
     s.add_argument("--num-classes", type=int, help="passed to the model factory")
     s.add_argument("--input-range", type=_floats, default=(-1.0, 1.0), help="noise box lo,hi")
-    s.add_argument("--mode", choices=["propagated", "local"], default="propagated")
+    s.add_argument("--mode", choices=["local", "propagated"], default="local")
     s.add_argument("--taps", choices=["all", "center"], default="all")
     s.add_argument("--bins", type=int, default=16)
     s.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="noise examples")

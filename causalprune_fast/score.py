@@ -107,7 +107,7 @@ def score_model(
     example_input: torch.Tensor | None = None,
     input_range: tuple[float, float] = (-1.0, 1.0),
     input_dtype: torch.dtype | None = None,
-    mode: str = "propagated",
+    mode: str = "local",
     taps: str = "all",
     bins: int = 16,
     samples: int = DEFAULT_SAMPLES,
@@ -137,9 +137,11 @@ def score_model(
             integer (token) inputs, ``(0, vocab)``.
         input_dtype: dtype of the noise; default the model's parameter dtype, or
             ``example_input``'s.
-        mode: ``"propagated"`` (one perturbation at the input flows through the network) or
-            ``"local"`` (each layer's input replaced by fresh uniform noise on the per-channel
-            range its input showed in a propagated calibration pass).
+        mode: ``"local"`` (default: each layer's input replaced by fresh uniform noise on the
+            per-channel range its input showed in a propagated calibration pass) or
+            ``"propagated"`` (one perturbation at the input flows through the network). The
+            default is what pruned best in the project's quality study
+            (benchmarks/quality/RESULTS.md).
         taps: ``"all"`` (every (input channel, kernel tap) is an input unit) or ``"center"``.
         bins: bins per variable, 2..256.
         samples: number of noise examples.

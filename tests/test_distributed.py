@@ -44,7 +44,7 @@ def worker(*args: str) -> subprocess.CompletedProcess:
     return torchrun(os.path.join(HERE, "distributed", "worker.py"), *args)
 
 
-@pytest.mark.parametrize("model", ["cnn", "block"])
+@pytest.mark.parametrize("model", ["cnn", "cnn-local", "block"])
 @pytest.mark.parametrize("path", ["counts", "sharded"])
 def test_two_ranks_equal_one_process(tmp_path, model, path):
     if model == "block":

@@ -6,12 +6,16 @@ import torch
 import torch.nn as nn
 
 SETTINGS = {
-    "cnn": {"kw": dict(samples=7, seed=3, progress=False, return_matrices=True), "fail_layer": "3"},
+    "cnn": {
+        "kw": dict(samples=7, seed=3, progress=False, return_matrices=True, mode="propagated"),
+        "fail_layer": "3",
+    },
+    "cnn-local": {"kw": dict(samples=7, seed=3, progress=False, mode="local"), "fail_layer": "3"},
     # Linear layers on [examples * tokens, features]: BLAS blocking may depend on the number of
     # rows, so the single-process reference uses the ranks' batches (3 examples each) to see
     # bit-identical activations.
     "block": {
-        "kw": dict(samples=6, seed=4, progress=False),
+        "kw": dict(samples=6, seed=4, progress=False, mode="propagated"),
         "single": dict(batch_size=3),
         "fail_layer": "attn.proj",
     },
@@ -20,7 +24,7 @@ SETTINGS = {
 
 def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
-    if name == "cnn":
+    if name.startswith("cnn"):
         net = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.BatchNorm2d(8),
