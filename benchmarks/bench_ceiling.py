@@ -1,9 +1,11 @@
 """The machine's ceiling for the chosen formulation, and each kernel's fraction of it.
 
 CPU: the AND + popcount micro-kernel on L1-resident masks with every thread (bit pairs per
-second; a pair-sample at B bins costs (B - 1)^2 bit pairs). GPU: int8 tensor-core throughput
-(torch._int_mm on large matrices) and device memory bandwidth (a device-to-device copy); the
-fused kernels cost B_pad^2 int8 multiply-adds per pair-sample (bins padded to the tile).
+second; a pair-sample at B bins costs (B - 1)^2 bit pairs), against the bitmask algorithm
+forced (``auto`` may pick counting instead, e.g. on the portable path at 16 bins).
+GPU: int8 tensor-core throughput (torch._int_mm on large matrices) and device memory
+bandwidth (a device-to-device copy); the fused kernels cost B_pad^2 int8 multiply-adds per
+pair-sample (bins padded to the tile).
 
     pytest benchmarks/bench_ceiling.py --benchmark-json=ceiling.json
 """
@@ -29,6 +31,7 @@ def test_cpu_popcount_ceiling_and_fraction(benchmark):
     info = {}
     for isa in ("native", "portable"):
         c.cpu_force_portable(isa == "portable")
+        c.cpu_set_algorithm("bitmask")  # the formulation the ceiling measures
         try:
             ceiling = c.cpu_popcount_ceiling(seconds)
             gen = torch.Generator().manual_seed(0)
@@ -42,6 +45,7 @@ def test_cpu_popcount_ceiling_and_fraction(benchmark):
             rate = S * C * C / (time.perf_counter() - t0)
         finally:
             c.cpu_force_portable(False)
+            c.cpu_set_algorithm("auto")
         info[isa] = {
             "isa": c.cpu_isa() if isa == "native" else "portable",
             "ceiling_bit_pairs_per_s": ceiling,
