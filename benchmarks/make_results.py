@@ -72,6 +72,7 @@ def models_section(models: dict, kernels: dict, command: str) -> str:
     ]
     head += [f"{a} (projected)" for a in rates]
     lines = [
+        f"- date: {models['datetime'][:10]}; machine: {_machine(models)}",
         f"- command: `{command}`",
         "",
         "| " + " | ".join(head) + " |",
