@@ -232,6 +232,9 @@ class CausalScores(Mapping):
         data = [self._scores[n].numpy() for n in names]
         ax.boxplot(data, showfliers=True, flierprops={"markersize": 2})
         ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=6)
+        # Scores span orders of magnitude across layers (and dead channels score 0).
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylim(bottom=0)
         ax.set_ylabel(f"channel score (bits, direction={self.config.get('direction')})")
         ax.set_title(f"{self.config.get('model', 'model')}: causal channel scores per layer")
         fig.tight_layout()
