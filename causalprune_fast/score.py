@@ -238,33 +238,27 @@ def score_model(
     was_training = model.training
     model.eval()
     try:
-        return _score(
-            model,
-            found,
-            unsupported,
-            shape,
-            dtype,
-            device,
-            (lo, hi),
-            mode,
-            taps,
-            bins,
-            samples,
-            max_samples_per_layer,
-            batch_size,
-            seed,
-            direction,
-            reduction,
-            correction,
-            backend,
-            budget,
-            ranges,
-            return_matrices,
-            progress,
-            t_start,
-            ctx,
-            fused_local,
+        plan = _Plan(
+            shape=shape,
+            dtype=dtype,
+            device=device,
+            input_range=(lo, hi),
+            seed=seed,
+            taps=taps,
+            samples=samples,
+            mode=mode,
+            cap=max_samples_per_layer,
+            batch_size=batch_size,
+            direction=direction,
+            reduction=reduction,
+            range_mode=ranges,
+            budget=budget,
+            mi_kwargs=dict(bins=bins, correction=correction, backend=backend, memory_budget=budget),
+            return_matrices=return_matrices,
+            progress=progress,
+            fused_local=fused_local,
         )
+        return _score(model, found, unsupported, plan, t_start, ctx)
     finally:
         model.train(was_training)
 
@@ -275,33 +269,10 @@ def _noise(shape, dtype, device, seed, input_range, start, count) -> torch.Tenso
     )
 
 
-def _score(
-    model,
-    found,
-    unsupported,
-    shape,
-    dtype,
-    device,
-    input_range,
-    mode,
-    taps,
-    bins,
-    samples,
-    cap,
-    batch_size,
-    seed,
-    direction,
-    reduction,
-    correction,
-    backend,
-    budget,
-    range_mode,
-    return_matrices,
-    progress,
-    t_start,
-    ctx,
-    fused_local,
-) -> CausalScores:
+def _score(model, found, unsupported, plan: _Plan, t_start, ctx) -> CausalScores:
+    shape, dtype, device = plan.shape, plan.dtype, plan.device
+    seed, input_range, samples, cap = plan.seed, plan.input_range, plan.samples, plan.cap
+    bins = plan.mi_kwargs["bins"]
     timings: dict[str, float] = {}
     finder = ResponseFinder(model)
     states = [_LayerState(layer, i, finder.find(layer.name)) for i, layer in enumerate(found)]
@@ -365,30 +336,17 @@ def _score(
 
     # ------------------------------------------------------------------ plan
     first, last = ctx.examples(samples)
-    batches = [(b, min(batch_size, last - b)) for b in range(first, last, batch_size)]
+    step = plan.batch_size
+    batches = [(b, min(step, last - b)) for b in range(first, last, step)]
     for s in states:
         total = samples * s.positions
         s.target = min(total, cap) if cap else total
-    mi_kwargs = dict(bins=bins, correction=correction, backend=backend, memory_budget=budget)
-    plan = _Plan(
-        shape,
-        dtype,
-        device,
-        input_range,
-        seed,
-        taps,
-        samples,
-        mi_kwargs,
-        return_matrices,
-        progress,
-        fused_local,
-    )
     run = _Runner(model, states, plan, batches, timings, ctx)
     try:
-        if mode == "propagated":
-            run.propagated(range_mode, budget)
+        if plan.mode == "propagated":
+            run.propagated(plan.range_mode, plan.budget)
         else:
-            run.local(batch_size)
+            run.local(plan.batch_size)
     finally:
         run.close()
 
@@ -410,22 +368,22 @@ def _score(
         "input_shape": list(shape),
         "input_range": list(input_range),
         "input_dtype": str(dtype).replace("torch.", ""),
-        "mode": mode,
-        "taps": taps,
+        "mode": plan.mode,
+        "taps": plan.taps,
         "bins": bins,
         "samples": samples,
         "max_samples_per_layer": cap,
-        "batch_size": batch_size,
+        "batch_size": plan.batch_size,
         "seed": seed,
-        "direction": direction,
-        "reduction": reduction,
-        "correction": correction,
-        "backend": run.backend_used or backend,
-        "ranges": range_mode,
+        "direction": plan.direction,
+        "reduction": plan.reduction,
+        "correction": plan.mi_kwargs["correction"],
+        "backend": run.backend_used or plan.mi_kwargs["backend"],
+        "ranges": plan.range_mode,
         "device": str(device),
         "world_size": ctx.world,
         "graph": graph_note,
-        "fused_local": fused_local,
+        "fused_local": plan.fused_local,
         "model": type(model).__name__,
     }
     return CausalScores(layer_results, groups, config, unsupported, timings, heads)
@@ -446,7 +404,7 @@ def _attention_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The settings of one score_model call that the runner needs."""
+    """The settings of one score_model call (validated), as _score and the runner read them."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -455,6 +413,13 @@ class _Plan:
     seed: int
     taps: str
     samples: int  # noise examples, over all ranks
+    mode: str
+    cap: int | None  # max_samples_per_layer
+    batch_size: int
+    direction: str
+    reduction: str
+    range_mode: str
+    budget: int
     mi_kwargs: dict
     return_matrices: bool
     progress: bool
