@@ -56,9 +56,9 @@ class PruneReport:
             f"(asked for {self.ratio:.1%})",
         ]
         for name, (before, after) in self.groups.items():
-            note = f" (short of the ratio: wanted {before - self.short[name]} left)" * (
-                name in self.short
-            )
+            note = ""
+            if name in self.short:
+                note = f" (short of the ratio: wanted {before - self.short[name]} left)"
             lines.append(f"  group {name}: {before} -> {after} channels{note}")
         for name, (before, after) in self.channels.items():
             if before != after and name not in self.groups:
@@ -399,6 +399,7 @@ def _prune(
             num_heads=dict(num_heads),
             prune_head_dims=True,
             prune_num_heads=False,
+            output_transform=output_tensors,  # any output structure: its tensors
         )
 
     base = make_pruner()
@@ -414,6 +415,8 @@ def _prune(
         if root in names and names[root] not in widths:
             g = max(base.out_channel_groups.get(dep.target.module, 1) for dep, _ in group)
             widths[names[root]] = (root, dg.get_out_channels(root), g)
+    order = {n: i for i, n in enumerate(names.values())}
+    widths = dict(sorted(widths.items(), key=lambda item: order[item[0]]))
 
     if sequential:
         # One group at a time, in forward order, each pruned by a fresh pruner whose only

@@ -34,6 +34,7 @@ import torch_pruning as tp
 from causalprune_fast import _validation as v
 from causalprune_fast._state import preserved
 from causalprune_fast.channel_graph import channel_scores, members_of_group
+from causalprune_fast.pruning import output_tensors
 from causalprune_fast.results import CausalScores
 from causalprune_fast.score import score_model
 
@@ -148,7 +149,10 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             with preserved(self.model), torch.enable_grad():
                 self.model.eval()
                 self._graph = tp.DependencyGraph().build_dependency(
-                    self.model, example_inputs=example, verbose=False
+                    self.model,
+                    example_inputs=example,
+                    output_transform=output_tensors,
+                    verbose=False,
                 )
             self._graph_key = model_state_key(self.model)
         return self._graph
