@@ -54,10 +54,14 @@ class ModelSnapshot:
             attrs = dict(m.__dict__)
             contents = {k: _copy(v) for k, v in attrs.items() if isinstance(v, _CONTAINERS)}
             self.modules.append((m, attrs, contents))
+        self.classes = [(m, type(m)) for m in model.modules()]  # parametrizations swap it
         self.requires_grad = {p: p.requires_grad for p in model.parameters()}
 
     def restore(self) -> None:
         """Put every module back as it was when the snapshot was taken."""
+        for m, cls in self.classes:
+            if type(m) is not cls:
+                m.__class__ = cls
         for m, attrs, contents in self.modules:
             m.__dict__.clear()
             m.__dict__.update(attrs)

@@ -326,11 +326,13 @@ def prune(
         normalizer=normalizer,
         **score_model_kwargs,
     )
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     if example_input is None:
         # Only for tracing; its own generator: the global RNG is not consumed.
         gen = torch.Generator().manual_seed(0)
-        example_input = (torch.rand((1, *shape), generator=gen) * 2 - 1).to(device)
+        dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+        example_input = torch.rand((1, *shape), generator=gen, dtype=torch.float64) * 2 - 1
+        example_input = example_input.to(device=param.device, dtype=dtype)
 
     snapshot = ModelSnapshot(model)
     with rng_forked(model):
