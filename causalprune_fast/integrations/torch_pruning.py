@@ -159,6 +159,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
+        """The importance of the group's channels (1-D, float32), or None where no measured
+        layer produces them (Torch-Pruning then leaves the group alone)."""
         names = {m: n for n, m in self.model.named_modules()}
         root = group[0].dep.target.module
         handler = group[0].dep.handler
