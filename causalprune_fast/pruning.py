@@ -182,8 +182,6 @@ def _check_arguments(
     score_model_kwargs,
 ) -> tuple[tuple[int, ...] | None, list[nn.Module] | None]:
     """Every argument of :func:`prune`, checked before anything touches the model."""
-    from causalprune_fast.score import score_model
-
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if next(model.parameters(), None) is None:
@@ -233,9 +231,21 @@ def _check_arguments(
                 raise ValueError(
                     f"ignored_layers holds a module that is not part of the model: {m}"
                 )
-    accepted = set(inspect.signature(score_model).parameters) - {"model", "input_shape"}
-    v.check_keyword_arguments(score_model_kwargs, accepted - {"example_input"}, "prune()")
+    accepted = score_model_keywords()
+    if accepted is not None:
+        v.check_keyword_arguments(score_model_kwargs, accepted - {"example_input"}, "prune()")
     return shape, layers
+
+
+def score_model_keywords() -> set[str] | None:
+    """The keyword arguments :func:`causalprune_fast.score_model` takes besides the model and
+    the input shape (None if it takes any)."""
+    from causalprune_fast.score import score_model
+
+    params = inspect.signature(score_model).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params) - {"model", "input_shape"}
 
 
 def prune(

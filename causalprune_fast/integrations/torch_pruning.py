@@ -23,7 +23,6 @@ leaves the model's ``training`` flags, ``requires_grad``, hooks and the torch RN
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Sequence
 
@@ -34,7 +33,7 @@ import torch_pruning as tp
 from causalprune_fast import _validation as v
 from causalprune_fast._state import preserved
 from causalprune_fast.channel_graph import channel_scores, members_of_group
-from causalprune_fast.pruning import output_tensors
+from causalprune_fast.pruning import output_tensors, score_model_keywords
 from causalprune_fast.results import CausalScores
 from causalprune_fast.score import score_model
 
@@ -109,8 +108,9 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
                 f"group_reduction must be 'sum', 'mean' or 'max', got {group_reduction!r}"
             )
         _check_normalizer(normalizer)
-        accepted = set(inspect.signature(score_model).parameters) - {"model", "input_shape"}
-        v.check_keyword_arguments(score_model_kwargs, accepted, "CausalImportance()")
+        accepted = score_model_keywords()
+        if accepted is not None:
+            v.check_keyword_arguments(score_model_kwargs, accepted, "CausalImportance()")
         example = v.check_example_input(score_model_kwargs.get("example_input"))
         if shape is None and example is None:
             raise ValueError("give input_shape (or example_input=...)")
