@@ -196,14 +196,19 @@ def plt():
 def test_plot_to_a_path_leaves_matplotlib_as_found(tmp_path, plt):
     import matplotlib
 
-    backend, figures = matplotlib.get_backend(), plt.get_fignums()
-    rc = dict(matplotlib.rcParams)
-    fig = small_scores().plot(tmp_path / "fig.png")
-    assert (tmp_path / "fig.png").stat().st_size > 1000
-    assert matplotlib.get_backend() == backend
-    assert plt.get_fignums() == figures  # nothing left open
-    assert dict(matplotlib.rcParams) == rc
-    assert fig.axes and fig.axes[0].get_title().endswith("per layer")
+    original = matplotlib.get_backend()
+    plt.switch_backend("pdf")  # a backend of the user's choosing, not the Agg a plot may want
+    try:
+        figures = plt.get_fignums()
+        rc = dict(matplotlib.rcParams)
+        fig = small_scores().plot(tmp_path / "fig.png")
+        assert (tmp_path / "fig.png").stat().st_size > 1000
+        assert matplotlib.get_backend() == "pdf"
+        assert plt.get_fignums() == figures  # nothing left open
+        assert dict(matplotlib.rcParams) == rc
+        assert fig.axes and fig.axes[0].get_title().endswith("per layer")
+    finally:
+        plt.switch_backend(original)
 
 
 def test_plot_into_given_axes_does_not_close_them(tmp_path, plt):
