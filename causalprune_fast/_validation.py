@@ -108,3 +108,57 @@ def check_memory_budget(budget: object) -> int:
     if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {budget!r}")
     return int(budget)
+
+
+# --------------------------------------------------------------------- pruning entry points
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A bool argument: True or False, nothing that merely looks truthy."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_input_shape(value: object, name: str = "input_shape") -> tuple[int, ...] | None:
+    """None, or one example's shape without the batch dimension: positive ints."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | torch.Tensor) or not isinstance(value, tuple | list):
+        raise ValueError(
+            f"{name} must be a tuple or list of positive ints such as (3, 224, 224), got {value!r}"
+        )
+    if not value or any(
+        isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in value
+    ):
+        raise ValueError(
+            f"{name} must be a non-empty sequence of positive ints (one example, without the "
+            f"batch dimension), got {value!r}"
+        )
+    return tuple(int(d) for d in value)
+
+
+def check_example_input(value: object, name: str = "example_input") -> torch.Tensor | None:
+    """None, or an input batch: a tensor with a batch dimension of at least one example."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] < 1:
+        got = (
+            f"shape {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor)
+            else type(value).__name__
+        )
+        raise ValueError(
+            f"{name} must be a tensor with a batch dimension, e.g. [1, 3, 224, 224], got {got}"
+        )
+    return value
+
+
+def check_keyword_arguments(kwargs: dict, accepted: set[str], caller: str) -> None:
+    """Keyword arguments passed on to another function must be ones it takes."""
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{caller} got unexpected keyword argument(s) {unknown}; the ones passed on to "
+            f"score_model are: {', '.join(sorted(accepted))}"
+        )

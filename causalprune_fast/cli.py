@@ -9,6 +9,8 @@ causalprune backends
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 import torch
@@ -16,9 +18,12 @@ import torch
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.split(","))
+        values = tuple(int(t) for t in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return values
 
 
 def _floats(text: str) -> tuple[float, float]:
@@ -32,33 +37,74 @@ def _floats(text: str) -> tuple[float, float]:
 def _parser() -> argparse.ArgumentParser:
     from causalprune_fast.score import DEFAULT_MAX_SAMPLES_PER_LAYER, DEFAULT_SAMPLES
 
-    p = argparse.ArgumentParser(prog="causalprune", description="Data-free causal channel scores.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="causalprune",
+        description="Data-free causal channel scores. Errors in what you give (a bad option, "
+        "a missing file, a model that cannot be built) end with one line on stderr and exit "
+        "status 2.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, help="what to do")
 
     s = sub.add_parser("score", help="score every prunable channel of a model")
     s.add_argument("model", help="torchvision:NAME, timm:NAME or package.module:factory")
     s.add_argument("--input-shape", type=_ints, required=True, help="one example, e.g. 3,224,224")
     s.add_argument("--weights", help="local state-dict file (default: random init)")
     s.add_argument("--num-classes", type=int, help="passed to the model factory")
-    s.add_argument("--input-range", type=_floats, default=(-1.0, 1.0), help="noise box lo,hi")
-    s.add_argument("--mode", choices=["local", "propagated"], default="local")
-    s.add_argument("--taps", choices=["all", "center"], default="all")
-    s.add_argument("--bins", type=int, default=16)
+    s.add_argument(
+        "--input-range", type=_floats, default=(-1.0, 1.0), help="noise box lo,hi (default -1,1)"
+    )
+    s.add_argument(
+        "--mode",
+        choices=["local", "propagated"],
+        default="local",
+        help="local: fresh noise at every layer's input; propagated: noise at the model input",
+    )
+    s.add_argument(
+        "--taps",
+        choices=["all", "center"],
+        default="all",
+        help="input units: every (channel, kernel tap), or the kernel centre only",
+    )
+    s.add_argument("--bins", type=int, default=16, help="bins per variable, 2..256")
     s.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="noise examples")
-    s.add_argument("--max-samples-per-layer", type=int, default=DEFAULT_MAX_SAMPLES_PER_LAYER)
+    s.add_argument(
+        "--max-samples-per-layer",
+        type=int,
+        default=DEFAULT_MAX_SAMPLES_PER_LAYER,
+        help="cap on (example, position) samples per layer",
+    )
     s.add_argument("--batch-size", type=int, help="noise examples per forward pass")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the noise and subsampling")
     s.add_argument("--layers", help="regular expression on qualified layer names")
-    s.add_argument("--direction", choices=["in", "out", "both"], default="in")
-    s.add_argument("--reduction", choices=["sum", "mean", "max"], default="sum")
-    s.add_argument("--correction", choices=["miller-madow"], default=None)
-    s.add_argument("--backend", default="auto")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument(
+        "--direction",
+        choices=["in", "out", "both"],
+        default="in",
+        help="channel score: MI into the channel, out of it, or both",
+    )
+    s.add_argument(
+        "--reduction",
+        choices=["sum", "mean", "max"],
+        default="sum",
+        help="reduction over a channel's coupled producers/consumers",
+    )
+    s.add_argument(
+        "--correction",
+        choices=["miller-madow"],
+        default=None,
+        help="bias correction of the MI estimate (default none)",
+    )
+    s.add_argument("--backend", default="auto", help="estimator backend (see 'backends')")
+    s.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device to score on (default cuda if available, else cpu)",
+    )
     s.add_argument("--memory-budget", type=int, help="bytes of working memory")
     s.add_argument("--matrices", action="store_true", help="keep the full MI matrices")
     s.add_argument("--out", help="write the scores here (.safetensors)")
     s.add_argument("--plot", help="also write a plot of the scores here (.png)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--distributed",
         action="store_true",
@@ -68,33 +114,82 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=int, default=600, help="seconds a collective may wait")
 
     m = sub.add_parser("summary", help="print the per-layer table of a scores file")
-    m.add_argument("file")
-    m.add_argument("--direction", choices=["in", "out", "both"])
+    m.add_argument("file", help="a scores file written by 'score --out'")
+    m.add_argument(
+        "--direction",
+        choices=["in", "out", "both"],
+        help="rescore under this direction (default: the file's)",
+    )
 
     g = sub.add_parser("plot", help="plot per-layer score distributions of a scores file")
-    g.add_argument("file")
+    g.add_argument("file", help="a scores file written by 'score --out'")
     g.add_argument("--out", required=True, help="image file, e.g. fig.png")
-    g.add_argument("--direction", choices=["in", "out", "both"])
+    g.add_argument(
+        "--direction",
+        choices=["in", "out", "both"],
+        help="rescore under this direction (default: the file's)",
+    )
 
     sub.add_parser("backends", help="list the estimator backends and whether they work here")
     return p
 
 
-def _score(args) -> int:
-    import re
+def _check_device(text: str) -> torch.device:
+    """The torch device named by ``--device``, which must exist here."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {text!r} is not a torch device ({e})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text!r}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {text!r}: there are {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text!r}: MPS is not available here; use --device cpu")
+    return device
 
+
+def _check_args(args) -> None:
+    """Everything about the ``score`` arguments that can be checked before the long work."""
+    from causalprune_fast.results import _check_output_path
+
+    if args.out:
+        _check_output_path(args.out, "--out")
+    if args.plot:
+        _check_output_path(args.plot, "--plot")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    if args.timeout < 1:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.weights and not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"--weights {args.weights!r} does not exist")
+    if args.layers:
+        try:
+            re.compile(args.layers)
+        except re.error as e:
+            raise ValueError(
+                f"--layers {args.layers!r} is not a regular expression ({e})"
+            ) from None
+
+
+def _score(args) -> int:
     import causalprune_fast as cf
     from causalprune_fast.models import build_model, load_weights
 
+    _check_args(args)
+    device = _check_device(args.device)
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = build_model(args.model, **kwargs)
     if args.weights:
         load_weights(model, args.weights)
-    device = torch.device(args.device)
     rank = 0
     if args.distributed:
         import datetime
-        import os
 
         import torch.distributed as dist
 
@@ -147,29 +242,48 @@ def _score(args) -> int:
     return 0
 
 
+# What a user can get wrong: bad values (ValueError, TypeError from the argument checks),
+# files that are missing, are folders or cannot be written (OSError), missing optional
+# packages (ImportError). These end with one line on stderr and exit status 2; anything else
+# is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``causalprune`` command; returns the exit status (2 on a user error)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "score":
-            return _score(args)
-        import causalprune_fast as cf
-
-        if args.command == "backends":
-            for name, status in cf.available_backends().items():
-                print(f"{name:10s} {'yes' if status.available else 'no ':3s} {status.detail}")
-            return 0
-        scores = cf.CausalScores.load(args.file)
-        if args.direction:
-            scores = scores.with_direction(args.direction)
-        if args.command == "summary":
-            print(scores.summary())
-        else:
-            scores.plot(args.out)
-            print(f"plot written to {args.out}")
-        return 0
-    except ValueError as e:
+        return _run(args)
+    except USER_ERRORS as e:
         print(f"causalprune: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("causalprune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    if args.command == "score":
+        return _score(args)
+    import causalprune_fast as cf
+
+    if args.command == "backends":
+        for name, status in cf.available_backends().items():
+            print(f"{name:10s} {'yes' if status.available else 'no ':3s} {status.detail}")
+        return 0
+    if args.command == "plot":
+        from causalprune_fast.results import _check_output_path
+
+        _check_output_path(args.out, "--out")
+    scores = cf.CausalScores.load(args.file)
+    if args.direction:
+        scores = scores.with_direction(args.direction)
+    if args.command == "summary":
+        print(scores.summary())
+    else:
+        scores.plot(args.out)
+        print(f"plot written to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

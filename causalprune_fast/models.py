@@ -17,7 +17,14 @@ import torch.nn as nn
 
 
 def build_model(spec: str, **kwargs) -> nn.Module:
-    """The model named by ``spec`` (see the module docstring), randomly initialised."""
+    """The model named by ``spec`` (see the module docstring), randomly initialised.
+
+    Raises:
+        ValueError: a malformed spec, an unknown model, a missing package, a factory that does
+            not accept ``kwargs`` or does not return an ``nn.Module``.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"model spec must be a str such as 'torchvision:resnet50', got {spec!r}")
     source, sep, name = spec.partition(":")
     if not sep or not name:
         raise ValueError(
@@ -29,10 +36,12 @@ def build_model(spec: str, **kwargs) -> nn.Module:
             import torchvision
         except ImportError as e:
             raise ValueError("torchvision models need torchvision: pip install torchvision") from e
+        if name.lower() not in torchvision.models.list_models():
+            raise ValueError(f"torchvision has no model {name!r}")
         try:
             return torchvision.models.get_model(name, weights=None, **kwargs)
-        except ValueError as e:
-            raise ValueError(f"torchvision has no model {name!r} ({e})") from e
+        except TypeError as e:
+            raise ValueError(f"torchvision:{name} does not accept {kwargs} ({e})") from e
     if source == "timm":
         try:
             import timm
@@ -40,12 +49,20 @@ def build_model(spec: str, **kwargs) -> nn.Module:
             raise ValueError("timm models need timm: pip install timm") from e
         if not timm.is_model(name):
             raise ValueError(f"timm has no model {name!r}")
-        return timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"timm:{name} does not accept {kwargs} ({e})") from e
     try:
         factory = getattr(importlib.import_module(source), name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot import {name!r} from {source!r}: {e}") from e
-    model = factory(**kwargs)
+    if not callable(factory):
+        raise ValueError(f"{spec}: {name!r} is not callable")
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"{spec} cannot be called with {kwargs} ({e})") from e
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -53,16 +70,29 @@ def build_model(spec: str, **kwargs) -> nn.Module:
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a local state dict (a ``.pt``/``.pth`` file, optionally under a 'state_dict' or
-    'model' key, or a ``.safetensors`` file) into ``model``, strictly."""
+    'model' key, or a ``.safetensors`` file) into ``model``, strictly.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file holds no state dict, or one that does not fit ``model``.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"weights file {path!r} does not exist")
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except Exception as e:  # safetensors' own error types
+            raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle, zip and weights-only errors of every kind
+            raise ValueError(
+                f"{path} could not be read as a torch state dict ({type(e).__name__}: {e})"
+            ) from e
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

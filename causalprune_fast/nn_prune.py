@@ -15,6 +15,8 @@ scores are masked to zero. It composes with other pruning methods through
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn as nn
 from torch.nn.utils import prune
@@ -97,12 +99,62 @@ def causal_structured(
 
     Returns:
         ``module``, with ``<name>_orig`` and ``<name>_mask`` as with every prune method.
+
+    Raises:
+        ValueError: a bad argument, naming it; raised before the module is changed.
     """
+    _check_arguments(module, name, amount, scores, dim)
+    CausalStructured.apply(module, name, amount=amount, scores=scores, dim=dim)
+    return module
+
+
+def _check_arguments(module, name, amount, scores, dim) -> None:
+    """Everything :func:`causal_structured` is given, checked before the module is touched:
+    torch's pruning container would otherwise fail half-way through re-registering the
+    parameter."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise ValueError(f"name must be the name of a parameter (a str), got {name!r}")
+    t = getattr(module, name, None)
+    if not isinstance(t, torch.Tensor) or (
+        name not in module._parameters and f"{name}_orig" not in module._parameters
+    ):
+        raise ValueError(f"name: {type(module).__name__} has no parameter called {name!r}")
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise ValueError(f"dim must be an int, got {dim!r}")
+    if not -t.dim() <= dim < t.dim():
+        raise ValueError(f"dim={dim} is out of range for {name} of shape {tuple(t.shape)}")
     if scores is None:
         raise ValueError("scores are required: the causal scores of the module's output channels")
-    if isinstance(amount, float) and not 0.0 <= amount < 1.0:
+    try:
+        s = torch.as_tensor(scores)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"scores must be a 1-D tensor of numbers ({e})") from None
+    if s.dim() != 1:
+        raise ValueError(f"scores must be 1-D (one per output channel), got shape {tuple(s.shape)}")
+    if s.is_complex() or s.dtype == torch.bool or not bool(torch.isfinite(s.double()).all()):
+        raise ValueError("scores must be finite real numbers")
+    channels = t.shape[dim]
+    if len(s) != channels:
+        raise ValueError(
+            f"scores has {len(s)} entries but {name} has {channels} output channels along dim {dim}"
+        )
+    mask = getattr(module, f"{name}_mask", None)
+    remaining = channels
+    if isinstance(mask, torch.Tensor) and mask.shape == t.shape:
+        others = [d for d in range(mask.dim()) if d != dim % mask.dim()]
+        remaining = int(((mask.sum(dim=others) if others else mask) != 0).sum())
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise ValueError(
+            f"amount must be a fraction in [0, 1) or a number of channels, got {amount!r}"
+        )
+    if isinstance(amount, numbers.Integral):
+        if not 0 <= amount <= remaining:
+            raise ValueError(
+                f"amount={amount} channels, but {remaining} channel(s) of {name} are left to prune"
+            )
+    elif not 0.0 <= amount < 1.0:
         raise ValueError(
             f"amount must be a fraction in [0, 1) or a number of channels, got {amount}"
         )
-    CausalStructured.apply(module, name, amount=amount, scores=scores, dim=dim)
-    return module

@@ -9,18 +9,30 @@ the pruner's order, each scored on the network as already pruned before it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import inspect
+import math
+import numbers
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from causalprune_fast import _validation as v
 from causalprune_fast.layers import MEASURED_TYPES
 
 
 @dataclass
 class PruneReport:
-    """What :func:`prune` did."""
+    """What :func:`prune` did.
+
+    ``groups`` has one entry per channel group Torch-Pruning could prune (named after its root
+    layer): ``(width before, width after)``. ``channels`` has the output channels of every
+    measured layer before and after. ``ratio`` is the fraction of the groups' channels that
+    was asked for, ``achieved`` the fraction removed.
+    """
 
     params_before: int
     params_after: int
@@ -28,16 +40,28 @@ class PruneReport:
     macs_after: float
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (before, after)
     rescored: int = 0  # how many times the network was scored
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # root: (before, after)
+    ratio: float = 0.0
+    achieved: float = 0.0
+    short: dict[str, int] = field(default_factory=dict)  # root: channels it should have lost
 
     def summary(self) -> str:
+        """Params and MACs before and after, the ratio asked for and reached, every group."""
         lines = [
             f"params {self.params_before:,} -> {self.params_after:,} "
             f"({self.params_after / max(self.params_before, 1):.1%}); MACs {self.macs_before:,.0f}"
             f" -> {self.macs_after:,.0f} ({self.macs_after / max(self.macs_before, 1):.1%}); "
-            f"scored {self.rescored} time(s)"
+            f"scored {self.rescored} time(s)",
+            f"channels removed: {self.achieved:.1%} of the prunable groups' channels "
+            f"(asked for {self.ratio:.1%})",
         ]
+        for name, (before, after) in self.groups.items():
+            note = ""
+            if name in self.short:
+                note = f" (short of the ratio: wanted {before - self.short[name]} left)"
+            lines.append(f"  group {name}: {before} -> {after} channels{note}")
         for name, (before, after) in self.channels.items():
-            if before != after:
+            if before != after and name not in self.groups:
                 lines.append(f"  {name}: {before} -> {after} output channels")
         return "\n".join(lines)
 
@@ -46,8 +70,37 @@ def _out_channels(m: nn.Module) -> int:
     return m.out_channels if hasattr(m, "out_channels") else m.out_features
 
 
+def output_tensors(output: object) -> list[torch.Tensor]:
+    """Every tensor in a model's output: a tensor, or any nesting of tuples, lists, dicts
+    (Hugging Face ``ModelOutput`` is one) and dataclasses."""
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def walk(o: object) -> None:
+        if isinstance(o, torch.Tensor):
+            found.append(o)
+            return
+        if id(o) in seen:
+            return
+        seen.add(id(o))
+        if isinstance(o, Mapping):
+            items = list(o.values())
+        elif isinstance(o, tuple | list | set | frozenset):
+            items = list(o)
+        elif dataclasses.is_dataclass(o) and not isinstance(o, type):
+            items = [getattr(o, f.name, None) for f in dataclasses.fields(o)]
+        else:
+            return
+        for item in items:
+            walk(item)
+
+    walk(output)
+    return found
+
+
 def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """Measured layers whose output is returned by the model as is (classifier heads)."""
+    """Measured layers whose output is returned by the model as is (classifier heads), in any
+    output structure (see :func:`output_tensors`)."""
     outputs: dict[nn.Module, torch.Tensor] = {}
     hooks = [
         m.register_forward_hook(lambda mod, a, out: outputs.__setitem__(mod, out))
@@ -60,7 +113,7 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
     finally:
         for h in hooks:
             h.remove()
-    results = [result] if isinstance(result, torch.Tensor) else list(result)
+    results = output_tensors(result)
     return [m for m, out in outputs.items() if any(out is r for r in results)]
 
 
@@ -84,7 +137,7 @@ def _sync_attention(model: nn.Module, num_heads: dict, pruner) -> None:
                 m.attn_dim = m.num_heads * m.head_dim
 
 
-def _group_roots_in_forward_order(model, example, ignored_layers, tp) -> list[nn.Module]:
+def _group_roots_in_forward_order(model, example, groups, dg) -> list[nn.Module]:
     """One root layer per Torch-Pruning group, ordered by when its first producer runs."""
     order: dict[nn.Module, int] = {}
 
@@ -100,9 +153,8 @@ def _group_roots_in_forward_order(model, example, ignored_layers, tp) -> list[nn
     finally:
         for h in hooks:
             h.remove()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     roots = []
-    for group in dg.get_all_groups(ignored_layers=list(ignored_layers)):
+    for group in groups:
         producers = [
             dep.target.module
             for dep, _ in group
@@ -111,6 +163,89 @@ def _group_roots_in_forward_order(model, example, ignored_layers, tp) -> list[nn
         if producers:
             roots.append(min(producers, key=order.__getitem__))
     return sorted(roots, key=order.__getitem__)
+
+
+SHORTFALL = ("warn", "raise", "ignore")
+
+
+def _check_arguments(
+    model,
+    ratio,
+    input_shape,
+    example_input,
+    sequential,
+    global_pruning,
+    ignored_layers,
+    round_to,
+    iterative_steps,
+    on_shortfall,
+    score_model_kwargs,
+) -> tuple[tuple[int, ...] | None, list[nn.Module] | None]:
+    """Every argument of :func:`prune`, checked before anything touches the model."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ValueError("model has no parameters: there is nothing to prune")
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, numbers.Real)
+        or not math.isfinite(ratio)
+        or not 0.0 <= ratio < 1.0
+    ):
+        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    shape = v.check_input_shape(input_shape)
+    v.check_example_input(example_input)
+    if shape is None and example_input is None:
+        raise ValueError("give input_shape (or example_input)")
+    v.check_flag(sequential, "sequential")
+    v.check_flag(global_pruning, "global_pruning")
+    if round_to is not None and (
+        isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1
+    ):
+        raise ValueError(f"round_to must be None or a positive int, got {round_to!r}")
+    if (
+        isinstance(iterative_steps, bool)
+        or not isinstance(iterative_steps, numbers.Integral)
+        or iterative_steps < 1
+    ):
+        raise ValueError(f"iterative_steps must be a positive int, got {iterative_steps!r}")
+    if sequential and iterative_steps != 1:
+        raise ValueError("sequential=True prunes group by group; iterative_steps must be 1")
+    if on_shortfall not in SHORTFALL:
+        raise ValueError(f"on_shortfall must be one of {SHORTFALL}, got {on_shortfall!r}")
+    layers = None
+    if ignored_layers is not None:
+        if isinstance(ignored_layers, nn.Module) or not isinstance(ignored_layers, Iterable):
+            raise ValueError(
+                "ignored_layers must be a list of modules of the model (wrap a single module "
+                f"in a list), got {type(ignored_layers).__name__}"
+            )
+        layers = list(ignored_layers)
+        members = {id(m) for m in model.modules()}
+        for m in layers:
+            if not isinstance(m, nn.Module):
+                raise ValueError(
+                    f"ignored_layers must hold modules of the model, got {type(m).__name__}"
+                )
+            if id(m) not in members:
+                raise ValueError(
+                    f"ignored_layers holds a module that is not part of the model: {m}"
+                )
+    accepted = score_model_keywords()
+    if accepted is not None:
+        v.check_keyword_arguments(score_model_kwargs, accepted - {"example_input"}, "prune()")
+    return shape, layers
+
+
+def score_model_keywords() -> set[str] | None:
+    """The keyword arguments :func:`causalprune_fast.score_model` takes besides the model and
+    the input shape (None if it takes any)."""
+    from causalprune_fast.score import score_model
+
+    params = inspect.signature(score_model).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params) - {"model", "input_shape"}
 
 
 def prune(
@@ -127,63 +262,139 @@ def prune(
     direction: str = "in",
     group_reduction: str = "sum",
     normalizer: str | None = None,
+    on_shortfall: str = "warn",
     **score_model_kwargs,
 ) -> tuple[nn.Module, PruneReport]:
     """Remove ``ratio`` of the channels of every prunable group, lowest causal score first.
+
+    The model is pruned **in place**. Every argument is checked before the model is touched,
+    and if anything fails on the way (an error, or KeyboardInterrupt) the model is put back
+    exactly as it was: its modules, parameters, buffers and attributes. On success, every
+    submodule's ``training`` flag and every parameter's ``requires_grad`` are as they were
+    (the pruned parameters are new tensors), and the global torch RNG state is left as found.
+
+    Torch-Pruning never empties a group: where the ratio (or, with ``global_pruning``, the
+    global threshold) would remove every channel of a group, it leaves that group alone. The
+    report lists every group with its width before and after; when fewer channels were
+    removed than asked for, ``on_shortfall`` says what happens.
 
     Args:
         model: the network; pruned in place and returned.
         ratio: fraction of channels to remove, in [0, 1).
         input_shape: one example's shape without the batch dimension (or ``example_input``).
+        example_input: an input batch, for tracing and for the noise's shape and dtype.
         sequential: score and prune one group at a time, each on the network as pruned so far.
         global_pruning: rank channels across layers instead of within each layer
             (scores are then compared across layers; consider ``normalizer="mean"``).
-        ignored_layers: layers not to prune; default the layers whose output is the model's
-            output (classifier heads).
+        ignored_layers: modules of ``model`` not to prune; default the layers whose output is
+            (part of) the model's output (classifier heads), in whatever structure the model
+            returns: a tensor, tuples, lists, dicts, dataclasses.
         round_to: keep channel counts multiples of this.
         iterative_steps: prune in this many steps, rescoring before each.
         direction, group_reduction, normalizer: see
             :class:`~causalprune_fast.integrations.torch_pruning.CausalImportance`.
+        on_shortfall: when fewer channels were removed than ``ratio`` asks for: ``"warn"``
+            (a UserWarning with the numbers; the model stays pruned as far as it went),
+            ``"raise"`` (a ValueError with the numbers; the model is put back as found) or
+            ``"ignore"``.
         **score_model_kwargs: passed to :func:`causalprune_fast.score_model`.
 
     Returns:
         ``(model, report)``: the pruned model and a :class:`PruneReport`.
+
+    Raises:
+        ValueError: a bad argument (naming it), a model that fails on the example input, or
+            a shortfall with ``on_shortfall="raise"``.
+        TypeError: a keyword argument that neither prune() nor score_model takes.
     """
     import torch_pruning as tp
 
+    from causalprune_fast._state import ModelSnapshot, rng_forked
     from causalprune_fast.integrations.torch_pruning import CausalImportance
 
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    if not isinstance(iterative_steps, int) or iterative_steps < 1:
-        raise ValueError(f"iterative_steps must be a positive int, got {iterative_steps!r}")
-    if sequential and iterative_steps != 1:
-        raise ValueError("sequential=True prunes group by group; iterative_steps must be 1")
-    device = next(model.parameters()).device
-    shape = None if input_shape is None else tuple(input_shape)
-    if example_input is None:
-        if shape is None:
-            raise ValueError("give input_shape (or example_input)")
-        example_input = torch.rand((1, *shape), device=device) * 2 - 1
-    else:
+    shape, ignored = _check_arguments(
+        model,
+        ratio,
+        input_shape,
+        example_input,
+        sequential,
+        global_pruning,
+        ignored_layers,
+        round_to,
+        iterative_steps,
+        on_shortfall,
+        score_model_kwargs,
+    )
+    ratio, iterative_steps = float(ratio), int(iterative_steps)
+    if example_input is not None:
         score_model_kwargs["example_input"] = example_input
-    model.eval()
-    names = {m: n for n, m in model.named_modules()}
-    if ignored_layers is None:
-        ignored_layers = model_output_layers(model, example_input)
-    for m in ignored_layers:
-        if m not in names:
-            raise ValueError(f"ignored_layers holds a module that is not part of the model: {m}")
-    before = {names[m]: _out_channels(m) for m in model.modules() if isinstance(m, MEASURED_TYPES)}
-    macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
-
     importance = CausalImportance(
+        model,
         shape,
         direction=direction,
         group_reduction=group_reduction,
         normalizer=normalizer,
         **score_model_kwargs,
     )
+    param = next(model.parameters())
+    if example_input is None:
+        # Only for tracing; its own generator: the global RNG is not consumed.
+        gen = torch.Generator().manual_seed(0)
+        dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+        example_input = torch.rand((1, *shape), generator=gen, dtype=torch.float64) * 2 - 1
+        example_input = example_input.to(device=param.device, dtype=dtype)
+
+    snapshot = ModelSnapshot(model)
+    with rng_forked(model):
+        try:
+            model.eval()
+            report = _prune(
+                model,
+                tp,
+                importance,
+                example_input,
+                ratio,
+                sequential,
+                global_pruning,
+                ignored,
+                round_to,
+                iterative_steps,
+            )
+            message = _shortfall_message(report, global_pruning)
+            if message and on_shortfall == "raise":
+                raise ValueError(message + "; the model was left as it was")
+            if message and on_shortfall == "warn":
+                warnings.warn(message, UserWarning, stacklevel=2)
+        except BaseException:
+            snapshot.restore()
+            raise
+        snapshot.restore_flags()
+    return model, report
+
+
+def _prune(
+    model,
+    tp,
+    importance,
+    example_input,
+    ratio,
+    sequential,
+    global_pruning,
+    ignored,
+    round_to,
+    iterative_steps,
+) -> PruneReport:
+    names = {m: n for n, m in model.named_modules()}
+    try:
+        heads = model_output_layers(model, example_input)
+    except Exception as e:
+        raise ValueError(
+            f"the model raised on an example input of shape {tuple(example_input.shape)}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    ignored = heads if ignored is None else ignored
+    before = {names[m]: _out_channels(m) for m in model.modules() if isinstance(m, MEASURED_TYPES)}
+    macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
     num_heads = _attention_num_heads(model)
 
     def make_pruner(ratio_dict=None):
@@ -194,34 +405,100 @@ def prune(
             pruning_ratio=0.0 if ratio_dict is not None else ratio,
             pruning_ratio_dict=ratio_dict,
             global_pruning=global_pruning,
-            ignored_layers=list(ignored_layers),
+            ignored_layers=list(ignored),
             round_to=round_to,
             iterative_steps=iterative_steps,
-            num_heads=num_heads,
+            num_heads=dict(num_heads),
             prune_head_dims=True,
             prune_num_heads=False,
+            output_transform=output_tensors,  # any output structure: its tensors
         )
+
+    base = make_pruner()
+    dg = base.DG
+    groups = list(
+        dg.get_all_groups(
+            ignored_layers=base.ignored_layers, root_module_types=base.root_module_types
+        )
+    )
+    widths: dict[str, tuple[nn.Module, int, int]] = {}  # root name: (root, width, channel groups)
+    for group in groups:
+        root = group[0].dep.target.module
+        if root in names and names[root] not in widths:
+            g = max(base.out_channel_groups.get(dep.target.module, 1) for dep, _ in group)
+            widths[names[root]] = (root, dg.get_out_channels(root), g)
+    order = {n: i for i, n in enumerate(names.values())}
+    widths = dict(sorted(widths.items(), key=lambda item: order[item[0]]))
 
     if sequential:
         # One group at a time, in forward order, each pruned by a fresh pruner whose only
         # non-zero ratio is that group's: the importance is computed on the model as pruned
         # so far (CausalImportance rescores whenever the model has changed).
-        for root in _group_roots_in_forward_order(model, example_input, ignored_layers, tp):
+        for root in _group_roots_in_forward_order(model, example_input, groups, dg):
             pruner = make_pruner({root: ratio})
             pruner.step()
             _sync_attention(model, num_heads, pruner)
     else:
-        pruner = make_pruner()
         for _ in range(iterative_steps):
-            pruner.step()
-        _sync_attention(model, num_heads, pruner)
+            base.step()
+        _sync_attention(model, num_heads, base)
     macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
-    report = PruneReport(
+
+    group_widths = {n: (w, dg.get_out_channels(root)) for n, (root, w, _) in widths.items()}
+    total = sum(w for w, _ in group_widths.values())
+    removed = sum(w - a for w, a in group_widths.values())
+    short = {}
+    if not global_pruning:
+        for n, (_, w, g) in widths.items():
+            if w - group_widths[n][1] < _wanted(w, ratio) - (g - 1):
+                short[n] = _wanted(w, ratio)
+    return PruneReport(
         params_before=int(params_before),
         params_after=int(params_after),
         macs_before=float(macs_before),
         macs_after=float(macs_after),
         channels={n: (c, _out_channels(model.get_submodule(n))) for n, c in before.items()},
         rescored=importance.rescored,
+        groups=group_widths,
+        ratio=ratio,
+        achieved=removed / total if total else 0.0,
+        short=short,
     )
-    return model, report
+
+
+def _wanted(width: int, ratio: float) -> int:
+    """Channels that ``ratio`` asks to remove from ``width`` (never all of them)."""
+    return min(width - 1, math.floor(width * ratio + 1e-9))
+
+
+def _shortfall_message(report: PruneReport, global_pruning: bool) -> str | None:
+    total = sum(w for w, _ in report.groups.values())
+    removed = sum(w - a for w, a in report.groups.values())
+    if global_pruning:
+        wanted = _wanted(total, report.ratio)
+        slack = len(report.groups)
+        if removed >= wanted - slack:
+            return None
+        detail = (
+            "with global_pruning, the threshold would empty groups, and Torch-Pruning leaves "
+            "such groups alone"
+        )
+    elif not report.short:
+        return None
+    else:
+        listed = ", ".join(
+            f"{n} ({report.groups[n][0]} -> {report.groups[n][1]}, wanted "
+            f"{report.groups[n][0] - k} left)"
+            for n, k in list(report.short.items())[:8]
+        )
+        more = len(report.short) - 8
+        detail = (
+            f"Torch-Pruning leaves alone a group it would empty, or whose channels are not "
+            f"scored; {len(report.short)} group(s) fell short: {listed}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return (
+        f"prune(ratio={report.ratio:g}) removed {removed} of the {total} channels of the "
+        f"prunable groups ({removed / max(total, 1):.1%}), short of the {report.ratio:.1%} "
+        f"asked for: {detail}"
+    )

@@ -100,7 +100,16 @@ class CausalScores(Mapping):
         }
 
     def with_direction(self, direction: str, reduction: str | None = None) -> CausalScores:
-        """The same measurements, scored under another direction (and reduction)."""
+        """The same measurements, scored under another direction (and reduction).
+
+        Raises:
+            ValueError: ``direction`` not one of "in", "out", "both", or ``reduction`` not
+                None, "sum", "mean" or "max".
+        """
+        if not isinstance(direction, str) or direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if reduction is not None and reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be None or one of {REDUCTIONS}, got {reduction!r}")
         config = dict(self.config, direction=direction)
         if reduction is not None:
             config["reduction"] = reduction
@@ -215,20 +224,41 @@ class CausalScores(Mapping):
 
     def plot(self, path: str | os.PathLike | None = None, *, ax=None):
         """Per-layer distributions of the channel scores (one box per layer, in forward
-        order), saved to ``path`` if given; needs matplotlib. Returns the figure."""
-        try:
-            import matplotlib
+        order); needs matplotlib. Returns the figure.
 
-            if path is not None and ax is None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        Args:
+            path: if given, the figure is saved there (the format from the extension).
+            ax: a matplotlib ``Axes`` to draw into (its figure is returned and left open).
+
+        Without ``ax``, saving to ``path`` draws on a figure of its own that is never
+        registered with ``pyplot``: nothing is left open and matplotlib's backend and global
+        state are left as found. Without ``path`` and ``ax``, the figure comes from
+        ``pyplot.subplots`` (so notebooks show it); closing it is then the caller's business.
+
+        Raises:
+            TypeError: ``path`` not a path, or ``ax`` not a matplotlib Axes.
+            FileNotFoundError: the folder of ``path`` does not exist (checked before drawing).
+        """
+        if path is not None:
+            path = _check_output_path(path, "path")
+        try:
+            import matplotlib.axes
+            import matplotlib.figure
         except ImportError as e:
             raise ImportError("plotting needs matplotlib: pip install matplotlib") from e
+        if ax is not None and not isinstance(ax, matplotlib.axes.Axes):
+            raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
         names = list(self.layers)
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 4.5))
-        else:
+        size = (max(6.0, 0.28 * len(names) + 2), 4.5)
+        if ax is not None:
             fig = ax.figure
+        elif path is not None:
+            fig = matplotlib.figure.Figure(figsize=size)  # not known to pyplot: nothing to close
+            ax = fig.subplots()
+        else:
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=size)
         data = [self._scores[n].numpy() for n in names]
         ax.boxplot(data, showfliers=True, flierprops={"markersize": 2})
         ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=6)
@@ -245,8 +275,16 @@ class CausalScores(Mapping):
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file (format in this module's docstring), atomically: to a
-        temporary name first, renamed when complete."""
+        temporary name first, renamed when complete; on any failure nothing is left behind.
+
+        Raises:
+            TypeError: ``path`` is not a str or os.PathLike.
+            IsADirectoryError: ``path`` is a directory.
+            FileNotFoundError: the folder of ``path`` does not exist.
+        """
         from safetensors.torch import save_file
+
+        path = _check_output_path(path, "path")
 
         tensors = {}
         for name, s in self.layers.items():
@@ -268,52 +306,121 @@ class CausalScores(Mapping):
             "unsupported": self.unsupported,
             "timings": self.timings,
         }
-        path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata={"causalprune": json.dumps(meta)})
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, tmp, metadata={"causalprune": json.dumps(meta)})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CausalScores:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            TypeError: ``path`` is not a str or os.PathLike.
+            FileNotFoundError: no file at ``path``.
+            IsADirectoryError: ``path`` is a directory.
+            ValueError: the file is not a valid causalprune_fast scores file (not safetensors,
+                no or unreadable metadata, missing entries); the message names the path and
+                what is wrong.
+        """
         from safetensors import safe_open
 
-        with safe_open(os.fspath(path), framework="pt") as f:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"path {path!r} is a directory, not a scores file")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no scores file at {path!r}")
+
+        def invalid(what: str) -> ValueError:
+            return ValueError(f"{path!r} is not a valid causalprune_fast scores file: {what}")
+
+        try:
+            f_ctx = safe_open(path, framework="pt")
+        except Exception as e:  # safetensors raises its own error types for a bad header
+            raise invalid(f"not a safetensors file ({type(e).__name__}: {e})") from None
+        with f_ctx as f:
             raw = (f.metadata() or {}).get("causalprune")
             if raw is None:
-                raise ValueError(f"{path} is not a causalprune_fast scores file")
-            meta = json.loads(raw)
+                raise invalid("no 'causalprune' metadata entry")
+            try:
+                meta = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise invalid(f"its metadata is not valid JSON ({e})") from None
+            if not isinstance(meta, dict):
+                raise invalid(f"its metadata is a JSON {type(meta).__name__}, not an object")
             if meta.get("format") != FORMAT_VERSION:
-                raise ValueError(f"{path}: unsupported format version {meta.get('format')}")
-            keys = set(f.keys())
-
-            def get(key):
-                return f.get_tensor(key) if key in keys else None
-
-            layers = {}
-            for name, m in meta["layers"].items():
-                layers[name] = LayerScores(
-                    name=name,
-                    kind=m["kind"],
-                    incoming=get(f"layer/{name}/incoming"),
-                    outgoing=get(f"layer/{name}/outgoing"),
-                    sensitivity=m["sensitivity"],
-                    response=m["response"],
-                    response_reason=m["response_reason"],
-                    samples=m["samples"],
-                    input_units=m["input_units"],
-                    groups=m["groups"],
-                    taps=m["taps"],
-                    timings=m["timings"],
-                    model_output=m.get("model_output", False),
-                    x_ranges=get(f"layer/{name}/x_ranges"),
-                    y_ranges=get(f"layer/{name}/y_ranges"),
-                    matrix=get(f"layer/{name}/matrix"),
+                raise invalid(
+                    f"unsupported format version {meta.get('format')!r} "
+                    f"(this version reads {FORMAT_VERSION})"
                 )
+            try:
+                return cls._from_meta(meta, f, set(f.keys()))
+            except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+                detail = f"missing entry {e}" if isinstance(e, KeyError) else f"{e}"
+                raise invalid(f"{detail} ({type(e).__name__})") from None
+
+    @classmethod
+    def _from_meta(cls, meta: dict, f, keys: set[str]) -> CausalScores:
+        def get(key: str, required: bool = False) -> torch.Tensor | None:
+            if key in keys:
+                return f.get_tensor(key)
+            if required:
+                raise KeyError(f"tensor {key!r}")
+            return None
+
+        for key in ("config", "layers", "groups", "unsupported", "timings"):
+            if key not in meta:
+                raise KeyError(f"metadata {key!r}")
+        layers = {}
+        for name, m in meta["layers"].items():
+            layers[name] = LayerScores(
+                name=name,
+                kind=m["kind"],
+                incoming=get(f"layer/{name}/incoming", required=True),
+                outgoing=get(f"layer/{name}/outgoing", required=True),
+                sensitivity=m["sensitivity"],
+                response=m["response"],
+                response_reason=m["response_reason"],
+                samples=m["samples"],
+                input_units=m["input_units"],
+                groups=m["groups"],
+                taps=m["taps"],
+                timings=m["timings"],
+                model_output=m.get("model_output", False),
+                x_ranges=get(f"layer/{name}/x_ranges"),
+                y_ranges=get(f"layer/{name}/y_ranges"),
+                matrix=get(f"layer/{name}/matrix"),
+            )
         groups = {n: [Member.from_json(d) for d in g] for n, g in meta["groups"].items()}
+        missing = set(layers) - set(groups)
+        if missing:
+            raise KeyError(f"groups of layer(s) {sorted(missing)}")
         return cls(
             layers, groups, meta["config"], meta["unsupported"], meta["timings"], meta.get("heads")
         )
+
+
+def _check_output_path(path: object, name: str) -> str:
+    """A file path to write: its folder must exist and it must not be a directory."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{name} must not be empty")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{name} {path!r} is a directory; give a file name in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{name} {path!r}: the folder {folder!r} does not exist")
+    return path
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -83,3 +83,100 @@ def test_weights_that_do_not_fit(tmp_path):
     torch.save(torch.nn.Linear(2, 2).state_dict(), path)
     with pytest.raises(ValueError, match="do not fit the model"):
         load_weights(build_model("torchvision:resnet18"), path)
+
+
+# ----------------------------------------------------------------------------- user errors
+
+
+def never_score(*args, **kwargs):
+    raise AssertionError("scoring started although the arguments were bad")
+
+
+def one_line_error(capsys, match: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("causalprune: error:"), err
+    assert "Traceback" not in err
+    assert match in err, err
+    return err
+
+
+def score_argv(*extra: str) -> list[str]:
+    return ["score", "torch.nn:Identity", "--input-shape", "4", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--out", "{tmp}/missing/s.safetensors"], "does not exist"),
+        (["--plot", "{tmp}/missing/fig.png"], "does not exist"),
+        (["--out", "{tmp}"], "is a directory"),
+        (["--layers", "("], "not a regular expression"),
+        (["--device", "nonsense"], "not a torch device"),
+        (["--timeout", "0"], "--timeout must be a positive"),
+        (["--weights", "{tmp}/none.pt"], "does not exist"),
+    ],
+)
+def test_score_checks_arguments_before_any_work(tmp_path, capsys, monkeypatch, extra, match):
+    monkeypatch.setattr(cf, "score_model", never_score)
+    argv = score_argv(*[e.format(tmp=tmp_path) for e in extra])
+    assert main(argv) == 2
+    one_line_error(capsys, match)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(cf, "score_model", never_score)
+    assert main(score_argv("--device", "cuda")) == 2
+    one_line_error(capsys, "CUDA is not available")
+
+
+def test_bad_values_caught_by_score_model_exit_2(capsys):
+    assert main(score_argv("--device", "cpu", "--bins", "1")) == 2
+    one_line_error(capsys, "bins must be in")
+
+
+def test_factory_that_rejects_the_arguments(capsys):
+    argv = ["score", "torch.nn:ReLU", "--input-shape", "4", "--num-classes", "3"]
+    assert main(argv + ["--device", "cpu"]) == 2
+    one_line_error(capsys, "cannot be called with")
+
+
+def test_summary_and_plot_of_missing_or_invalid_files(tmp_path, capsys):
+    missing = str(tmp_path / "none.safetensors")
+    assert main(["summary", missing]) == 2
+    one_line_error(capsys, "no scores file at")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"junk")
+    assert main(["summary", str(junk)]) == 2
+    one_line_error(capsys, "not a valid causalprune_fast scores file")
+    # plot checks --out before reading the scores
+    assert main(["plot", missing, "--out", str(tmp_path / "no" / "f.png")]) == 2
+    one_line_error(capsys, "does not exist")
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["score", "torch.nn:Identity", "--input-shape", "3,0"])
+    assert e.value.code == 2
+    assert "expected positive sizes" in capsys.readouterr().err
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from causalprune_fast.cli import _parser
+
+    parser = _parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(subparsers) == 1
+    commands = subparsers[0].choices
+    assert set(commands) == {"score", "summary", "plot", "backends"}
+    missing = [
+        f"{name} {action.dest}"
+        for name, sub in [("causalprune", parser), *commands.items()]
+        for action in sub._actions
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
+    assert missing == []
+    helps = {a.dest: a.help for a in commands["score"]._actions}
+    assert "--out" not in helps and helps["out"] and helps["device"]

@@ -56,19 +56,19 @@ def test_importance_matches_scores_of_the_group_root(direction):
     model = cnn()
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 12, 12))
     group = dg.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(12)))
-    imp = CausalImportance((3, 12, 12), direction=direction, **KW)(group)
+    imp = CausalImportance(model, (3, 12, 12), direction=direction, **KW)(group)
     scores = cf.score_model(model, (3, 12, 12), direction=direction, progress=False, **KW)
     torch.testing.assert_close(imp, scores["0"].float())
     subset = dg.get_pruning_group(model[0], tp.prune_conv_out_channels, [7, 2, 9])
     torch.testing.assert_close(
-        CausalImportance((3, 12, 12), direction=direction, **KW)(subset),
+        CausalImportance(model, (3, 12, 12), direction=direction, **KW)(subset),
         scores["0"][[7, 2, 9]].float(),
     )
 
 
 def test_iterative_pruning_rescores_every_step():
     model = cnn()
-    imp = CausalImportance((3, 12, 12), **KW)
+    imp = CausalImportance(model, (3, 12, 12), **KW)
     pruner = tp.pruner.MetaPruner(
         model,
         torch.randn(1, 3, 12, 12),
@@ -130,7 +130,7 @@ def test_prune_errors():
     with pytest.raises(ValueError, match="give input_shape"):
         cf.prune(model, 0.2)
     with pytest.raises(ValueError, match="direction must be"):
-        CausalImportance((3, 12, 12), direction="up")
+        CausalImportance(model, (3, 12, 12), direction="up")
 
 
 # ----------------------------------------------------------------------------- nn.utils.prune

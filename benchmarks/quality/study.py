@@ -180,7 +180,13 @@ def tp_importance(name: str):
 def cached_causal_importance(model, scores, direction, mode, seed) -> CausalImportance:
     """A CausalImportance whose cache already holds ``scores`` (computed on this very model)."""
     imp = CausalImportance(
-        INPUT_SHAPE, direction=direction, mode=mode, seed=seed, **CAUSAL, **CAUSAL_IMPORTANCE
+        model,
+        INPUT_SHAPE,
+        direction=direction,
+        mode=mode,
+        seed=seed,
+        **CAUSAL,
+        **CAUSAL_IMPORTANCE,
     )
     imp._scores, imp._key = scores, model_state_key(model)
     return imp
@@ -231,15 +237,23 @@ def check_cache(model, scores, seed, configs) -> dict:
     """The cached importance prunes exactly as a fresh CausalImportance (which scores itself)."""
     out = {}
     for mode, direction in configs:
+        # Each importance scores the copy it prunes; the copies have the model's weights.
+        a_model, b_model = copy.deepcopy(model), copy.deepcopy(model)
         a = meta_prune(
-            copy.deepcopy(model),
-            cached_causal_importance(model, scores[mode], direction, mode, seed),
+            a_model,
+            cached_causal_importance(a_model, scores[mode], direction, mode, seed),
             0.5,
         )
         fresh = CausalImportance(
-            INPUT_SHAPE, direction=direction, mode=mode, seed=seed, **CAUSAL, **CAUSAL_IMPORTANCE
+            b_model,
+            INPUT_SHAPE,
+            direction=direction,
+            mode=mode,
+            seed=seed,
+            **CAUSAL,
+            **CAUSAL_IMPORTANCE,
         )
-        b = meta_prune(copy.deepcopy(model), fresh, 0.5)
+        b = meta_prune(b_model, fresh, 0.5)
         same = fresh.rescored == 1 and all(
             torch.equal(p, q)
             for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)

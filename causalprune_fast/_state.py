@@ -1,0 +1,131 @@
+"""Leaving the user's model as found: snapshots of what the pruning entry points may touch.
+
+- :func:`preserved` restores, on success and on error, every submodule's ``training`` flag,
+  every parameter's ``requires_grad``, the modules' hook dictionaries and the torch random
+  number generators (CPU, and the CUDA device the model lives on).
+- :class:`ModelSnapshot` additionally restores every submodule's attributes (parameters,
+  buffers, submodules and plain attributes such as ``out_channels``), so a structural change
+  that failed half-way can be undone. Torch-Pruning replaces parameters and buffers by new
+  tensors rather than changing them in place, so the snapshot keeps references, not copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+_CONTAINERS = (dict, list, set)
+
+
+def _rng_devices(model: nn.Module) -> list[int]:
+    devices = {
+        t.device.index if t.device.index is not None else torch.cuda.current_device()
+        for t in [*model.parameters(), *model.buffers()]
+        if t.device.type == "cuda"
+    }
+    return sorted(devices)
+
+
+def _copy(container):
+    if isinstance(container, dict):
+        return dict(container)
+    return list(container) if isinstance(container, list) else set(container)
+
+
+def _refill(container, saved) -> None:
+    container.clear()
+    if isinstance(container, list):
+        container.extend(saved)
+    else:
+        container.update(saved)
+
+
+class ModelSnapshot:
+    """Every submodule's ``__dict__`` (containers by content, refilled into the same objects
+    so that hook handles held elsewhere keep working) and every parameter's
+    ``requires_grad``."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = []
+        for m in model.modules():
+            attrs = dict(m.__dict__)
+            contents = {k: _copy(v) for k, v in attrs.items() if isinstance(v, _CONTAINERS)}
+            self.modules.append((m, attrs, contents))
+        self.classes = [(m, type(m)) for m in model.modules()]  # parametrizations swap it
+        self.requires_grad = {p: p.requires_grad for p in model.parameters()}
+
+    def restore(self) -> None:
+        """Put every module back as it was when the snapshot was taken."""
+        for m, cls in self.classes:
+            if type(m) is not cls:
+                m.__class__ = cls
+        for m, attrs, contents in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for k, saved in contents.items():
+                _refill(attrs[k], saved)
+        for p, flag in self.requires_grad.items():
+            p.requires_grad_(flag)
+
+    def restore_flags(self) -> None:
+        """After a change that replaced parameters by new (pruned) ones: every module's
+        ``training`` flag, and ``requires_grad`` of the parameter now under each name."""
+        for m, attrs, contents in self.modules:
+            m.training = attrs["training"]
+            for name, old in contents.get("_parameters", {}).items():
+                new = m._parameters.get(name)
+                if old is not None and new is not None:
+                    new.requires_grad_(self.requires_grad[old])
+
+
+class _Flags:
+    """Training flags, requires_grad and hook dictionaries (by content) of a model."""
+
+    HOOKS = (
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+    )
+
+    def __init__(self, model: nn.Module):
+        self.training = [(m, m.training) for m in model.modules()]
+        self.requires_grad = {p: p.requires_grad for p in model.parameters()}
+        self.hooks = [
+            (d, dict(d))
+            for m in model.modules()
+            for name in self.HOOKS
+            if isinstance(d := m.__dict__.get(name), dict)
+        ]
+
+    def restore(self) -> None:
+        for m, flag in self.training:
+            m.training = flag
+        for p, flag in self.requires_grad.items():
+            p.requires_grad_(flag)
+        for d, saved in self.hooks:
+            if d != saved:
+                _refill(d, saved)
+
+
+def rng_forked(model: nn.Module):
+    """``torch.random.fork_rng`` over the CPU and the CUDA devices ``model`` lives on."""
+    return torch.random.fork_rng(devices=_rng_devices(model))
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Run the body, then restore the model's training flags, ``requires_grad``, hooks and the
+    torch RNG state, whether the body succeeded or raised (KeyboardInterrupt included)."""
+    flags = _Flags(model)
+    with rng_forked(model):
+        try:
+            yield
+        finally:
+            flags.restore()
