@@ -137,10 +137,7 @@ def build_groups(
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, verbose=False
-            )
-        from torch_pruning.dependency import index_mapping
-
-        index_mapping.update_index_mapping(dg)
+            )  # its last step maps indices (update_index_mapping), as get_pruning_group does
     except Exception as e:  # tracing arbitrary models can fail in many ways
         note = f"Torch-Pruning could not build the dependency graph ({type(e).__name__}: {e})"
         return _alone(model, layer_names), note
@@ -173,7 +170,10 @@ def build_groups(
     del dg  # its nodes hold the traced autograd graph and its saved activations
     note = "Torch-Pruning dependency graph"
     if uncoupled:
-        listed = "; ".join(f"{n} ({why})" for n, why in uncoupled.items())
+        by_reason: dict[str, list[str]] = {}
+        for n, why in uncoupled.items():
+            by_reason.setdefault(why, []).append(n)
+        listed = "; ".join(f"{why}: {', '.join(ns)}" for why, ns in by_reason.items())
         note += (
             f"; {len(uncoupled)} layer(s) lost their coupling and are scored alone (own "
             f"channels, no coupled producers, no consumers): {listed}"
@@ -195,12 +195,13 @@ def _bounded_group(
     """The measured members of ``module``'s output-channel group, or None where it cannot be
     found within the bounds.
 
-    One channel is walked first, with a budget of ``WORK_PER_BUDGET * budget / channels``: a
+    Channel 0 is walked first, with a budget of ``WORK_PER_BUDGET * budget / channels``: a
     group whose single channel costs more cannot be finished within that much work at all
-    (MaxViT's qkv projections: ~1e6 entries per channel). From its cost, blocks of root
-    channels that should fit ``budget`` are walked; a block over it is halved. The layer is
-    given up when the entries created in all walks pass ``WORK_PER_BUDGET * budget``, when a
-    single channel does not fit, or after ``time_limit`` seconds.
+    (MaxViT's qkv projections: ~1e6 entries per channel). From its cost, blocks of the other
+    root channels that should fit ``budget`` are walked (usually one block); a block over it is
+    halved. The members of all walks are merged. The layer is given up when the entries
+    created in all walks pass ``WORK_PER_BUDGET * budget``, when a single channel does not
+    fit, or after ``time_limit`` seconds.
     """
     import torch_pruning as tp
 
@@ -218,10 +219,22 @@ def _bounded_group(
         probe, spent = _walk(dg, root_node, fn, range(1), max(1, work // channels), deadline)
     except _GroupTooLarge:
         return None
-    size = max(1, min(channels, budget // (2 * spent)))
-    blocks = [range(b, min(b + size, channels)) for b in range(0, channels, size)][::-1]
     merged: dict[tuple, dict[int, int | None]] = {}  # (dep target, handler) -> idx -> root
     deps: dict[tuple, object] = {}
+
+    def merge(items: list) -> None:
+        for dep, idxs in items:
+            if dep.target.module not in names:
+                continue  # norms, activations, reshapes: not members
+            key = (dep.target, dep.handler)
+            deps.setdefault(key, dep)
+            seen = merged.setdefault(key, {})
+            for i in idxs:  # merge like Group.add_and_merge: the first root of an idx wins
+                seen.setdefault(i.idx, i.root_idx)
+
+    merge(probe)
+    size = max(1, budget // (2 * spent))
+    blocks = [range(b, min(b + size, channels)) for b in range(1, channels, size)][::-1]
     while blocks:
         block = blocks.pop()
         try:
@@ -236,14 +249,7 @@ def _bounded_group(
             blocks += [block[half:], block[:half]]  # the first half is walked next
             continue
         spent += used
-        for dep, idxs in items:
-            if dep.target.module not in names:
-                continue  # norms, activations, reshapes: not members
-            key = (dep.target, dep.handler)
-            deps.setdefault(key, dep)
-            seen = merged.setdefault(key, {})
-            for i in idxs:  # merge like Group.add_and_merge: the first root of an idx wins
-                seen.setdefault(i.idx, i.root_idx)
+        merge(items)
     triples = ((deps[key], tuple(m), tuple(m.values())) for key, m in merged.items())
     return _members(triples, names)
 
@@ -327,8 +333,13 @@ def _reduce(
         if m.role != role or m.layer not in values:
             continue
         found = True
+        v = values[m.layer].detach().double().cpu()
         root = torch.tensor(m.root_idxs, dtype=torch.long)
-        vals = values[m.layer].detach().double().cpu()[torch.tensor(m.idxs, dtype=torch.long)]
+        idxs = torch.tensor(m.idxs, dtype=torch.long)
+        # Torch-Pruning can map a channel past the end of a member (a concatenation at the
+        # model's output is coupled like a sum): such entries name no channel and are dropped.
+        ok = (idxs < len(v)) & (root < channels)
+        root, vals = root[ok], v[idxs[ok]]
         # Scatter-add, not assignment: with repeated root indices every entry counts.
         total.index_add_(0, root, vals)
         count.index_add_(0, root, torch.ones_like(vals))
@@ -397,18 +408,17 @@ def direction_fallbacks(
         if has_measured_consumer(groups.get(name, []), layers):
             continue
         if getattr(layer, "model_output", False):
-            out[name] = "model output: no consumer"
+            out[name] = "model output, no consumer"
         else:
-            out[name] = (
-                "no measured consumer (the layers reading its channels are not measured, or "
-                "the channel graph lost them: see config['graph'])"
-            )
-    unexpected = [n for n, r in out.items() if not r.startswith("model output")]
+            out[name] = "no measured consumer"
+    unexpected = [n for n, r in out.items() if r == "no measured consumer"]
     if warn and unexpected:
         shown = ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
         warnings.warn(
             f"direction={direction!r}: {len(unexpected)} layer(s) have no measured consumer "
-            f"and are scored by their producers' incoming MI ('in') instead: {shown}",
+            f"(the layers reading their channels are not measured, or the channel graph lost "
+            f"them: see config['graph']) and are scored by their producers' incoming MI "
+            f"('in') instead: {shown}",
             stacklevel=3,
         )
     return out
