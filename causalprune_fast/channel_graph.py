@@ -5,7 +5,9 @@ A Torch-Pruning group rooted at a layer's output channels lists every coupled mo
 channel indices it shares with the root: out-channel members (conv/linear whose output
 channel it is, including the other writers of a residual stream, and depthwise convolutions)
 are the channel's producers, in-channel members are its consumers. No graph code of our own:
-the dependency graph is Torch-Pruning's job.
+the dependency graph and its index mappings are Torch-Pruning's, and a group is collected by
+the walk of its ``get_pruning_group``, run here within memory and time bounds
+(``build_groups``).
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ def build_groups(
         index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
     time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
     names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
+    bounded = _walk_supported()
     groups: dict[str, list[Member]] = {}
     uncoupled: dict[str, str] = {}  # layer -> why its group was not found
     for name in layer_names:
@@ -155,7 +158,10 @@ def build_groups(
             groups[name] = _alone(model, [name])[name]
             continue
         try:
-            members = _bounded_group(dg, module, names, index_budget, time_limit)
+            if bounded:
+                members = _bounded_group(dg, module, names, index_budget, time_limit)
+            else:
+                members = _unbounded_group(dg, module, names)
         except Exception as e:  # an index mapping that fails on this graph
             members, why = None, f"{type(e).__name__}: {e}"
         else:
@@ -169,6 +175,8 @@ def build_groups(
         groups[name] = members
     del dg  # its nodes hold the traced autograd graph and its saved activations
     note = "Torch-Pruning dependency graph"
+    if not bounded:
+        note += " (groups unbounded: this Torch-Pruning lacks the 1.6 internals the bound needs)"
     if uncoupled:
         by_reason: dict[str, list[str]] = {}
         for n, why in uncoupled.items():
@@ -187,6 +195,25 @@ def build_groups(
             stacklevel=2,
         )
     return groups, note
+
+
+def _walk_supported() -> bool:
+    """Whether the installed Torch-Pruning has the internals ``_walk`` uses (1.6)."""
+    try:
+        from torch_pruning import _helpers
+        from torch_pruning.dependency.dependency import Dependency  # noqa: F401
+        from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    except ImportError:
+        return False
+    return hasattr(_helpers, "_HybridIndex") and hasattr(_FlattenIndexMapping(2), "_stride")
+
+
+def _unbounded_group(dg, module: nn.Module, names: Mapping[nn.Module, str]) -> list[Member]:
+    """Torch-Pruning's own ``get_pruning_group`` (no bound on its memory)."""
+    pruner = dg.get_pruner_of_module(module)
+    channels = pruner.get_out_channels(module)
+    group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+    return members_of_group(group, names)
 
 
 def _bounded_group(

@@ -254,6 +254,10 @@ def test_groups_equal_torch_pruning_and_blocks_merge_to_the_whole(monkeypatch):
     assert note == "Torch-Pruning dependency graph"
     assert _canonical(small) == _canonical(groups)
     assert walks.count((net.c, 1)) == 2  # conv c's group was walked one channel at a time
+    # Without the Torch-Pruning internals the bound needs: its own get_pruning_group.
+    monkeypatch.setattr(cg, "_walk_supported", lambda: False)
+    plain, note = cg.build_groups(net, x, names)
+    assert "unbounded" in note and _canonical(plain) == _canonical(groups)
 
 
 def tiny_swin() -> nn.Module:
