@@ -120,15 +120,16 @@ def build_groups(
 
     Groups are Torch-Pruning's (``DependencyGraph.get_pruning_group``'s walk over the same
     dependencies and index mappings), found within bounded memory and time: Torch-Pruning maps
-    indices through reshapes as flattenings, so in window-attention models (Swin, MaxViT) one
-    channel becomes ~1000 indices at every node the walk passes and a whole group takes tens of
-    GB. Each walk may create at most ``index_budget`` index entries (default
-    ``default_memory_budget() // BYTES_PER_INDEX``, about 1 GiB of them); a walk over the
-    budget is redone on blocks of the root channels (see ``_bounded_group``) and the pieces are
-    merged. A layer whose group needs more than ``WORK_PER_BUDGET * index_budget`` entries in
-    all, whose single channel goes over the budget, whose walks take more than ``time_limit``
-    seconds (``GROUP_TIME_LIMIT_S``) or raise, keeps only itself as producer and no consumer
-    (no coupling); a warning and the returned note name those layers.
+    indices through the window reshapes of Swin and MaxViT as flattenings (one channel becomes
+    ~1000 indices) and its walk through them does not end (one channel of torchvision swin_t's
+    last stage passes 3e7 index entries; ``get_pruning_group`` dies with MemoryError). Each
+    walk may create at most ``index_budget`` index entries (default
+    ``default_memory_budget() // BYTES_PER_INDEX``, about 1 GiB of them); a group over the
+    budget is walked on blocks of its root channels (see ``_bounded_group``) and the pieces
+    are merged. A layer whose group needs more than ``WORK_PER_BUDGET * index_budget`` entries
+    in all, whose single channel goes over the budget, whose walks take more than
+    ``time_limit`` seconds (``GROUP_TIME_LIMIT_S``) or raise, keeps only itself as producer
+    and no consumer (no coupling); a warning and the returned note name those layers and why.
     """
     if not torch_pruning_available():
         note = "torch-pruning not installed: no coupled channels, no consumers"
@@ -159,13 +160,11 @@ def build_groups(
             continue
         try:
             if bounded:
-                members = _bounded_group(dg, module, names, index_budget, time_limit)
+                members, why = _bounded_group(dg, module, names, index_budget, time_limit)
             else:
-                members = _unbounded_group(dg, module, names)
+                members, why = _unbounded_group(dg, module, names), ""
         except Exception as e:  # an index mapping that fails on this graph
-            members, why = None, f"{type(e).__name__}: {e}"
-        else:
-            why = f"over {index_budget} index entries per walk or {time_limit:g} s"
+            members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
         if members is None:
             uncoupled[name] = why
             groups[name] = _alone(model, [name])[name]
@@ -189,9 +188,9 @@ def build_groups(
         shown = ", ".join(list(uncoupled)[:8]) + (" ..." if len(uncoupled) > 8 else "")
         warnings.warn(
             f"channel graph: the Torch-Pruning group of {len(uncoupled)} layer(s) could not "
-            f"be built within {index_budget} index entries per walk and {time_limit:g} s per "
-            f"layer; they are scored alone (own channels, no coupled producers, no "
-            f"consumers; listed in config['graph']): {shown}",
+            f"be built (index budget {index_budget} entries per walk, {time_limit:g} s per "
+            f"layer); they are scored alone (own channels, no coupled producers, no "
+            f"consumers; config['graph'] says why): {shown}",
             stacklevel=2,
         )
     return groups, note
@@ -218,17 +217,17 @@ def _unbounded_group(dg, module: nn.Module, names: Mapping[nn.Module, str]) -> l
 
 def _bounded_group(
     dg, module: nn.Module, names: Mapping[nn.Module, str], budget: int, time_limit: float
-) -> list[Member] | None:
-    """The measured members of ``module``'s output-channel group, or None where it cannot be
-    found within the bounds.
+) -> tuple[list[Member] | None, str]:
+    """The measured members of ``module``'s output-channel group, or None and the reason where
+    it cannot be found within the bounds.
 
-    Channel 0 is walked first, with a budget of ``WORK_PER_BUDGET * budget / channels``: a
-    group whose single channel costs more cannot be finished within that much work at all
-    (MaxViT's qkv projections: ~1e6 entries per channel). From its cost, blocks of the other
-    root channels that should fit ``budget`` are walked (usually one block); a block over it is
-    halved. The members of all walks are merged. The layer is given up when the entries
-    created in all walks pass ``WORK_PER_BUDGET * budget``, when a single channel does not
-    fit, or after ``time_limit`` seconds.
+    Channel 0 is walked first, with a budget of ``WORK_PER_BUDGET * budget / channels`` (at
+    most ``budget``): a group whose single channel costs more cannot be finished within that
+    much work at all (MaxViT's qkv projections: ~1e6 entries per channel). From its cost,
+    blocks of the other root channels that should fit ``budget`` are walked (usually one
+    block); a block over it is halved. The members of all walks are merged. The layer is given
+    up when the entries created in all walks pass ``WORK_PER_BUDGET * budget``, when a single
+    channel does not fit, or after ``time_limit`` seconds.
     """
     import torch_pruning as tp
 
@@ -243,9 +242,15 @@ def _bounded_group(
     work = WORK_PER_BUDGET * budget
     root_node = dg.module2node[module]
     try:
-        probe, spent = _walk(dg, root_node, fn, range(1), max(1, work // channels), deadline)
+        probe_budget = max(1, min(budget, work // channels))
+        probe, spent = _walk(dg, root_node, fn, range(1), probe_budget, deadline)
     except _GroupTooLarge:
-        return None
+        if time.perf_counter() > deadline:
+            return None, f"over {time_limit:g} s"
+        return None, (
+            f"one channel needs over {probe_budget} index entries: the {channels} channels "
+            f"would pass the budget or the work limit ({work} entries in all)"
+        )
     merged: dict[tuple, dict[int, int | None]] = {}  # (dep target, handler) -> idx -> root
     deps: dict[tuple, object] = {}
 
@@ -270,15 +275,19 @@ def _bounded_group(
             )
         except _GroupTooLarge as e:
             spent += e.used
-            if len(block) == 1 or spent >= work or time.perf_counter() > deadline:
-                return None
+            if time.perf_counter() > deadline:
+                return None, f"over {time_limit:g} s"
+            if spent >= work:
+                return None, f"over {work} index entries in all walks (the work limit)"
+            if len(block) == 1:
+                return None, f"one channel needs over {budget} index entries (the budget)"
             half = len(block) // 2
             blocks += [block[half:], block[:half]]  # the first half is walked next
             continue
         spent += used
         merge(items)
     triples = ((deps[key], tuple(m), tuple(m.values())) for key, m in merged.items())
-    return _members(triples, names)
+    return _members(triples, names), ""
 
 
 def _walk(dg, root_node, fn, channels: range, budget: int, deadline: float) -> tuple[list, int]:
