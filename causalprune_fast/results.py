@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS, Member, channel_scores
+from causalprune_fast.channel_graph import (
+    DIRECTIONS,
+    REDUCTIONS,
+    Member,
+    channel_scores,
+    direction_fallbacks,
+)
 
 FORMAT_VERSION = 1
 
@@ -92,6 +98,8 @@ class CausalScores(Mapping):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         incoming = {n: s.incoming for n, s in self.layers.items()}
         outgoing = {n: s.outgoing for n, s in self.layers.items()}
+        # Layers scored by "in" although direction is "out"/"both" (no measured consumer).
+        self.fallbacks = direction_fallbacks(self.groups, self.layers, direction)
         return {
             name: channel_scores(
                 self.groups[name], len(s.incoming), incoming, outgoing, direction, reduction
@@ -212,6 +220,9 @@ class CausalScores(Mapping):
         outputs = [n for n, s in self.layers.items() if s.model_output]
         if outputs:
             lines.append(f"model outputs (their channels are not prunable): {', '.join(outputs)}")
+        if self.fallbacks:
+            fell = ", ".join(f"{n} ({r})" for n, r in self.fallbacks.items())
+            lines.append(f"direction={c.get('direction')} fell back to 'in' for: {fell}")
         for name, reason in self.unsupported.items():
             lines.append(f"not scored: {name}: {reason}")
         return "\n".join(lines)
