@@ -190,11 +190,7 @@ class CausalScores(Mapping):
         )
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
-        few = [
-            f"{n} ({s.samples})"
-            for n, s in self.layers.items()
-            if s.samples < c.get("bins", 16) ** 2
-        ]
+        few = few_sample_layers(self.layers, c.get("bins", 16))
         if few:
             lines.append(
                 f"few samples (< bins^2, MI dominated by estimator bias): "
@@ -314,6 +310,17 @@ class CausalScores(Mapping):
         return cls(
             layers, groups, meta["config"], meta["unsupported"], meta["timings"], meta.get("heads")
         )
+
+
+def few_sample_layers(layers: Mapping[str, LayerScores], bins: int) -> list[str]:
+    """``"name (samples)"`` of every prunable layer measured on fewer than ``bins**2`` samples,
+    where the plug-in MI is dominated by its bias (layers whose output is the model's output
+    are left out: their channels are not pruned)."""
+    return [
+        f"{name} ({s.samples})"
+        for name, s in layers.items()
+        if s.samples < bins * bins and not s.model_output
+    ]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
