@@ -28,7 +28,8 @@ from causalprune_fast.scoring.plan import (
     RANGE_MODES,
     ScorePlan,
 )
-from causalprune_fast.scoring.runner import Runner, probe
+from causalprune_fast.scoring.probe import probe
+from causalprune_fast.scoring.runner import Runner
 from causalprune_fast.scoring.state import LayerState, clock
 
 __all__ = [
