@@ -21,6 +21,7 @@ from causalprune_fast.distributed import DistContext
 from causalprune_fast.layers import find_layers
 from causalprune_fast.response import ResponseFinder
 from causalprune_fast.results import CausalScores, few_sample_layers
+from causalprune_fast.scoring.hooks import PreservedState
 from causalprune_fast.scoring.plan import (
     DEFAULT_MAX_SAMPLES_PER_LAYER,
     DEFAULT_SAMPLES,
@@ -162,12 +163,9 @@ def score_model(
             f"samples={plan.examples} must be at least the number of ranks ({ctx.world})"
         )
     found, unsupported = find_layers(model, layers)
-    was_training = model.training
-    model.eval()
-    try:
+    with PreservedState(model):
+        model.eval()
         return _score(model, found, unsupported, plan, t_start, ctx)
-    finally:
-        model.train(was_training)
 
 
 def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> CausalScores:
