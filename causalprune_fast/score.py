@@ -146,6 +146,7 @@ def score_model(
         max_samples_per_layer=max_samples_per_layer,
         batch_size=batch_size,
         seed=seed,
+        layers=layers,
         direction=direction,
         reduction=reduction,
         correction=correction,
@@ -162,7 +163,7 @@ def score_model(
         raise ValueError(
             f"samples={plan.examples} must be at least the number of ranks ({ctx.world})"
         )
-    found, unsupported = find_layers(model, layers)
+    found, unsupported = find_layers(model, plan.layers)
     with PreservedState(model):
         model.eval()
         return _score(model, found, unsupported, plan, t_start, ctx)

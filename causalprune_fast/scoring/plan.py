@@ -10,6 +10,8 @@ bin ranges are fixed (the public ``ranges``).
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast import _validation as v
+from causalprune_fast.backends import BACKENDS
 from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS
 from causalprune_fast.estimator import default_memory_budget
 from causalprune_fast.layers import TAPS
@@ -36,6 +39,50 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def _check_shape(input_shape: object) -> tuple[int, ...]:
+    if isinstance(input_shape, str | bytes) or not isinstance(input_shape, Sequence):
+        raise ValueError(
+            f"input_shape must be a sequence of ints, e.g. (3, 224, 224); got {input_shape!r}"
+        )
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_shape):
+        raise ValueError(
+            f"input_shape must be a sequence of ints, e.g. (3, 224, 224); got {input_shape!r}"
+        )
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be positive sizes, e.g. (3, 224, 224); got {shape}")
+    return shape
+
+
+def _check_layer_filter(layers: object) -> None:
+    def one(spec: object) -> bool:
+        return isinstance(spec, str | re.Pattern) or callable(spec)
+
+    if layers is None or one(layers):
+        return
+    if isinstance(layers, list | tuple | set | frozenset) and layers and all(map(one, layers)):
+        return
+    raise ValueError(
+        "layers must be None, a layer name, a compiled regex, a callable name -> bool, or a "
+        f"non-empty list of those; got {layers!r}"
+    )
+
+
+def _check_range(input_range: object) -> tuple[float, float]:
+    ok = (
+        isinstance(input_range, Sequence)
+        and not isinstance(input_range, str | bytes)
+        and len(input_range) == 2
+        and all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in input_range)
+    )
+    if ok:
+        lo, hi = float(input_range[0]), float(input_range[1])
+        ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
+    if not ok:
+        raise ValueError(f"input_range must be finite (lo, hi) with hi > lo, got {input_range!r}")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class ScorePlan:
     """The validated settings of one score_model call."""
@@ -45,6 +92,7 @@ class ScorePlan:
     device: torch.device
     input_range: tuple[float, float]
     seed: int
+    layers: object  # filter of the measured layers by name (see layers.find_layers)
     mode: str
     taps: str
     bins: int
@@ -82,6 +130,7 @@ class ScorePlan:
         max_samples_per_layer: int | None,
         batch_size: int | None,
         seed: int,
+        layers: object,
         direction: str,
         reduction: str,
         correction: str | None,
@@ -97,66 +146,70 @@ class ScorePlan:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         device, param_dtype = model_device_dtype(model)
+        if input_dtype is not None and (
+            not isinstance(input_dtype, torch.dtype)
+            or input_dtype.is_complex
+            or input_dtype == torch.bool
+        ):
+            raise ValueError(
+                f"input_dtype must be None or a real torch.dtype (e.g. torch.float32, "
+                f"torch.long), got {input_dtype!r}"
+            )
+        shape = None if input_shape is None else _check_shape(input_shape)
         if example_input is not None:
             if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
                 raise ValueError("example_input must be a tensor with a batch dimension")
-            shape = tuple(example_input.shape[1:])
+            example_shape = tuple(example_input.shape[1:])
+            if shape is not None and shape != example_shape:
+                raise ValueError(
+                    f"input_shape={shape} conflicts with example_input's shape "
+                    f"{tuple(example_input.shape)} (batch dimension first): give one of them, "
+                    "or make them agree"
+                )
+            shape = _check_shape(example_shape)
             dtype = input_dtype or example_input.dtype
         else:
-            if input_shape is None:
+            if shape is None:
                 raise ValueError("give input_shape (one example, without the batch dimension)")
-            try:
-                shape = tuple(int(s) for s in input_shape)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"input_shape must be a sequence of ints, got {input_shape!r}"
-                ) from None
             dtype = input_dtype or param_dtype
-        if not shape or any(s < 1 for s in shape):
-            raise ValueError(f"input_shape must be positive sizes, e.g. (3, 224, 224); got {shape}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if taps not in TAPS:
-            raise ValueError(f"taps must be one of {TAPS}, got {taps!r}")
+        v.check_choice(mode, "mode", MODES)
+        v.check_choice(taps, "taps", TAPS)
         bins = v.check_bins(bins)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        v.check_choice(direction, "direction", DIRECTIONS)
+        v.check_choice(reduction, "reduction", REDUCTIONS)
         v.check_correction(correction)
-        if ranges not in RANGE_MODES:
-            raise ValueError(f"ranges must be one of {RANGE_MODES}, got {ranges!r}")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples (noise examples) must be a positive int, got {samples!r}")
-        if max_samples_per_layer is not None and (
-            not isinstance(max_samples_per_layer, int) or max_samples_per_layer < 1
-        ):
-            raise ValueError(
-                "max_samples_per_layer must be a positive int or None, got "
-                f"{max_samples_per_layer!r}"
-            )
-        batch_size = samples if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        lo, hi = (float(input_range[0]), float(input_range[1]))
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise ValueError(
-                f"input_range must be finite (lo, hi) with hi > lo, got {input_range!r}"
-            )
+        v.check_choice(ranges, "ranges", RANGE_MODES)
+        v.check_choice(backend, "backend", ("auto", *BACKENDS))
+        examples = v.check_int(samples, "samples (noise examples)", 1)
+        if max_samples_per_layer is not None:
+            v.check_int(max_samples_per_layer, "max_samples_per_layer", 1)
+        batch_size = examples if batch_size is None else v.check_int(batch_size, "batch_size", 1)
+        seed = v.check_int(seed, "seed")
+        _check_layer_filter(layers)
+        lo, hi = _check_range(input_range)
         budget = v.check_memory_budget(
             default_memory_budget() if memory_budget is None else memory_budget
         )
+        for flag, name in (
+            (return_matrices, "return_matrices"),
+            (progress, "progress"),
+            (distributed, "distributed"),
+        ):
+            v.check_bool(flag, name)
+        if fused_local is not None:
+            v.check_bool(fused_local, "fused_local (or None)")
         return cls(
             input_shape=shape,
             input_dtype=dtype,
             device=device,
             input_range=(lo, hi),
             seed=seed,
+            layers=layers,
             mode=mode,
             taps=taps,
             bins=bins,
             correction=correction,
-            examples=samples,
+            examples=examples,
             max_rows_per_layer=max_samples_per_layer,
             batch_size=batch_size,
             direction=direction,

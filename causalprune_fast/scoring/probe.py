@@ -47,7 +47,8 @@ def probe(
 
     example = input_noise(plan, 0, 1)
     error = None
-    with LayerHooks(states, probe_hook) as hooks:
+    measured = {s.layer.name for s in states}
+    with LayerHooks(states, probe_hook) as hooks, _FirstNonFinite(model, measured) as watch:
         try:
             with torch.no_grad():
                 model(example)
@@ -58,6 +59,8 @@ def probe(
                 f"dtype={plan.input_dtype}): {type(e).__name__}: {e}"
             )
             error.__cause__ = e
+    if error is None and watch.found is not None:
+        error = ValueError(watch.found)
     ctx.check(error, "in the probe forward pass")
     kept, skipped = [], {}
     for s in states:
@@ -73,3 +76,49 @@ def probe(
     if not kept:
         raise ValueError("no measurable layer is called exactly once in the forward pass")
     return example, kept, skipped
+
+
+class _FirstNonFinite:
+    """Forward hooks on every module that note the first one (in call order) whose output
+    holds NaN or Inf, so the blame falls on the module that made it, not a later layer."""
+
+    def __init__(self, model: nn.Module, measured: set[str]):
+        self.model, self.measured = model, measured
+        self.found: str | None = None
+        self._handles: list = []
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module, args, output):
+            if self.found is not None:
+                return
+            for t in output if isinstance(output, tuple | list) else (output,):
+                if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
+                    bad = int((~torch.isfinite(t)).sum())
+                    if bad:
+                        what = (
+                            f"layer '{name}'"
+                            if name in self.measured
+                            else f"module '{name or '<root>'}' ({type(module).__name__})"
+                        )
+                        self.found = (
+                            f"{what} produced {bad} non-finite value(s) (NaN/Inf) in its output "
+                            "under the noise input (the first module to do so); check its "
+                            "parameters and buffers (or input_range) for NaN, Inf or overflow"
+                        )
+                        return
+
+        return hook
+
+    def __enter__(self) -> _FirstNonFinite:
+        try:
+            for name, m in self.model.named_modules():
+                self._handles.append(m.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -258,6 +258,7 @@ class Runner:
             def hook(module, args, output):
                 x = args[0]
                 check_finite(x, s.layer.name, "input")
+                check_finite(output, s.layer.name, "output")
                 dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
                 s.channel_lo = x.double().amin(dim=dims)
                 s.channel_hi = x.double().amax(dim=dims)
