@@ -399,3 +399,24 @@ def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
         net, (5,), mode="local", samples=64, seed=2, progress=False, fused_local=False
     )
     assert not unfused.layers["0"].response.endswith("kernel]")
+
+
+def test_backend_means_the_same_for_the_fused_local_path():
+    """The fused local measurement is a backend capability: backend='reference' (or 'cpu')
+    never runs Triton, even with fused_local=True; 'triton' and 'auto' offer it."""
+    from causalprune_fast.backends import capability
+
+    cpu = torch.device("cpu")
+    assert capability("reference", cpu, "local_linear_mi") is None
+    assert capability("cpu", cpu, "local_linear_mi") is None
+    assert capability("reference", cpu, "joint_counts") is not None
+    net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    kw = dict(mode="local", samples=16, progress=False, fused_local=True)
+    scores = cf.score_model(net, (5,), backend="reference", **kw)
+    assert not scores.layers["0"].response.endswith("kernel]")
+    assert scores.config["backend"] == "reference"
+    if cf.available_backends()["triton"].available:
+        assert capability("triton", cpu, "local_linear_mi") is not None
+        assert capability("auto", cpu, "local_linear_mi") is not None
+        scores = cf.score_model(net, (5,), backend="triton", **kw)
+        assert scores.layers["0"].response.endswith("[fused Triton local kernel]")
