@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.layers import output_positions
-from causalprune_fast.noise import uniform_examples
+from causalprune_fast.noise import INPUT, stream, uniform_examples
 from causalprune_fast.scoring.hooks import LayerHooks
 from causalprune_fast.scoring.plan import ScorePlan
 from causalprune_fast.scoring.state import LayerState
@@ -23,6 +23,7 @@ def input_noise(plan: ScorePlan, start: int, count: int) -> torch.Tensor:
         count,
         *plan.input_range,
         seed=plan.seed,
+        stream=stream(INPUT),
         device=plan.device,
         dtype=plan.input_dtype,
     )

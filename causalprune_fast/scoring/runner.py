@@ -25,7 +25,7 @@ from causalprune_fast.backends import capability, resolve
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.estimator import quantize
 from causalprune_fast.layers import input_rows, output_rows
-from causalprune_fast.noise import example_seed, uniform_examples
+from causalprune_fast.noise import LOCAL, ROWS, example_seed, stream, uniform_examples
 from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_epilogue
 from causalprune_fast.scoring.hooks import BEFORE_FIRST, LayerHooks
 from causalprune_fast.scoring.layer_mi import LayerMI, MISettings, layer_mi, layer_scores
@@ -83,7 +83,9 @@ class Runner:
         for k in range(count):
             e = start + k
             take = per + (1 if e < extra else 0)
-            gen = torch.Generator().manual_seed(example_seed(self.plan.seed, 1 + s.index, e))
+            gen = torch.Generator().manual_seed(
+                example_seed(self.plan.seed, stream(ROWS, s.index), e)
+            )
             chosen = torch.randperm(s.positions, generator=gen)[:take].sort().values
             rows.append(chosen + k * s.positions)
         return torch.cat(rows).to(self.device)
@@ -252,7 +254,7 @@ class Runner:
         """Per-layer intervention: calibrate each layer's input channel ranges on a
         propagated pass over the first ``batch_size`` examples (the same examples on every
         rank), then drive each layer alone with fresh uniform noise on those ranges (noise
-        stream ``1000 + layer index``)."""
+        stream ``(LOCAL, layer index)``, noise.py)."""
 
         def calib_hook(s: LayerState) -> Callable:
             def hook(module, args, output):
@@ -290,7 +292,7 @@ class Runner:
                     lo,
                     hi,
                     seed=self.plan.seed,
-                    stream=1000 + s.index,
+                    stream=stream(LOCAL, s.index),
                     device=self.device,
                     dtype=self.plan.input_dtype,
                 )
@@ -339,7 +341,7 @@ class Runner:
                 s.channel_lo,
                 s.channel_hi,
                 samples=s.rows,
-                seed=example_seed(self.plan.seed, 1000 + s.index, 0),
+                seed=example_seed(self.plan.seed, stream(LOCAL, s.index), 0),
                 bins=self.plan.bins,
                 scale=epilogue.scale,
                 shift=epilogue.shift,
