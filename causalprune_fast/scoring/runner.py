@@ -15,6 +15,7 @@ is regenerated identically for each budget batch.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -321,11 +322,13 @@ class Runner:
         epilogue = fused_epilogue(s.layer, s.response)
         if epilogue is None:
             return None
-        try:
-            kernel = capability(self.plan.backend, self.device, "local_linear_mi")
-        except Exception:
-            return None
+        kernel = self._fused_kernel
         return None if kernel is None else (kernel, epilogue)
+
+    @functools.cached_property
+    def _fused_kernel(self) -> Callable | None:
+        """The backend's fused local measurement on this device, looked up once per run."""
+        return capability(self.plan.backend, self.device, "local_linear_mi")
 
     def _local_fused(self, s: LayerState, kernel: Callable, epilogue: FusedEpilogue) -> None:
         """Local mode of a Linear / 1x1 convolution in one fused kernel: noise generated in
