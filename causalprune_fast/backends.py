@@ -157,11 +157,23 @@ def _fastest_on_cuda(device: torch.device) -> str:
     return best
 
 
+def _requested(backend: object) -> str:
+    """``backend`` checked, with ``auto`` overridden by ``CAUSALPRUNE_BACKEND`` when set."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get("CAUSALPRUNE_BACKEND", "auto")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(
+                f"CAUSALPRUNE_BACKEND must be 'auto' or one of {BACKENDS}, got {backend!r}"
+            )
+    return backend
+
+
 @torch.compiler.disable  # plain Python bookkeeping: run it eagerly under torch.compile
 def resolve(backend: str, device: torch.device) -> Backend:
     """The backend to run on tensors of ``device``, with a ValueError if it cannot."""
-    if backend == "auto":
-        backend = os.environ.get("CAUSALPRUNE_BACKEND", "auto")
+    backend = _requested(backend)
     if backend == "auto":
         if device.type == "cuda":
             backend = _fastest_on_cuda(device)
@@ -169,8 +181,6 @@ def resolve(backend: str, device: torch.device) -> Backend:
             backend = "cpu"
         else:
             backend = "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     problem = _unusable(backend, device)
     if problem is not None:
         raise ValueError(problem)
@@ -199,10 +209,7 @@ def capability(backend: str, device: torch.device, name: str) -> Callable | None
     A named backend answers for itself only, so ``backend="reference"`` never runs Triton;
     ``"auto"`` (and ``CAUSALPRUNE_BACKEND``) takes the first backend of :data:`BACKENDS` that
     offers it and runs on ``device``."""
-    if backend == "auto":
-        backend = os.environ.get("CAUSALPRUNE_BACKEND", "auto")
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    backend = _requested(backend)
     for candidate in BACKENDS if backend == "auto" else (backend,):
         if _unusable(candidate, device) is None:
             fn = getattr(get_backend(candidate), name, None)
