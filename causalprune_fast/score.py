@@ -9,9 +9,10 @@ measured is described in :mod:`causalprune_fast.scoring`.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,7 +68,7 @@ def score_model(
     max_samples_per_layer: int | None = DEFAULT_MAX_SAMPLES_PER_LAYER,
     batch_size: int | None = None,
     seed: int = 0,
-    layers=None,
+    layers: str | Iterable | Callable | re.Pattern | None = None,
     direction: str = "in",
     reduction: str = "sum",
     correction: str | None = None,
@@ -121,16 +122,22 @@ def score_model(
             rank returns them.
         fused_local: in ``local`` mode, score Linear and 1x1-conv layers with the fused Triton
             kernel (noise, layer, response, binning and counts in one kernel; its own
-            counter-based noise). None (default): on CUDA devices only; True: wherever Triton
-            runs (also the CPU under ``TRITON_INTERPRET=1``); False: never.
+            counter-based noise). None (default): on CUDA devices only; True: wherever the
+            chosen ``backend`` offers it (``triton``, or ``auto`` where Triton runs, also the
+            CPU under ``TRITON_INTERPRET=1``); False: never. Other backends never run it.
 
     Returns:
         :class:`CausalScores`.
 
     Raises:
-        ValueError: bad arguments, a model that raises on the noise, non-finite activations
-            (naming the layer), a layer filter that matches nothing, a memory budget too small
-            for one tile (naming the layer).
+        ValueError: a bad argument (naming it, before the model runs), a model that raises on
+            the noise, non-finite activations (naming the first module that produced them), a
+            layer filter that matches nothing, a memory budget too small for one tile (naming
+            the layer).
+
+    The model and the process are left as found, also on an error or a KeyboardInterrupt:
+    parameters and buffers, every submodule's train/eval flag, ``requires_grad``, hooks, and
+    the global random number generators.
     """
     t_start = time.perf_counter()
     plan = ScorePlan.build(
