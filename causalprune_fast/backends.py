@@ -196,8 +196,10 @@ def _unusable(backend: str, device: torch.device) -> str | None:
         return f"backend 'cpu' needs CPU tensors, got tensors on {device}"
     if backend == "cuda" and device.type != "cuda":
         return f"backend 'cuda' needs CUDA tensors, got tensors on {device}"
-    if backend == "triton" and not _triton_status(device).available:
-        return f"backend 'triton' cannot run here: {_triton_status(device).detail}"
+    if backend == "triton":
+        here = _triton_status(device)
+        if not here.available:
+            return f"backend 'triton' cannot run here: {here.detail}"
     return None
 
 
