@@ -71,7 +71,7 @@ def _matches(name: str, spec: str | re.Pattern | Callable) -> bool:
     return bool(spec(name))
 
 
-def _layer_specs(layers: object) -> list[str | re.Pattern | Callable]:
+def check_layer_filter(layers: object) -> list[str | re.Pattern | Callable]:
     """The items of a ``layers`` filter, checked: strings compile as regular expressions."""
     if isinstance(layers, str | re.Pattern) or callable(layers):
         specs = [layers]
@@ -114,7 +114,7 @@ def find_layers(
     another type, holds an invalid regular expression, or matches no measurable layer (the
     message lists the nearest layer names).
     """
-    specs = None if layers is None else _layer_specs(layers)
+    specs = None if layers is None else check_layer_filter(layers)
     found, unsupported = [], {}
     for name, module in model.named_modules():
         if isinstance(module, MEASURED_TYPES):

@@ -207,11 +207,7 @@ class CausalScores(Mapping):
         )
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
-        few = [
-            f"{n} ({s.samples})"
-            for n, s in self.layers.items()
-            if s.samples < c.get("bins", 16) ** 2
-        ]
+        few = few_sample_layers(self.layers, c.get("bins", 16))
         if few:
             lines.append(
                 f"few samples (< bins^2, MI dominated by estimator bias): "
@@ -432,6 +428,17 @@ def _check_output_path(path: object, name: str) -> str:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{name} {path!r}: the folder {folder!r} does not exist")
     return path
+
+
+def few_sample_layers(layers: Mapping[str, LayerScores], bins: int) -> list[str]:
+    """``"name (samples)"`` of every prunable layer measured on fewer than ``bins**2`` samples,
+    where the plug-in MI is dominated by its bias (layers whose output is the model's output
+    are left out: their channels are not pruned)."""
+    return [
+        f"{name} ({s.samples})"
+        for name, s in layers.items()
+        if s.samples < bins * bins and not s.model_output
+    ]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
