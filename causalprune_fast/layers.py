@@ -61,6 +61,28 @@ class Layer:
     def input_units(self, taps: str) -> int:
         return self.in_channels * self.taps_per_channel(taps)
 
+    # How score_model drives the layer; virtual layers (causalprune_fast.attention) and other
+    # non-module layers override these.
+    @property
+    def in_dependency_graph(self) -> bool:
+        """Whether Torch-Pruning's dependency graph knows this layer's module."""
+        return True
+
+    def register_forward_hook(self, hook: Callable):
+        """``hook(module, args, output)`` after each call, ``args[0]`` the layer input."""
+        return self.module.register_forward_hook(hook)
+
+    def register_forward_pre_hook(self, hook: Callable):
+        return self.module.register_forward_pre_hook(hook)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer alone on input ``x`` (local mode)."""
+        return self.module(x)
+
+    def response_point(self, finder):
+        """Where the layer's outputs are measured (a ResponsePoint, found by ``finder``)."""
+        return finder.find(self.name)
+
 
 def _matches(name: str, spec: object) -> bool:
     if callable(spec):
@@ -79,8 +101,21 @@ def find_layers(
     ``layers`` filters by qualified name: a name, a compiled regex (full match), a callable
     ``name -> bool``, or a list of those. ValueError if it matches no measurable layer.
     """
+    from causalprune_fast.attention import special_layers
+
     found, unsupported = [], {}
+    skip: set[str] = set()
     for name, module in model.named_modules():
+        # --- attention / HF layers (causalprune_fast.attention.special_layers) ---
+        if name in skip:
+            continue
+        special = special_layers(name, module)
+        if special is not None:
+            found += special.layers
+            skip |= special.skip
+            unsupported.update(special.unsupported)
+            continue
+        # --- end attention / HF layers ---
         if isinstance(module, MEASURED_TYPES):
             found.append(Layer(name, module))
             continue

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast import _validation as v
+from causalprune_fast.attention import find_heads, own_groups
 from causalprune_fast import reference
 from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS, build_groups
 from causalprune_fast.distributed import DistContext
@@ -53,6 +54,7 @@ class _LayerState:
     response: ResponsePoint
     positions: int = 0  # samples per noise example
     input_shape: tuple[int, ...] = ()
+    input_dtype: torch.dtype | None = None  # the layer input's dtype (local-mode noise)
     target: int = 0  # samples of the layer over all examples (all ranks)
     x_ranges: torch.Tensor | None = None
     y_ranges: torch.Tensor | None = None
@@ -275,7 +277,7 @@ def _score(model, found, unsupported, plan: _Plan, t_start, ctx) -> CausalScores
     bins = plan.mi_kwargs["bins"]
     timings: dict[str, float] = {}
     finder = ResponseFinder(model)
-    states = [_LayerState(layer, i, finder.find(layer.name)) for i, layer in enumerate(found)]
+    states = [_LayerState(layer, i, layer.response_point(finder)) for i, layer in enumerate(found)]
 
     # ------------------------------------------------------------------ probe pass
     t0 = _clock(device)
@@ -285,15 +287,16 @@ def _score(model, found, unsupported, plan: _Plan, t_start, ctx) -> CausalScores
         def hook(module, args, output):
             calls[state.layer.name] += 1
             state.input_shape = tuple(args[0].shape[1:])
+            state.input_dtype = args[0].dtype
             state.positions = output_positions(state.layer, output)
 
         return hook
 
     example = _noise(shape, dtype, device, seed, input_range, 0, 1)
     current = ["before the first measured layer"]
-    handles = [s.layer.module.register_forward_hook(probe_hook(s)) for s in states]
+    handles = [s.layer.register_forward_hook(probe_hook(s)) for s in states]
     handles += [
-        s.layer.module.register_forward_pre_hook(
+        s.layer.register_forward_pre_hook(
             lambda m, a, name=s.layer.name: current.__setitem__(0, f"at layer '{name}'")
         )
         for s in states
@@ -319,7 +322,7 @@ def _score(model, found, unsupported, plan: _Plan, t_start, ctx) -> CausalScores
             kept.append(s)
         else:
             unsupported[s.layer.name] = (
-                "not called in the forward pass"
+                (getattr(s.layer, "unsupported_reason", None) or "not called in the forward pass")
                 if n == 0
                 else f"called {n} times per forward pass (shared weights are not supported)"
             )
@@ -330,8 +333,10 @@ def _score(model, found, unsupported, plan: _Plan, t_start, ctx) -> CausalScores
 
     # ------------------------------------------------------------------ channel graph
     t0 = time.perf_counter()
-    groups, graph_note = build_groups(model, example, [s.layer.name for s in states])
-    heads = _attention_heads(model, {s.layer.name for s in states})
+    graph_layers = [s.layer.name for s in states if s.layer.in_dependency_graph]
+    groups, graph_note = build_groups(model, example, graph_layers)
+    groups.update(own_groups([s.layer for s in states if not s.layer.in_dependency_graph]))
+    heads = find_heads(model, {s.layer.name for s in states})
     timings["graph"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ plan
@@ -387,19 +392,6 @@ def _score(model, found, unsupported, plan: _Plan, t_start, ctx) -> CausalScores
         "model": type(model).__name__,
     }
     return CausalScores(layer_results, groups, config, unsupported, timings, heads)
-
-
-def _attention_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
-    """timm-style attention modules (a ``qkv`` Linear and ``num_heads``) whose qkv is measured."""
-    out = {}
-    for name, m in model.named_modules():
-        qkv = getattr(m, "qkv", None)
-        heads = getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(heads, int) and heads > 0:
-            qkv_name = f"{name}.qkv" if name else "qkv"
-            if qkv_name in measured and qkv.out_features % (3 * heads) == 0:
-                out[name] = {"qkv": qkv_name, "num_heads": heads}
-    return out
 
 
 @dataclass(frozen=True)
@@ -604,9 +596,9 @@ class _Runner:
         error = None
         for start, count in batches:
             self.batch = (start, count)
-            handles = [s.layer.module.register_forward_hook(hook_for(s)) for s in group]
+            handles = [s.layer.register_forward_hook(hook_for(s)) for s in group]
             handles += [
-                s.layer.module.register_forward_pre_hook(
+                s.layer.register_forward_pre_hook(
                     lambda m, a, name=s.layer.name: setattr(self, "current", f"at layer '{name}'")
                 )
                 for s in group
@@ -733,8 +725,9 @@ class _Runner:
                 self._local_fused(s, fused)
                 continue
             view = [-1] + [1] * (len(s.input_shape) - 1) if s.layer.is_conv else [-1]
-            lo = s.channel_lo.to(self.dtype).reshape(view)
-            hi = s.channel_hi.to(self.dtype).reshape(view)
+            dtype = s.input_dtype or self.dtype  # the layer input's (floating) dtype
+            lo = s.channel_lo.to(dtype).reshape(view)
+            hi = s.channel_hi.to(dtype).reshape(view)
             xs, ys, error = [], [], None
             try:
                 for start, count in self.batches:
@@ -747,10 +740,10 @@ class _Runner:
                         seed=self.seed,
                         stream=1000 + s.index,
                         device=self.device,
-                        dtype=self.dtype,
+                        dtype=dtype,
                     )
                     with torch.no_grad():
-                        out = s.layer.module(x)
+                        out = s.layer.forward(x)
                         xr, yr = self._capture(s, start, x, out)
                     xs.append(xr)
                     ys.append(yr)
