@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast import _validation as v
-from causalprune_fast.attention import find_heads, own_groups
 from causalprune_fast import reference
+from causalprune_fast.attention import find_heads, own_groups
 from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS, build_groups
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.estimator import default_memory_budget, pairwise_mi, quantize
