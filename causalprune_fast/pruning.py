@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from causalprune_fast.integrations.attention_pruning import attention_pruning, output_tensors
 from causalprune_fast.layers import MEASURED_TYPES
 
 
@@ -60,28 +61,8 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
     finally:
         for h in hooks:
             h.remove()
-    results = [result] if isinstance(result, torch.Tensor) else list(result)
+    results = output_tensors(result)  # tensor, tuple, dict or ModelOutput
     return [m for m, out in outputs.items() if any(out is r for r in results)]
-
-
-def _attention_num_heads(model: nn.Module) -> dict[nn.Module, int]:
-    heads = {}
-    for m in model.modules():
-        qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(n, int) and n > 0:
-            heads[qkv] = n
-    return heads
-
-
-def _sync_attention(model: nn.Module, num_heads: dict, pruner) -> None:
-    """timm attention modules: keep num_heads / head_dim / attn_dim consistent with qkv."""
-    for m in model.modules():
-        qkv = getattr(m, "qkv", None)
-        if qkv in num_heads and hasattr(m, "head_dim"):
-            m.num_heads = pruner.num_heads.get(qkv, m.num_heads)
-            m.head_dim = qkv.out_features // (3 * m.num_heads)
-            if hasattr(m, "attn_dim"):
-                m.attn_dim = m.num_heads * m.head_dim
 
 
 def _group_roots_in_forward_order(model, example, ignored_layers, tp) -> list[nn.Module]:
@@ -100,7 +81,9 @@ def _group_roots_in_forward_order(model, example, ignored_layers, tp) -> list[nn
     finally:
         for h in hooks:
             h.remove()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    dg = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example, output_transform=output_tensors, verbose=False
+    )
     roots = []
     for group in dg.get_all_groups(ignored_layers=list(ignored_layers)):
         producers = [
@@ -184,7 +167,7 @@ def prune(
         normalizer=normalizer,
         **score_model_kwargs,
     )
-    num_heads = _attention_num_heads(model)
+    attention = attention_pruning(model)  # heads and attributes (integrations/attention_pruning)
 
     def make_pruner(ratio_dict=None):
         return tp.pruner.BasePruner(
@@ -197,9 +180,7 @@ def prune(
             ignored_layers=list(ignored_layers),
             round_to=round_to,
             iterative_steps=iterative_steps,
-            num_heads=num_heads,
-            prune_head_dims=True,
-            prune_num_heads=False,
+            **attention.pruner_kwargs(ratio),
         )
 
     if sequential:
@@ -209,12 +190,12 @@ def prune(
         for root in _group_roots_in_forward_order(model, example_input, ignored_layers, tp):
             pruner = make_pruner({root: ratio})
             pruner.step()
-            _sync_attention(model, num_heads, pruner)
+            attention.sync(model, pruner)
     else:
         pruner = make_pruner()
         for _ in range(iterative_steps):
             pruner.step()
-        _sync_attention(model, num_heads, pruner)
+        attention.sync(model, pruner)
     macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
     report = PruneReport(
         params_before=int(params_before),

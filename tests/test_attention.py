@@ -189,3 +189,22 @@ def test_head_scores_grouped_query_split_evenly():
     legacy = head_scores({"a": {"qkv": "l", "num_heads": 2}}, {"l": qkv})["a"]
     torch.testing.assert_close(legacy, qkv.reshape(3, 2, 2).sum(dim=(0, 2)))
     assert head_scores({"attn": spec}, {"q": q}) == {}  # a projection without scores
+
+
+def test_prune_torchvision_vit_keeps_heads_consistent():
+    pytest.importorskip("torch_pruning")
+    model = _tiny_vit()
+    pruned, report = cf.prune(model, 0.25, (3, 16, 16), samples=4, mode="propagated")
+    assert pruned.hidden_dim == pruned.conv_proj.out_channels < 16
+    for block in pruned.encoder.layers:
+        a = block.self_attention
+        assert a.num_heads == 2 and a.head_dim * a.num_heads == a.embed_dim == pruned.hidden_dim
+        assert tuple(a.in_proj_weight.shape) == (3 * a.embed_dim, a.embed_dim)
+        assert a.out_proj.in_features == a.out_proj.out_features == a.embed_dim
+        assert block.mlp[0].out_features < 32
+    assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+    assert report.params_after < report.params_before
+    again = cf.score_model(pruned, (3, 16, 16), samples=4, progress=False)
+    e = pruned.hidden_dim
+    assert again["encoder.layers.encoder_layer_0.self_attention.in_proj"].shape == (3 * e,)
+    assert again.heads["encoder.layers.encoder_layer_0.self_attention"].shape == (2,)

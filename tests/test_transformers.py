@@ -185,3 +185,28 @@ def test_conv1d_is_measured_as_a_linear_with_transposed_weight():
     assert m.shape == (E, 4 * E)  # [input units, output channels]
     # GPT-2's MLP activation follows c_fc: its response point
     assert scores.layers["transformer.h.0.mlp.c_fc"].response.endswith("act")
+
+
+def test_prune_bert_keeps_heads_and_config_consistent():
+    pytest.importorskip("torch_pruning")
+    model = bert()
+    pruned, report = cf.prune(
+        model,
+        0.5,
+        example_input=torch.zeros(1, T, dtype=torch.long),
+        input_range=(0, VOCAB),
+        samples=4,
+        mode="propagated",
+    )
+    config = pruned.config
+    assert config.hidden_size == pruned.embeddings.word_embeddings.weight.shape[1] < E
+    for layer in pruned.encoder.layer:
+        a = layer.attention.self
+        assert a.num_attention_heads == HEADS
+        assert a.attention_head_size * HEADS == a.all_head_size == a.query.out_features
+        assert a.key.out_features == a.value.out_features == a.all_head_size
+        assert layer.intermediate.dense.out_features == config.intermediate_size < 48
+    out = pruned(torch.randint(0, VOCAB, (2, T)))
+    assert out.last_hidden_state.shape == (2, T, config.hidden_size)
+    assert torch.isfinite(out.last_hidden_state).all()
+    assert report.params_after < report.params_before
