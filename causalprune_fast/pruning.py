@@ -180,7 +180,7 @@ def prune(
             ignored_layers=list(ignored_layers),
             round_to=round_to,
             iterative_steps=iterative_steps,
-            **attention.pruner_kwargs(ratio),
+            **attention.pruner_kwargs(),
         )
 
     if sequential:

@@ -210,3 +210,19 @@ def test_prune_bert_keeps_heads_and_config_consistent():
     assert out.last_hidden_state.shape == (2, T, config.hidden_size)
     assert torch.isfinite(out.last_hidden_state).all()
     assert report.params_after < report.params_before
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prune_says_what_it_cannot_prune(arch):
+    pytest.importorskip("torch_pruning")
+    model = EXPECTED[arch][0]()
+    match = "Conv1D" if arch == "gpt2" else "rotary"
+    with pytest.raises(ValueError, match=match):
+        cf.prune(
+            model,
+            0.25,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            input_range=(0, VOCAB),
+            samples=4,
+            ignored_layers=[model.lm_head],
+        )

@@ -1,6 +1,6 @@
 """What Torch-Pruning must be told about a model's attention, and the attributes to update after
 pruning, following Torch-Pruning's own examples (``examples/transformers/prune_hf_bert.py``,
-``examples/LLMs/prune_llm.py``, ``examples/torchvision_models/torchvision_pruning.py``):
+``examples/torchvision_models/torchvision_pruning.py``):
 
 - timm ``Attention`` (``qkv`` Linear): ``num_heads[qkv]``, head dims pruned, the number of
   heads kept; afterwards ``num_heads``, ``head_dim`` and ``attn_dim`` follow ``qkv``.
@@ -10,13 +10,12 @@ pruning, following Torch-Pruning's own examples (``examples/transformers/prune_h
   ``VisionTransformer``'s ``hidden_dim`` follows ``conv_proj``.
 - BERT-style self-attention (``query``/``key``/``value``, ``attention_head_size``): head dims
   pruned; afterwards ``attention_head_size`` and ``all_head_size`` follow ``query``.
-- Llama-style attention (``q_proj``/``k_proj``/``v_proj``, ``head_dim``; rotary embeddings need
-  the head dim unchanged): whole heads pruned at the same ratio (``prune_num_heads``,
-  ``head_pruning_ratio``), key/value heads counted with ``num_key_value_heads``; afterwards the
-  module's and ``model.config``'s head counts, hidden and intermediate sizes follow the
-  projections. As in Torch-Pruning's example, query and key/value heads are chosen
-  independently: with grouped-query attention the kept query heads are regrouped over the kept
-  key/value heads.
+
+Not supported (:func:`attention_pruning` raises a ValueError that says why, instead of letting
+Torch-Pruning fail or hang): GPT-2's transformers ``Conv1D`` layers (Torch-Pruning 1.6.1 has no
+pruner for them) and Llama-style attention with rotary embeddings (with transformers 5.24 the
+slice/neg/cat of ``rotate_half`` makes Torch-Pruning 1.6.1's group search run for minutes on a
+one-layer model without finishing). Both are scored by :func:`causalprune_fast.score_model`.
 
 Model outputs that are dicts, ``ModelOutput`` s or tuples holding caches are reduced to their
 tensors for Torch-Pruning's tracer (:func:`output_tensors`).
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+
+from causalprune_fast.integrations.hf import is_conv1d
 
 
 def output_tensors(out: object) -> list[torch.Tensor]:
@@ -49,22 +50,18 @@ class AttentionPruning:
 
     num_heads: dict[nn.Module, int] = field(default_factory=dict)
     out_channel_groups: dict[nn.Module, int] = field(default_factory=dict)
-    prune_num_heads: bool = False  # whole heads (Llama-style, rotary embeddings)
     modules: list[tuple[str, nn.Module]] = field(default_factory=list)  # (kind, module)
 
-    def pruner_kwargs(self, ratio: float) -> dict:
-        """Keyword arguments for ``tp.pruner.BasePruner`` (``ratio``: the channel ratio, also
-        used for heads when whole heads are pruned)."""
-        kwargs = dict(
+    def pruner_kwargs(self) -> dict:
+        """Keyword arguments for ``tp.pruner.BasePruner``: head dims are pruned, head counts
+        kept."""
+        return dict(
             num_heads=dict(self.num_heads),
             out_channel_groups=dict(self.out_channel_groups),
-            prune_num_heads=self.prune_num_heads,
-            prune_head_dims=not self.prune_num_heads,
+            prune_num_heads=False,
+            prune_head_dims=True,
             output_transform=output_tensors,
         )
-        if self.prune_num_heads:
-            kwargs["head_pruning_ratio"] = ratio
-        return kwargs
 
     def sync(self, model: nn.Module, pruner) -> None:
         """Update the attributes that the modules' forward reads from the pruned weights
@@ -83,48 +80,20 @@ class AttentionPruning:
                 m.num_attention_heads = heads_now.get(m.query, m.num_attention_heads)
                 m.attention_head_size = m.query.out_features // m.num_attention_heads
                 m.all_head_size = m.query.out_features
-            elif kind == "llama":
-                heads = m.q_proj.out_features // m.head_dim
-                kv_heads = m.k_proj.out_features // m.head_dim
-                for obj in (m, getattr(m, "config", None)):
-                    if obj is None:
-                        continue
-                    for attr, value in (
-                        ("num_heads", heads),
-                        ("num_attention_heads", heads),
-                        ("num_key_value_heads", kv_heads),
-                        ("num_key_value_groups", heads // max(kv_heads, 1)),
-                    ):
-                        if hasattr(obj, attr) and not (obj is m.config and attr == "num_heads"):
-                            setattr(obj, attr, value)
-                if hasattr(m, "hidden_size"):
-                    m.hidden_size = m.q_proj.in_features
-            elif kind == "llama-mlp" and config is not None:
-                config.intermediate_size = m.gate_proj.out_features
-                if hasattr(m, "intermediate_size"):
-                    m.intermediate_size = m.gate_proj.out_features
-                if hasattr(m, "hidden_size"):
-                    m.hidden_size = m.gate_proj.in_features
             elif kind == "bert-intermediate" and config is not None:
                 config.intermediate_size = m.dense.out_features
-        hf = [k for k, _ in self.modules if k in ("llama", "bert")]
-        if config is not None and hf and hasattr(model, "get_input_embeddings"):
+        bert = [m for k, m in self.modules if k == "bert"]
+        if config is not None and bert and hasattr(model, "get_input_embeddings"):
             emb = model.get_input_embeddings()
             if emb is not None and hasattr(config, "hidden_size"):
                 config.hidden_size = emb.weight.shape[1]
-            kind, first = next((k, m) for k, m in self.modules if k in ("llama", "bert"))
-            if kind == "llama":
-                heads = first.q_proj.out_features // first.head_dim
-            else:
-                heads = first.num_attention_heads
-            if isinstance(heads, int) and hasattr(config, "num_attention_heads"):
-                config.num_attention_heads = heads
+            if hasattr(config, "num_attention_heads"):
+                config.num_attention_heads = bert[0].num_attention_heads
 
 
 def attention_pruning(model: nn.Module) -> AttentionPruning:
     """The :class:`AttentionPruning` of ``model`` (empty for models without attention)."""
     plan = AttentionPruning()
-    config = getattr(model, "config", None)
     for m in model.modules():
         qkv, heads = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(m, nn.MultiheadAttention):
@@ -140,21 +109,19 @@ def attention_pruning(model: nn.Module) -> AttentionPruning:
             for p in (m.query, m.key, m.value):
                 plan.num_heads[p] = m.num_attention_heads
             plan.modules.append(("bert", m))
-        elif _is_llama_attention(m):
-            d = m.head_dim
-            plan.num_heads[m.q_proj] = m.q_proj.out_features // d
-            plan.num_heads[m.k_proj] = m.k_proj.out_features // d
-            plan.num_heads[m.v_proj] = m.v_proj.out_features // d
-            plan.prune_num_heads = True
-            plan.modules.append(("llama", m))
         elif isinstance(getattr(m, "dense", None), nn.Linear) and hasattr(m, "intermediate_act_fn"):
             plan.modules.append(("bert-intermediate", m))
-        elif all(isinstance(getattr(m, n, None), nn.Linear) for n in ("gate_proj", "up_proj")):
-            plan.modules.append(("llama-mlp", m))
-    if config is not None and plan.prune_num_heads and getattr(config, "head_dim", None) is None:
-        heads = [m.head_dim for k, m in plan.modules if k == "llama"]
-        if heads:
-            config.head_dim = heads[0]  # stays when hidden_size changes
+        elif _is_llama_attention(m):
+            raise ValueError(
+                f"prune(): '{type(m).__name__}' (q_proj/k_proj/v_proj with rotary embeddings) "
+                "is not supported: Torch-Pruning 1.6.1's group search does not finish on its "
+                "rotate_half graph; score it with score_model instead"
+            )
+        elif is_conv1d(m):
+            raise ValueError(
+                "prune(): transformers Conv1D layers (GPT-2) are not supported: Torch-Pruning "
+                "1.6.1 has no pruner for them; score them with score_model instead"
+            )
     return plan
 
 
