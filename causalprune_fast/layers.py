@@ -1,11 +1,14 @@
 """Prunable layers and their variables (METHOD.md section 3).
 
-A measured layer is a ConvNd (1-3 d) or Linear. Its input units are the columns of its
-unfolded input: for Linear each input feature; for ConvNd each (input channel, kernel tap) of
-the receptive field (``taps="all"``) or only the centre tap (``taps="center"``), channel-major
-like ``F.unfold`` and the weight layout, so a group of a grouped convolution owns a contiguous
-block of columns. Its samples are (noise example, output position) pairs; the input partner of
-an output position is the receptive-field element the tap names.
+A measured layer is a ConvNd (1-3 d) or Linear, or one of the layers that
+:func:`causalprune_fast.attention.special_layers` adds (transformers ``Conv1D``, the virtual
+projections of ``nn.MultiheadAttention``), which behave as Linear layers. Its input units are
+the columns of its unfolded input: for Linear each input feature; for ConvNd each (input
+channel, kernel tap) of the receptive field (``taps="all"``) or only the centre tap
+(``taps="center"``), channel-major like ``F.unfold`` and the weight layout, so a group of a
+grouped convolution owns a contiguous block of columns. Its samples are (noise example, output
+position) pairs; the input partner of an output position is the receptive-field element the
+tap names.
 """
 
 from __future__ import annotations
