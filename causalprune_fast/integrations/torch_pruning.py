@@ -32,7 +32,8 @@ import torch_pruning as tp
 
 from causalprune_fast import _validation as v
 from causalprune_fast._state import preserved
-from causalprune_fast.channel_graph import channel_scores, members_of_group
+from causalprune_fast.channel_graph import members_of_group
+from causalprune_fast.channel_scores import channel_scores
 from causalprune_fast.outputs import output_tensors
 from causalprune_fast.pruning import score_model_keywords
 from causalprune_fast.results import CausalScores
