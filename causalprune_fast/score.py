@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from causalprune_fast._state import preserved
 from causalprune_fast.attention import find_heads, own_groups
 from causalprune_fast.channel_graph import build_groups
 from causalprune_fast.discovery import find_layers
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.response import ResponseFinder
 from causalprune_fast.results import CausalScores, few_sample_layers
-from causalprune_fast.scoring.hooks import PreservedState
 from causalprune_fast.scoring.plan import (
     DEFAULT_MAX_SAMPLES_PER_LAYER,
     DEFAULT_SAMPLES,
@@ -172,7 +172,7 @@ def score_model(
             f"samples={plan.examples} must be at least the number of ranks ({ctx.world})"
         )
     found, unsupported = find_layers(model, plan.layers)
-    with PreservedState(model):
+    with preserved(model):
         model.eval()
         return _score(model, found, unsupported, plan, t_start, ctx)
 
