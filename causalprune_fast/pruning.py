@@ -9,7 +9,6 @@ the pruner's order, each scored on the network as already pruned before it.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import warnings
@@ -23,6 +22,7 @@ from causalprune_fast.integrations.attention_pruning import attention_pruning
 from causalprune_fast.layers import MEASURED_TYPES
 from causalprune_fast.outputs import output_tensors
 from causalprune_fast.prune_report import PruneReport, shortfall_message, wanted_removals
+from causalprune_fast.score import score_model_keywords
 
 
 def _out_channels(m: nn.Module) -> int:
@@ -146,17 +146,6 @@ def _check_arguments(
     if accepted is not None:
         v.check_keyword_arguments(score_model_kwargs, accepted - {"example_input"}, "prune()")
     return shape, layers
-
-
-def score_model_keywords() -> set[str] | None:
-    """The keyword arguments :func:`causalprune_fast.score_model` takes besides the model and
-    the input shape (None if it takes any)."""
-    from causalprune_fast.score import score_model
-
-    params = inspect.signature(score_model).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params) - {"model", "input_shape"}
 
 
 def prune(

@@ -9,6 +9,7 @@ measured is described in :mod:`causalprune_fast.scoring`.
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 import warnings
@@ -222,3 +223,12 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
         model=type(model).__name__,
     )
     return CausalScores(layer_results, channel_groups, config, unsupported, timings, heads)
+
+
+def score_model_keywords() -> set[str] | None:
+    """The keyword arguments :func:`score_model` takes besides the model and the input shape
+    (None if it takes any): what ``prune()`` and ``CausalImportance`` may pass on to it."""
+    params = inspect.signature(score_model).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params) - {"model", "input_shape"}
