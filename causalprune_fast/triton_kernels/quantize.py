@@ -13,15 +13,11 @@ Two kernels, in the style of Triton's tutorials:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# Decided when the kernels are defined, as triton.jit does: the kernels below are interpreted
-# (numpy on the host) exactly when this was "1" at import time.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .mi_blocks import INTERPRET, bin_code
 
 # Launch shapes on a GPU. The interpreter (numpy, one program at a time) gets fewer, larger
 # programs instead.
@@ -112,16 +108,8 @@ def _quantize_kernel(
     offs = offs_s.to(tl.int64)[:, None] * stride_s + offs_c.to(tl.int64)[None, :] * stride_c
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float64)
 
-    # quantize_value (mi_math.h), in float64 and in its order of operations:
-    #   t = (v - lo) / (hi - lo) * bins;  !(t >= 1) -> 0 (also NaN);  t >= bins - 1 -> bins - 1;
-    #   else floor(t), which is truncation since t >= 1.  A degenerate range (!(hi > lo)) gives
-    #   bins - 1 for values above hi and 0 otherwise. No multiply-add can be contracted here.
-    span = tl.where(hi > lo, hi - lo, 1.0)  # == hi - lo wherever it is used
-    t = (v - lo) / span * bins
-    inner = (t >= 1.0) & (t < bins - 1)
-    code = tl.where(inner, t, 0.0).to(tl.int32)  # only in-range values reach the conversion
-    code = tl.where(t >= bins - 1, bins - 1, code)
-    code = tl.where(hi > lo, code, tl.where(v > hi, bins - 1, 0))
+    # quantize_value (mi_math.h), in float64 and in its order of operations.
+    code = bin_code(v, lo, hi, bins)
 
     # Column-major store: codes_t[c, s]. Rows of the tile are consecutive in memory.
     out = offs_c.to(tl.int64)[None, :] * S + offs_s[:, None]
