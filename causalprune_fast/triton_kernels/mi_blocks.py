@@ -38,11 +38,16 @@ def bin_code(v, lo, hi, bins):
 
     t = (v - lo) / (hi - lo) * bins in this order; !(t >= 1) -> 0 (also NaN); t >= bins - 1 ->
     bins - 1; else floor(t), which is truncation since t >= 1. A degenerate range (!(hi > lo))
-    gives bins - 1 for values above hi and 0 otherwise. No multiply-add can be contracted here.
+    gives bins - 1 for values above hi and 0 otherwise. Where hi - lo overflows (a finite range
+    wider than the largest double) every operand is halved first; h == 1 elsewhere is exact,
+    so ordinary ranges keep their codes bit for bit. A contracted multiply-add cannot change
+    the result: one of its products (times h) is always exact.
     """
     v = v.to(tl.float64)
-    span = tl.where(hi > lo, hi - lo, 1.0)  # == hi - lo wherever it is used
-    t = (v - lo) / span * bins
+    d = hi - lo
+    h = tl.where(d - d == 0.0, 1.0, 0.5)  # 0.5 where hi - lo is inf (or NaN)
+    span = tl.where(hi > lo, hi * h - lo * h, 1.0)  # == (hi - lo) * h wherever it is used
+    t = (v * h - lo * h) / span * bins
     inner = (t >= 1.0) & (t < bins - 1)
     code = tl.where(inner, t, 0.0).to(tl.int32)  # only in-range values reach the conversion
     code = tl.where(t >= bins - 1, bins - 1, code)
