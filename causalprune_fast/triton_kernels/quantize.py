@@ -136,15 +136,17 @@ def _column_ranges(x: torch.Tensor) -> torch.Tensor:
         lo_out, hi_out = partial[0], partial[1]
         out_stride_p, out_stride_c = C, 1
     _column_min_max_kernel[(tiles_c, parts)](
-        x, x, x.stride(0), x.stride(1), S, C, rows_per_program,
-        lo_out, hi_out, out_stride_p, out_stride_c,
+        lo_src=x, hi_src=x, stride_r=x.stride(0), stride_c=x.stride(1), rows=S, C=C,
+        rows_per_program=rows_per_program, lo_out=lo_out, hi_out=hi_out,
+        out_stride_p=out_stride_p, out_stride_c=out_stride_c,
         SAME_SRC=True, BLOCK_R=block_r, BLOCK_C=block_c,
     )  # fmt: skip
     if parts > 1:
         rows_per_program = triton.cdiv(parts, block_r) * block_r
         _column_min_max_kernel[(tiles_c, 1)](
-            lo_out, hi_out, C, 1, parts, C, rows_per_program,
-            ranges[:, 0], ranges[:, 1], 0, 2,
+            lo_src=lo_out, hi_src=hi_out, stride_r=C, stride_c=1, rows=parts, C=C,
+            rows_per_program=rows_per_program, lo_out=ranges[:, 0], hi_out=ranges[:, 1],
+            out_stride_p=0, out_stride_c=2,
             SAME_SRC=False, BLOCK_R=block_r, BLOCK_C=block_c,
         )  # fmt: skip
     return ranges
@@ -178,7 +180,8 @@ def quantize(
             block_s, block_c, warps = QUANTIZE_BLOCK_S, QUANTIZE_BLOCK_C, QUANTIZE_WARPS
         grid = (triton.cdiv(S, block_s), triton.cdiv(C, block_c))
         _quantize_kernel[grid](
-            x, x.stride(0), x.stride(1), ranges, ranges.stride(0), ranges.stride(1),
-            codes_t, S, C, bins, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
+            x_ptr=x, stride_s=x.stride(0), stride_c=x.stride(1), ranges_ptr=ranges,
+            stride_rc=ranges.stride(0), stride_rk=ranges.stride(1), codes_ptr=codes_t, S=S, C=C,
+            bins=bins, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
         )  # fmt: skip
     return codes_t.t(), ranges
