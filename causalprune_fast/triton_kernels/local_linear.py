@@ -45,11 +45,12 @@ from .layer_response import SUPPORTED_ACTIVATIONS, _range_kernel, noise, tile_re
 from .mi_blocks import (
     INTERPRET,
     add_block,
+    add_rows,
     bin_code,
     count_pairs,
-    marginal_terms,
-    mi_bits,
     store_mi,
+    tile_mi,
+    tile_sums,
 )
 from .pairwise_mi import _MAX_SUB_BINS, _pow2, tile_config
 
@@ -105,13 +106,7 @@ def _mi_kernel(
     yr_lo = tl.load(yr, mask=valid_y, other=0.0)[:, None]
     yr_hi = tl.load(yr + 1, mask=valid_y, other=0.0)[:, None]
 
-    joint = tl.zeros([PX, PY], tl.float64)
-    marg_x = tl.zeros([PX, PY], tl.float64)
-    nz_xy = tl.zeros([PX, PY], tl.int32)
-    nz_x = tl.zeros([PX, PY], tl.int32)
-    cols0 = tl.zeros([PX, PY, SB], tl.int32)
-    cols1 = tl.zeros([PX, PY, SB], tl.int32)
-
+    joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SB)
     for kx in tl.static_range(K):
         rows = tl.zeros([PX, SB, PY], tl.int32)
         for ky in tl.static_range(K):
@@ -129,22 +124,11 @@ def _mi_kernel(
                 cy = bin_code(y_t, yr_lo, yr_hi, bins)
                 cy = tl.where(valid_y[:, None] & in_s[None, :], cy, -1)
                 acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
-            joint, nz_xy, rows, cols = add_block(acc, joint, nz_xy, rows, PX, PY)
-            if ky == 0:
-                cols0 += cols
-            else:
-                cols1 += cols
-        m, nz = marginal_terms(rows, 1)
-        marg_x += m
-        nz_x += nz
+            joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
+                                                         cols1, PX, PY)  # fmt: skip
+        marg_x, nz_x = add_rows(rows, marg_x, nz_x)
 
-    marg_y, nz_y = marginal_terms(cols0, 2)
-    if K == 2:
-        m, nz = marginal_terms(cols1, 2)
-        marg_y += m
-        nz_y += nz
-
-    mi = mi_bits(joint, marg_x, marg_y, nz_x, nz_y, nz_xy, S, MILLER_MADOW)
+    mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, K, MILLER_MADOW)
     store_mi(mi, ix, iy, valid_x, valid_y, out_ptr, sums_ptr, CIN, COUT, SUMS)
 
 

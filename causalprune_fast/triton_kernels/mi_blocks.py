@@ -12,8 +12,9 @@ pair the counts are
 
 an int8 product accumulated in int32 (exact for S < 2^31). A kernel loops over the sub-blocks
 and, inside, over chunks of samples calling :func:`count_pairs`; after each sub-block it folds
-the counts into running sums with :func:`add_block`, and finally :func:`mi_bits` and
-:func:`store_mi` turn them into MI. Codes are int32 in the kernels; -1 marks a sample or column
+the counts into the running sums of :func:`tile_sums` with :func:`add_block` (and
+:func:`add_rows` after each x sub-block), and finally :func:`tile_mi` and :func:`store_mi`
+turn them into MI. Codes are int32 in the kernels; -1 marks a sample or column
 outside the problem and matches no bin.
 """
 
@@ -66,7 +67,8 @@ def _onehot(codes, first_bin, SB: tl.constexpr):
 
 
 @triton.jit
-def count_pairs(acc, cx, cy, kx, ky, SBX: tl.constexpr, SBY: tl.constexpr):
+def count_pairs(acc, cx, cy, kx: tl.constexpr, ky: tl.constexpr, SBX: tl.constexpr,
+                SBY: tl.constexpr):  # fmt: skip
     """acc [PX * SBX, PY * SBY] int32 += joint counts of x sub-block kx and y sub-block ky over
     one chunk of samples: cx [PX, BLOCK_S] and cy [PY, BLOCK_S] int32 codes (-1: no bin)."""
     ox = _onehot(cx, kx * SBX, SBX)  # A operand [BM, BLOCK_S]
@@ -91,12 +93,24 @@ def _pair_sum(t):
 
 
 @triton.jit
-def add_block(acc, joint, nz_xy, rows, PX: tl.constexpr, PY: tl.constexpr):
-    """Fold the counts of one sub-block pair into the running sums of every pair of the tile.
+def tile_sums(PX: tl.constexpr, PY: tl.constexpr, SBY: tl.constexpr):
+    """Zeroed running sums of a tile of PX x PY pairs: (joint, marg_x, nz_xy, nz_x, cols0,
+    cols1) = sum_ab n_ab ln n_ab and sum_a n_a ln n_a (float64), non-empty cells and x bins
+    (int32), and the y marginals n_b of y sub-blocks 0 and 1 [PX, PY, SBY] (int32)."""
+    z64 = tl.zeros([PX, PY], tl.float64)
+    z32 = tl.zeros([PX, PY], tl.int32)
+    cols = tl.zeros([PX, PY, SBY], tl.int32)
+    return z64, z64, z32, z32, cols, cols
 
-    joint [PX, PY] += sum_ab n_ab ln n_ab and nz_xy += non-empty cells (float64, int32);
-    rows [PX, SBX, PY] += the partial x marginals n_a. Returns them and the partial y
-    marginals [PX, PY, SBY] of this block, for the caller to add up over the x sub-blocks.
+
+@triton.jit
+def add_block(acc, ky: tl.constexpr, joint, nz_xy, rows, cols0, cols1, PX: tl.constexpr,
+              PY: tl.constexpr):  # fmt: skip
+    """Fold the counts acc of x sub-block kx and y sub-block ky into the running sums.
+
+    joint [PX, PY] += sum_ab n_ab ln n_ab and nz_xy += non-empty cells; rows [PX, SBX, PY] +=
+    the x marginals n_a (completed over the y sub-blocks); cols0 / cols1 (for ky = 0 / 1)
+    [PX, PY, SBY] += the y marginals n_b (completed over the x sub-blocks).
     """
     SBX: tl.constexpr = acc.shape[0] // PX
     SBY: tl.constexpr = acc.shape[1] // PY
@@ -104,22 +118,33 @@ def add_block(acc, joint, nz_xy, rows, PX: tl.constexpr, PY: tl.constexpr):
     joint += _pair_sum(_xlogx(n.to(tl.float64)))
     nz_xy += _pair_sum((n > 0).to(tl.int32))
     rows += tl.sum(n, axis=3)
-    return joint, nz_xy, rows, tl.sum(n, axis=1)
+    if ky == 0:
+        cols0 += tl.sum(n, axis=1)
+    else:
+        cols1 += tl.sum(n, axis=1)
+    return joint, nz_xy, rows, cols0, cols1
 
 
 @triton.jit
-def marginal_terms(counts, axis: tl.constexpr):
-    """(sum n ln n, non-empty bins) of marginal counts over their bin axis."""
-    return (
-        tl.sum(_xlogx(counts.to(tl.float64)), axis=axis),
-        tl.sum((counts > 0).to(tl.int32), axis=axis),
-    )
+def add_rows(rows, marg_x, nz_x):
+    """Fold the completed x marginals rows [PX, SBX, PY] of one x sub-block into marg_x
+    (sum_a n_a ln n_a) and nz_x (non-empty x bins)."""
+    marg_x += tl.sum(_xlogx(rows.to(tl.float64)), axis=1)
+    nz_x += tl.sum((rows > 0).to(tl.int32), axis=1)
+    return marg_x, nz_x
 
 
 @triton.jit
-def mi_bits(joint, marg_x, marg_y, nz_x, nz_y, nz_xy, S, MILLER_MADOW: tl.constexpr):
-    """mi_bits of mi_math.h, float64, in its order of operations: plug-in MI in bits, optional
-    Miller-Madow term, clamp at 0, exactly 0 where a column has one non-empty bin."""
+def tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, KY: tl.constexpr,
+            MILLER_MADOW: tl.constexpr):  # fmt: skip
+    """The [PX, PY] MI in bits of the tile from its running sums: mi_bits of mi_math.h,
+    float64, in its order of operations (plug-in MI, optional Miller-Madow term, clamp at 0,
+    exactly 0 where a column has one non-empty bin)."""
+    marg_y = tl.sum(_xlogx(cols0.to(tl.float64)), axis=2)
+    nz_y = tl.sum((cols0 > 0).to(tl.int32), axis=2)
+    if KY == 2:
+        marg_y += tl.sum(_xlogx(cols1.to(tl.float64)), axis=2)
+        nz_y += tl.sum((cols1 > 0).to(tl.int32), axis=2)
     s_f = tl.zeros(joint.shape, tl.float64) + S
     mi = (joint - marg_x - marg_y + _xlogx(s_f)) / (s_f * LN2)
     if MILLER_MADOW:

@@ -36,7 +36,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .mi_blocks import INTERPRET, add_block, count_pairs, marginal_terms, mi_bits, store_mi
+from .mi_blocks import (
+    INTERPRET,
+    add_block,
+    add_rows,
+    count_pairs,
+    store_mi,
+    tile_mi,
+    tile_sums,
+)
 
 
 @triton.jit
@@ -75,14 +83,7 @@ def _pairwise_mi_kernel(
     x_rows = xt_ptr + col_x.to(tl.int64) * S  # start of each x column's codes
     y_rows = yt_ptr + col_y.to(tl.int64) * S
 
-    joint = tl.zeros([PX, PY], tl.float64)  # sum_ab n_ab ln n_ab
-    marg_x = tl.zeros([PX, PY], tl.float64)  # sum_a n_a ln n_a
-    nz_xy = tl.zeros([PX, PY], tl.int32)  # non-empty bins, for Miller-Madow
-    nz_x = tl.zeros([PX, PY], tl.int32)
-    # n_b partial sums per y sub-block, completed over the x sub-blocks (KY <= 2).
-    cols0 = tl.zeros([PX, PY, SBY], tl.int32)
-    cols1 = tl.zeros([PX, PY, SBY], tl.int32)
-
+    joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SBY)
     for kx in tl.static_range(KX):
         rows = tl.zeros([PX, SBX, PY], tl.int32)  # n_a, completed over the y sub-blocks
         for ky in tl.static_range(KY):
@@ -98,22 +99,11 @@ def _pairwise_mi_kernel(
                 cy = tl.load(y_rows[:, None] + offs_s[None, :], mask=my, other=0)
                 cy = tl.where(my, cy.to(tl.int32), -1)
                 acc = count_pairs(acc, cx, cy, kx, ky, SBX, SBY)
-            joint, nz_xy, rows, cols = add_block(acc, joint, nz_xy, rows, PX, PY)
-            if ky == 0:
-                cols0 += cols
-            else:
-                cols1 += cols
-        m, nz = marginal_terms(rows, 1)
-        marg_x += m
-        nz_x += nz
+            joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
+                                                         cols1, PX, PY)  # fmt: skip
+        marg_x, nz_x = add_rows(rows, marg_x, nz_x)
 
-    marg_y, nz_y = marginal_terms(cols0, 2)
-    if KY == 2:
-        m, nz = marginal_terms(cols1, 2)
-        marg_y += m
-        nz_y += nz
-
-    mi = mi_bits(joint, marg_x, marg_y, nz_x, nz_y, nz_xy, S, MILLER_MADOW)
+    mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, KY, MILLER_MADOW)
     store_mi(mi, col_x, col_y, valid_x, valid_y, out_ptr, sums_ptr, CX, CY, SUMS)
 
 
