@@ -116,12 +116,13 @@ def _mi_kernel(
                 in_s = offs_s < S
                 # x: the tile's own inputs, regenerated and binned.
                 u_x = noise(seed, offs_s[None, :], ix[:, None], CIN, lo_x, hi_x)
-                cx = bin_code(u_x, xr_lo, xr_hi, bins)
+                # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
+                cx = bin_code(u_x, xr_lo, xr_hi, bins, False)
                 cx = tl.where(valid_x[:, None] & in_s[None, :], cx, -1)
                 # y: all CIN inputs regenerated, the tile's PY channels computed and binned.
                 y_t = tile_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT,
                                     ACT, HAS_BIAS, HAS_AFFINE, PY, YW, BLOCK_K)  # fmt: skip
-                cy = bin_code(y_t, yr_lo, yr_hi, bins)
+                cy = bin_code(y_t, yr_lo, yr_hi, bins, False)
                 cy = tl.where(valid_y[:, None] & in_s[None, :], cy, -1)
                 acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
             joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,

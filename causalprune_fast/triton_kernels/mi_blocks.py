@@ -34,7 +34,7 @@ LN2 = tl.constexpr(0.6931471805599453)  # float64 nearest ln 2, as kLn2 in mi_ma
 
 # ----------------------------------------------------------------------------- binning
 @triton.jit
-def bin_code(v, lo, hi, bins):
+def bin_code(v, lo, hi, bins, WIDE: tl.constexpr):
     """quantize_value of mi_math.h: equal-width int32 code of v on [lo, hi], in float64.
 
     t = (v - lo) / (hi - lo) * bins in this order; !(t >= 1) -> 0 (also NaN); t >= bins - 1 ->
@@ -42,13 +42,19 @@ def bin_code(v, lo, hi, bins):
     gives bins - 1 for values above hi and 0 otherwise. Where hi - lo overflows (a finite range
     wider than the largest double) every operand is halved first; h == 1 elsewhere is exact,
     so ordinary ranges keep their codes bit for bit. A contracted multiply-add cannot change
-    the result: one of its products (times h) is always exact.
+    the result: one of its products (times h) is always exact. WIDE=False leaves the halving
+    out, for ranges that cannot overflow (those of float32 values: |hi - lo| < 2^129), where
+    it would change nothing but cost registers in a hot loop.
     """
     v = v.to(tl.float64)
-    d = hi - lo
-    h = tl.where(d - d == 0.0, 1.0, 0.5)  # 0.5 where hi - lo is inf (or NaN)
-    span = tl.where(hi > lo, hi * h - lo * h, 1.0)  # == (hi - lo) * h wherever it is used
-    t = (v * h - lo * h) / span * bins
+    if WIDE:
+        d = hi - lo
+        h = tl.where(d - d == 0.0, 1.0, 0.5)  # 0.5 where hi - lo is inf (or NaN)
+        span = tl.where(hi > lo, hi * h - lo * h, 1.0)  # == (hi - lo) * h wherever it is used
+        t = (v * h - lo * h) / span * bins
+    else:
+        span = tl.where(hi > lo, hi - lo, 1.0)  # == hi - lo wherever it is used
+        t = (v - lo) / span * bins
     inner = (t >= 1.0) & (t < bins - 1)
     code = tl.where(inner, t, 0.0).to(tl.int32)  # only in-range values reach the conversion
     code = tl.where(t >= bins - 1, bins - 1, code)

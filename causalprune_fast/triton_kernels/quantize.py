@@ -109,7 +109,7 @@ def _quantize_kernel(
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float64)
 
     # quantize_value (mi_math.h), in float64 and in its order of operations.
-    code = bin_code(v, lo, hi, bins)
+    code = bin_code(v, lo, hi, bins, True)  # given ranges may span the doubles
 
     # Column-major store: codes_t[c, s]. Rows of the tile are consecutive in memory.
     out = offs_c.to(tl.int64)[None, :] * S + offs_s[:, None]
