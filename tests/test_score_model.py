@@ -258,7 +258,7 @@ def test_errors_name_the_argument_or_layer():
         ValueError, match=r"model raised at layer '6' on a noise input of shape \(1, 3, 5, 5\)"
     ):
         cf.score_model(net, (3, 5, 5), **FAST)
-    with pytest.raises(ValueError, match="input_shape must be positive"):
+    with pytest.raises(ValueError, match="input_shape must be a non-empty sequence of positive ints"):
         cf.score_model(net, (3, 0, 16), **FAST)
     with pytest.raises(ValueError, match="give input_shape"):
         cf.score_model(net, **FAST)
