@@ -118,7 +118,8 @@ class Runner:
     @staticmethod
     def _update_ranges(s: LayerState, xr: torch.Tensor, yr: torch.Tensor) -> None:
         for attr, t in (("x_ranges", xr), ("y_ranges", yr)):
-            lo, hi = t.double().amin(dim=0), t.double().amax(dim=0)
+            # min and max are exact in any dtype: no float64 copy of the rows
+            lo, hi = t.amin(dim=0).double(), t.amax(dim=0).double()
             cur = getattr(s, attr)
             if cur is not None:
                 lo, hi = torch.minimum(lo, cur[:, 0]), torch.maximum(hi, cur[:, 1])

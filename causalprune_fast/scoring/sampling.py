@@ -227,7 +227,7 @@ def _patch_source(
         units = x[:, :, center] if taps == "center" else x.reshape(n, -1)
         return units, y
 
-    unit_bytes = (3 * c_in * k + 3 * c_out) * size + 16 * k
+    unit_bytes = (2 * c_in * k + 3 * c_out) * size + 16 * k  # noise, patch, outputs, mask
     return RowSource("patches", rows, unit_bytes, make, lambda a, b: b - a, BLOCK)
 
 
