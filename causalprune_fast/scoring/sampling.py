@@ -158,7 +158,7 @@ def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype)
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         (u,) = _blocks(a, b, draw, index=index, seed=seed, device=device)
-        x = lo + u * (hi - lo)
+        x = u.mul_(hi - lo).add_(lo)
         with torch.no_grad():
             y = _respond(response, m(x), 0)
         return x, y
@@ -214,7 +214,7 @@ def _patch_source(
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos, u = _blocks(a, b, draw, index=index, seed=seed, device=device)
-        x = (lo3 + u * (hi3 - lo3)).masked_fill_(~inside(pos)[:, None, :], 0)  # [rows, c_in, k]
+        x = u.mul_(hi3 - lo3).add_(lo3).masked_fill_(~inside(pos)[:, None, :], 0)
         n = len(pos)
         with torch.no_grad():
             if g == 1:
