@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--before", help="checkout of the code before the change (extension built)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--json", required=True, help="where to write the results")
+    p.add_argument("--append", action="store_true", help="add to the runs already in --json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -91,7 +92,13 @@ def main(argv=None) -> int:
     import torch
 
     trees = ([("before", os.path.abspath(args.before))] if args.before else []) + [("after", ROOT)]
-    runs = []
+    command = " ".join(["python benchmarks/local_overhead.py", *(argv or sys.argv[1:])])
+    result = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    result.update(commands=[], runs=[])
+    if args.append and os.path.exists(args.json):
+        with open(args.json) as f:
+            result = json.load(f)
+    result["commands"].append(command)
     for name in args.models.split(","):
         for label, tree in trees:
             env = dict(os.environ, PYTHONPATH=tree)
@@ -102,19 +109,12 @@ def main(argv=None) -> int:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
             run = json.loads(out.stdout.strip().splitlines()[-1])
-            run.update(tree=label, commit=_commit(tree))
-            runs.append(run)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            run.update(tree=label, commit=_commit(tree), date=now.strftime("%Y-%m-%d %H:%M UTC"))
+            result["runs"].append(run)
             print(json.dumps(run), flush=True)
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "command": " ".join(["python benchmarks/local_overhead.py", *(argv or sys.argv[1:])]),
-        "runs": runs,
-    }
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
+            with open(args.json, "w") as f:  # after every run: a partial run still counts
+                json.dump(result, f, indent=1)
     return 0
 
 

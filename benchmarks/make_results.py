@@ -181,11 +181,13 @@ def ceiling_section(ceiling: dict, command: str) -> str:
 def local_overhead_section(data: dict) -> str:
     """Local mode's total time against its MI time, before and after, from
     local_overhead.py's JSON (one run, side by side)."""
+    dates = sorted(r["date"] for r in data["runs"])
     lines = [
-        f"- date: {data['date']}; machine: {data['cpu']}, {data['cores']} logical cores, torch "
-        f"threads {data['torch_threads']}; the machine was shared with other jobs, so only the "
-        "ratios within this one run compare",
-        f"- command: `{data['command']}`",
+        f"- date: {dates[0]} to {dates[-1]}; machine: {data['cpu']}, {data['cores']} logical "
+        f"cores, torch threads {data['torch_threads']}. The machine was shared with other jobs "
+        "(its load average was 5 to 7 on 2 cores), so absolute times are inflated and noisy: "
+        "compare the ratios of one model's before and after rows, which ran one after the other",
+        "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
         "",
         "| model | code | total | forward | capture | binning | MI | other | total / MI "
         "| samples per layer | paths |",

@@ -105,26 +105,43 @@ class LocalMode:
     def _make(self, s: LayerState, source: RowSource, tile: tuple[int, int]):
         t0 = clock(self.device)
         xr, yr = source.make(*tile)
-        check_finite(xr, s.layer.name, "input")
-        check_finite(yr, s.layer.name, f"response ({s.response.description})")
         s.add_time("forward", clock(self.device) - t0)
         return xr, yr
+
+    def _bin(self, s: LayerState, xr: torch.Tensor, yr: torch.Tensor):
+        """Codes of the rows, on the layer's ranges or, where it has none yet, on their own
+        min and max; a non-finite response (its range is then non-finite) names the layer.
+        The input rows are noise on finite calibrated ranges, finite by construction."""
+        try:
+            return self.r._bin(s, xr, yr)
+        except ValueError as e:
+            if "finite" not in str(e):
+                raise
+            check_finite(yr, s.layer.name, f"response ({s.response.description})")
+            raise ValueError(f"layer '{s.layer.name}': {e}") from e
 
     def measure(self, s: LayerState) -> None:
         """Local mode of one layer without the fused kernel (module docstring)."""
         error, kept, tiles = None, None, []
-        # A layer with fewer units (noise examples) than ranks is measured whole on each.
-        ctx = self.ctx
+        ctx = self.ctx  # a layer with fewer units than ranks is measured whole on each
         try:
             source = self.source(s)
             if source.units < self.ctx.world:
                 ctx = DistContext()
             a, b = ctx.shard(source.units)
             tiles = self.tiles(s, source, a, b)
-            for tile in tiles:
-                xr, yr = self._make(s, source, tile)
-                self.r._update_ranges(s, xr, yr)
-                kept = (xr, yr) if len(tiles) == 1 else None
+            if len(tiles) == 1:
+                kept = self._make(s, source, tiles[0])
+            if len(tiles) > 1 or ctx.enabled:  # ranges over all tiles and ranks first
+                for tile in tiles:
+                    xr, yr = kept or self._make(s, source, tile)
+                    self.r._update_ranges(s, xr, yr)
+                if not bool(torch.isfinite(s.y_ranges).all()):  # min and max keep a NaN
+                    raise ValueError(
+                        f"layer '{s.layer.name}' produced non-finite value(s) (NaN/Inf) in its "
+                        f"response ({s.response.description}) under the noise input; check "
+                        "the model (or input_range) for overflow"
+                    )
         except Exception as e:
             error = e
         self.ctx.check(error, f"at layer '{s.layer.name}'")
@@ -132,14 +149,14 @@ class LocalMode:
             self.r._agree_ranges([s])
         x_codes, y_codes = [], []
         for tile in tiles:
-            xr, yr = kept if kept is not None else self._make(s, source, tile)
+            xr, yr = kept or self._make(s, source, tile)
             kept = None
-            xc, yc = self.r._bin(s, xr, yr)
+            xc, yc = self._bin(s, xr, yr)
             del xr, yr
             x_codes.append(xc)
             y_codes.append(yc)
-        xc = x_codes[0] if len(x_codes) == 1 else torch.cat(x_codes)
-        yc = y_codes[0] if len(y_codes) == 1 else torch.cat(y_codes)
+        xc = x_codes[0] if len(x_codes) == 1 else torch.cat(x_codes).t().contiguous().t()
+        yc = y_codes[0] if len(y_codes) == 1 else torch.cat(y_codes).t().contiguous().t()
         s.path = source.path
         self.r._finish(s, xc, yc, ctx)
 

@@ -39,7 +39,9 @@ from causalprune_fast.response import (
     ResponsePoint,
 )
 
-BLOCK = 64  # local-mode rows per noise generator (patches path)
+# Local-mode rows per noise generator (patches path): large enough that copying each block's
+# rows into the column-major tile runs at memory speed, small enough to tile tiny budgets.
+BLOCK = 256
 
 _FUNCTION_LABELS = {getattr(f, "__name__", "") for f in ACTIVATION_FUNCTIONS} | {
     m.rstrip("_") for m in ACTIVATION_METHODS
@@ -129,41 +131,54 @@ def row_source(
     return _tensor_source(layer, response, rows, input_shape, positions, lo, hi, taps, **kw)
 
 
-def _blocks(a: int, b: int, draw: Callable[[torch.Generator, int], list[torch.Tensor]], **kw):
-    """Rows ``[a, b)`` of the blocks drawn by ``draw(generator, block)`` (one generator per
-    block of :data:`BLOCK` rows, seeded from the layer's LOCAL stream), concatenated."""
+def _blocks(
+    a: int, b: int, outs: list[torch.Tensor], draw: Callable[[torch.Generator], list], **kw
+) -> None:
+    """Fill ``outs`` (each ``[..., b - a]``: the row index last, so that the rows end up
+    column-major, as the binning and MI kernels read them fastest) with rows ``[a, b)`` of
+    the blocks drawn by ``draw(generator)`` (each ``[..., BLOCK]``). Block ``j`` has its own
+    generator, seeded from ``(seed, (LOCAL, layer), j)``, so a row does not depend on the
+    tile that makes it."""
     gen = torch.Generator(device=kw["device"])
-    first, last = a // BLOCK, (b - 1) // BLOCK
-    parts: list[list[torch.Tensor]] = []
-    for j in range(first, last + 1):
+    for j in range(a // BLOCK, (b - 1) // BLOCK + 1):
         gen.manual_seed(example_seed(kw["seed"], stream(LOCAL, kw["index"]), j))
-        parts.append(draw(gen, j))
-    lo = a - first * BLOCK
-    return [torch.cat(ts)[lo : lo + b - a] for ts in zip(*parts, strict=True)]
+        r0, r1 = max(a, j * BLOCK), min(b, (j + 1) * BLOCK)
+        for out, block in zip(outs, draw(gen), strict=True):
+            out[..., r0 - a : r1 - a] = block[..., r0 - j * BLOCK : r1 - j * BLOCK]
+
+
+def _column_major(t: torch.Tensor) -> torch.Tensor:
+    """``[rows, C]`` stored column-major (what the binning and MI kernels read fastest)."""
+    return t if t.stride(0) == 1 else t.t().contiguous().t()
 
 
 def _respond(response: ResponsePoint, y: torch.Tensor, dims: int) -> torch.Tensor:
     """The response of ``[rows, C]`` outputs, applied as to ``[rows, C, 1, ...]`` (``dims``
-    trailing unit dimensions, so a BatchNormNd sees the shape it expects)."""
-    return response.apply(y.reshape(*y.shape, *[1] * dims)).reshape(y.shape)
+    trailing unit dimensions, so a BatchNormNd sees the shape it expects), column-major."""
+    if response.steps:
+        y = response.apply(y.reshape(*y.shape, *[1] * dims)).reshape(y.shape)
+    return _column_major(y)
 
 
 def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype) -> RowSource:
     m = layer.module
     c_in, c_out = m.in_features, m.out_features
     size = torch.finfo(dtype).bits // 8
+    lo2, hi2 = lo.reshape(c_in, 1), hi.reshape(c_in, 1)
 
-    def draw(gen: torch.Generator, j: int) -> list[torch.Tensor]:
-        return [torch.rand((BLOCK, c_in), generator=gen, device=device, dtype=dtype)]
+    def draw(gen: torch.Generator) -> list[torch.Tensor]:
+        return [torch.rand((c_in, BLOCK), generator=gen, device=device, dtype=dtype)]
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        (u,) = _blocks(a, b, draw, index=index, seed=seed, device=device)
-        x = u.mul_(hi - lo).add_(lo)
+        xt = torch.empty((c_in, b - a), device=device, dtype=dtype)
+        _blocks(a, b, [xt], draw, index=index, seed=seed, device=device)
+        x = xt.mul_(hi2 - lo2).add_(lo2).t()  # [rows, c_in], column-major
         with torch.no_grad():
             y = _respond(response, m(x), 0)
         return x, y
 
-    return RowSource("patches", rows, 3 * (c_in + c_out) * size, make, lambda a, b: b - a, BLOCK)
+    unit_bytes = (2 * c_in + 3 * c_out) * size  # noise rows and block, outputs, response
+    return RowSource("patches", rows, unit_bytes, make, lambda a, b: b - a, BLOCK)
 
 
 def _conv_geometry(m: nn.Module, input_shape: tuple[int, ...]):
@@ -192,12 +207,12 @@ def _patch_source(
     taps_idx = torch.stack([t.reshape(-1) for t in grid]).to(device)  # [dims, k], row-major
     center = sum(((s - 1) // 2) * math.prod(ks[d + 1 :]) for d, s in enumerate(ks))
     weight = m.weight.detach().reshape(g, c_out // g, (c_in // g) * k)
-    lo3, hi3 = lo.reshape(1, c_in, 1), hi.reshape(1, c_in, 1)
+    lo3, hi3 = lo.reshape(c_in, 1, 1), hi.reshape(c_in, 1, 1)
     size = torch.finfo(dtype).bits // 8
 
-    def draw(gen: torch.Generator, j: int) -> list[torch.Tensor]:
+    def draw(gen: torch.Generator) -> list[torch.Tensor]:
         pos = torch.randint(positions, (BLOCK,), generator=gen, device=device)
-        u = torch.rand((BLOCK, c_in, k), generator=gen, device=device, dtype=dtype)
+        u = torch.rand((c_in, k, BLOCK), generator=gen, device=device, dtype=dtype)
         return [pos, u]
 
     def inside(pos: torch.Tensor) -> torch.Tensor:
@@ -213,21 +228,25 @@ def _patch_source(
         return ok
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos, u = _blocks(a, b, draw, index=index, seed=seed, device=device)
-        x = u.mul_(hi3 - lo3).add_(lo3).masked_fill_(~inside(pos)[:, None, :], 0)
-        n = len(pos)
+        n = b - a
+        pos = torch.empty(n, device=device, dtype=torch.long)
+        xt = torch.empty((c_in, k, n), device=device, dtype=dtype)  # the rows last
+        _blocks(a, b, [pos, xt], draw, index=index, seed=seed, device=device)
+        xt.mul_(hi3 - lo3).add_(lo3).masked_fill_(~inside(pos).t()[None], 0)
+        x = xt.reshape(c_in * k, n).t()  # [rows, c_in * k], column-major
         with torch.no_grad():
             if g == 1:
-                y = F.linear(x.reshape(n, -1), weight[0], m.bias)
+                y = F.linear(x, weight[0], m.bias)
             else:
                 y = torch.einsum("rgi,goi->rgo", x.reshape(n, g, -1), weight).reshape(n, c_out)
                 if m.bias is not None:
                     y = y + m.bias
             y = _respond(response, y, dims)
-        units = x[:, :, center] if taps == "center" else x.reshape(n, -1)
+        units = xt[:, center, :].t() if taps == "center" else x
         return units, y
 
-    unit_bytes = (2 * c_in * k + 3 * c_out) * size + 16 * k  # noise, patch, outputs, mask
+    # The patch rows, the noise block being drawn, the outputs and response, the mask.
+    unit_bytes = (2 * c_in * k + 3 * c_out) * size + 16 * k
     return RowSource("patches", rows, unit_bytes, make, lambda a, b: b - a, BLOCK)
 
 
