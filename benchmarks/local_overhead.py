@@ -2,6 +2,8 @@
 
     python benchmarks/local_overhead.py --before /tmp/before --json local_overhead.json
 
+(``--after``: another checkout for the code after the change; default this one.)
+
 For each model (random init, 3 x 224 x 224, score_model's defaults), runs score_model once
 with the package of the ``--before`` checkout (a tree with its extension built) and once with
 this checkout, one after the other in this one run, each in its own process, and records
@@ -81,6 +83,7 @@ def _cpu() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--before", help="checkout of the code before the change (extension built)")
+    p.add_argument("--after", default=ROOT, help="checkout of the code after it (default: this)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--append", action="store_true", help="add to the runs already in --json")
@@ -91,7 +94,8 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    trees = ([("before", os.path.abspath(args.before))] if args.before else []) + [("after", ROOT)]
+    before = [("before", os.path.abspath(args.before))] if args.before else []
+    trees = [*before, ("after", os.path.abspath(args.after))]
     command = " ".join(["python benchmarks/local_overhead.py", *(argv or sys.argv[1:])])
     result = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     result.update(commands=[], runs=[])
