@@ -245,3 +245,20 @@ def test_old_argument_names_still_work_and_must_agree_with_the_new():
         cf.score_model(net, (4,), samples_per_layer=None, **kw)
     with pytest.raises(ValueError, match=r"samples_per_layer"):
         cf.score_model(net, (4,), samples_per_layer=0, **kw)
+
+
+def test_local_mode_on_token_inputs_draws_each_layer_noise_in_its_own_dtype():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(50, 6), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    scores = cf.score_model(
+        net,
+        (7,),
+        input_range=(0, 50),
+        input_dtype=torch.long,
+        examples=4,
+        samples_per_layer=512,
+        progress=False,
+    )
+    assert set(scores.layers) == {"1", "3"}
+    assert all(layer.samples == 512 for layer in scores.layers.values())
+    assert float(scores.layers["1"].incoming.sum()) > 0

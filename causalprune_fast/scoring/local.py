@@ -67,8 +67,9 @@ class LocalMode:
 
     # ---------------------------------------------------------------- unfused
     def source(self, s: LayerState) -> RowSource:
-        """How the rows of layer ``s`` are made."""
-        dtype = self.plan.input_dtype
+        """How the rows of layer ``s`` are made: noise in the layer's own dtype (its weight's;
+        the network's input may be integer tokens)."""
+        dtype = s.layer.module.weight.dtype
         return row_source(
             s.layer,
             s.response,

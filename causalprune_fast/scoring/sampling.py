@@ -220,11 +220,11 @@ def _patch_source(
         ok = torch.ones((len(pos), k), dtype=torch.bool, device=device)
         rest = pos
         for d in reversed(range(dims)):
-            size, left, out = geometry[d]
+            extent, left, out = geometry[d]
             o = rest % out
             rest = torch.div(rest, out, rounding_mode="floor")
             coord = o[:, None] * m.stride[d] + taps_idx[d][None, :] * m.dilation[d] - left
-            ok &= (coord >= 0) & (coord < size)
+            ok &= (coord >= 0) & (coord < extent)
         return ok
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
