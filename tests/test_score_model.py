@@ -170,11 +170,11 @@ def test_local_mode_equals_per_layer_intervention_by_hand():
     lo, hi = hidden.amin(dim=0), hidden.amax(dim=0)
     assert lo[2] == hi[2] == 0
     # Intervention: 300 rows of fresh uniform noise on those ranges, in blocks of BLOCK rows,
-    # each from its own generator of the layer's LOCAL stream.
+    # each from its own generator of the layer's LOCAL stream, drawn [features, rows].
     blocks = []
     for j in range(math.ceil(300 / BLOCK)):
         gen = torch.Generator().manual_seed(example_seed(9, stream(LOCAL, 1), j))
-        blocks.append(torch.rand((BLOCK, 7), generator=gen))
+        blocks.append(torch.rand((7, BLOCK), generator=gen).t())
     u = lo + torch.cat(blocks)[:300] * (hi - lo)
     assert scores.layers["2"].samples == 300 and scores.layers["2"].path == "patches"
     per_x, per_y = cf.pairwise_mi(u, net[2](u).detach(), 16, reduce="sum")
