@@ -115,6 +115,7 @@ def main(argv=None) -> int:
             run = json.loads(out.stdout.strip().splitlines()[-1])
             now = datetime.datetime.now(datetime.timezone.utc)
             run.update(tree=label, commit=_commit(tree), date=now.strftime("%Y-%m-%d %H:%M UTC"))
+            run["load"] = os.getloadavg()[0]  # other jobs on the machine, after the run
             result["runs"].append(run)
             print(json.dumps(run), flush=True)
             with open(args.json, "w") as f:  # after every run: a partial run still counts

@@ -178,6 +178,12 @@ def ceiling_section(ceiling: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def _loads(data: dict) -> str:
+    """The 1-minute load averages recorded after the runs, where they were."""
+    loads = [r["load"] for r in data["runs"] if "load" in r]
+    return f" (load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""
+
+
 def local_overhead_section(data: dict) -> str:
     """Local mode's total time against its MI time, before and after, from
     local_overhead.py's JSON (one run, side by side)."""
@@ -185,7 +191,7 @@ def local_overhead_section(data: dict) -> str:
     lines = [
         f"- date: {dates[0]} to {dates[-1]}; machine: {data['cpu']}, {data['cores']} logical "
         f"cores, torch threads {data['torch_threads']}. The machine was shared with other jobs "
-        "(its load average was 5 to 7 on 2 cores), so absolute times are inflated and noisy: "
+        f"running at the same time{_loads(data)}, so absolute times are inflated and noisy: "
         "compare the ratios of one model's before and after rows, which ran one after the other",
         "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
         "",
@@ -199,7 +205,7 @@ def local_overhead_section(data: dict) -> str:
             f"-{r['samples_max']}" if r["samples_max"] != r["samples_min"] else ""
         )
         lines.append(
-            f"| {r['model']} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s "
+            f"| {r['model']} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
             + " | ".join(f"{st[k]:.1f} s" for k in ("forward", "capture", "binning", "mi"))
             + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | {samples} | "
             f"{', '.join(p for p in r['paths'] if p != 'None') or '-'} |"
