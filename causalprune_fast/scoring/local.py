@@ -51,10 +51,12 @@ class LocalMode:
         def calib_hook(s: LayerState) -> Callable:
             def hook(module, args, output):
                 x = args[0]
-                check_finite(x, s.layer.name, "input")
-                check_finite(output, s.layer.name, "output")
                 dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
-                lo, hi = x.double().amin(dim=dims), x.double().amax(dim=dims)
+                lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
+                if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+                    check_finite(x, s.layer.name, "input")  # min and max keep a NaN
+                check_finite(output, s.layer.name, "output")
+                lo, hi = lo.double(), hi.double()
                 if s.channel_lo is not None:
                     lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
                 s.channel_lo, s.channel_hi = lo, hi
