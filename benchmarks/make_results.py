@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from local_overhead import MODELS as LOCAL_MODELS  # noqa: E402
 from report import report  # noqa: E402
 
 ANCHORS = ("numpy_sklearn_loop", "deep_ei_parts", "torch_onehot_matmul")
@@ -210,6 +211,10 @@ def local_overhead_section(data: dict) -> str:
             + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | {samples} | "
             f"{', '.join(p for p in r['paths'] if p != 'None') or '-'} |"
         )
+    done = {(r["model"], r["tree"]) for r in data["runs"]}
+    missing = [m for m in LOCAL_MODELS if not {(m, "before"), (m, "after")} <= done]
+    if missing:
+        lines += ["", f"Not measured in this run (time ran out): {', '.join(missing)}."]
     lines += [
         "",
         "forward: the calibration pass plus, after the change, each layer's own noise and "
