@@ -16,7 +16,8 @@ import causalprune_fast as cf
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 SHAPE = (3, 32, 32) if SMOKE else (3, 224, 224)
-SAMPLES = 4 if SMOKE else cf.score.DEFAULT_SAMPLES
+EXAMPLES = 4 if SMOKE else cf.score.DEFAULT_EXAMPLES
+SAMPLES_PER_LAYER = 256 if SMOKE else cf.score.DEFAULT_SAMPLES_PER_LAYER
 
 MODELS = {
     "resnet18": ("torchvision", "resnet18"),
@@ -53,7 +54,9 @@ def test_score_model(benchmark, name):
     result = {}
 
     def run():
-        result["scores"] = cf.score_model(model, SHAPE, samples=SAMPLES, progress=False)
+        result["scores"] = cf.score_model(
+            model, SHAPE, examples=EXAMPLES, samples_per_layer=SAMPLES_PER_LAYER, progress=False
+        )
 
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     scores = result["scores"]

@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from local_overhead import MODELS as LOCAL_MODELS  # noqa: E402
 from report import report  # noqa: E402
 
 ANCHORS = ("numpy_sklearn_loop", "deep_ei_parts", "torch_onehot_matmul")
@@ -178,6 +179,53 @@ def ceiling_section(ceiling: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def _loads(data: dict) -> str:
+    """The 1-minute load averages recorded after the runs, where they were."""
+    loads = [r["load"] for r in data["runs"] if "load" in r]
+    return f" (load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""
+
+
+def local_overhead_section(data: dict) -> str:
+    """Local mode's total time against its MI time, before and after, from
+    local_overhead.py's JSON (one run, side by side)."""
+    dates = sorted(r["date"] for r in data["runs"])
+    lines = [
+        f"- date: {dates[0]} to {dates[-1]}; machine: {data['cpu']}, {data['cores']} logical "
+        f"cores, torch threads {data['torch_threads']}. The machine was shared with other jobs "
+        f"running at the same time{_loads(data)}, so absolute times are inflated and noisy: "
+        "compare the ratios of one model's before and after rows, which ran one after the other",
+        "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
+        "",
+        "| model | code | total | forward | capture | binning | MI | other | total / MI "
+        "| samples per layer | paths |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["runs"]:
+        st = r["stages_s"]
+        samples = f"{r['samples_min']}" + (
+            f"-{r['samples_max']}" if r["samples_max"] != r["samples_min"] else ""
+        )
+        lines.append(
+            f"| {r['model']} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
+            + " | ".join(f"{st[k]:.1f} s" for k in ("forward", "capture", "binning", "mi"))
+            + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | {samples} | "
+            f"{', '.join(p for p in r['paths'] if p != 'None') or '-'} |"
+        )
+    done = {(r["model"], r["tree"]) for r in data["runs"]}
+    missing = [m for m in LOCAL_MODELS if not {(m, "before"), (m, "after")} <= done]
+    if missing:
+        lines += ["", f"Not measured in this run (time ran out): {', '.join(missing)}."]
+    lines += [
+        "",
+        "forward: the calibration pass plus, after the change, each layer's own noise and "
+        "layer run (before, that run was not timed and falls in other); capture: the response "
+        "and the sample rows taken from full tensors; other: the probe pass, the channel "
+        "graph and what is not timed.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="markdown file to write")
@@ -185,8 +233,12 @@ def main(argv=None) -> int:
     p.add_argument("--title", default="CPU")
     p.add_argument(
         "--rerun",
-        default="kernels,models,stability,ceiling,scaling",
+        default="kernels,models,stability,ceiling,scaling,local",
         help="comma-separated parts to run again; the others reuse their JSON in --json-dir",
+    )
+    p.add_argument(
+        "--before",
+        help="for the local part: a checkout of the code before the change, extension built",
     )
     args = p.parse_args(argv)
     RERUN.update(args.rerun.split(","))
@@ -207,6 +259,9 @@ def main(argv=None) -> int:
     )
     ccmd = _run([*bench, "benchmarks/bench_ceiling.py", f"--benchmark-json={cj}"], "ceiling", cj)
     gcmd = _run([*bench, "benchmarks/bench_scaling.py", f"--benchmark-json={gj}"], "scaling", gj)
+    lj = os.path.join(args.json_dir, "local_overhead.json")
+    before = ["--before", args.before] if args.before else []
+    _run([py, "benchmarks/local_overhead.py", *before, "--json", lj], "local", lj)
     png = os.path.join(os.path.dirname(args.out), f"scaling-{args.title.lower()}.png")
     pcmd = _run([py, "benchmarks/plot_scaling.py", gj, "--out", png], "scaling", png)
     with open(kj) as f:
@@ -235,6 +290,9 @@ def main(argv=None) -> int:
         "## Ceilings: how close the kernels get to the machine's limit",
         "",
         ceiling_section(_load(cj), ccmd),
+        "## Local mode: whole-model time against MI time, before and after",
+        "",
+        local_overhead_section(_load(lj)),
         "## Scaling: throughput as the work grows",
         "",
         f"![throughput vs size]({os.path.basename(png)}) (`{pcmd}`)",

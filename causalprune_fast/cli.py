@@ -35,7 +35,7 @@ def _floats(text: str) -> tuple[float, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from causalprune_fast.score import DEFAULT_MAX_SAMPLES_PER_LAYER, DEFAULT_SAMPLES
+    from causalprune_fast.score import DEFAULT_EXAMPLES, DEFAULT_SAMPLES_PER_LAYER
 
     p = argparse.ArgumentParser(
         prog="causalprune",
@@ -66,13 +66,20 @@ def _parser() -> argparse.ArgumentParser:
         help="input units: every (channel, kernel tap), or the kernel centre only",
     )
     s.add_argument("--bins", type=int, default=16, help="bins per variable, 2..256")
-    s.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="noise examples")
     s.add_argument(
-        "--max-samples-per-layer",
+        "--examples",
         type=int,
-        default=DEFAULT_MAX_SAMPLES_PER_LAYER,
-        help="cap on (example, position) samples per layer",
+        help=f"noise examples through the whole network (default {DEFAULT_EXAMPLES}): local "
+        "mode's calibration pass, propagated mode's measured examples",
     )
+    s.add_argument("--samples", type=int, help="old name of --examples")
+    s.add_argument(
+        "--samples-per-layer",
+        type=int,
+        help=f"sample rows each layer is measured on (default {DEFAULT_SAMPLES_PER_LAYER}): "
+        "exactly this many in local mode, a cap on (example, position) rows in propagated mode",
+    )
+    s.add_argument("--max-samples-per-layer", type=int, help="old name of --samples-per-layer")
     s.add_argument("--batch-size", type=int, help="noise examples per forward pass")
     s.add_argument("--seed", type=int, default=0, help="seed of the noise and subsampling")
     s.add_argument("--layers", help="regular expression on qualified layer names")
@@ -209,8 +216,12 @@ def _score(args) -> int:
         mode=args.mode,
         taps=args.taps,
         bins=args.bins,
-        samples=args.samples,
-        max_samples_per_layer=args.max_samples_per_layer,
+        **_given(
+            examples=args.examples,
+            samples=args.samples,
+            samples_per_layer=args.samples_per_layer,
+            max_samples_per_layer=args.max_samples_per_layer,
+        ),
         batch_size=args.batch_size,
         seed=args.seed,
         layers=re.compile(args.layers) if args.layers else None,
@@ -240,6 +251,12 @@ def _score(args) -> int:
         scores.plot(args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _given(**options: object) -> dict:
+    """The options given on the command line (an old and a new name of one option that
+    disagree are an error of score_model, naming both)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 # What a user can get wrong: bad values (ValueError, TypeError from the argument checks),

@@ -5,7 +5,8 @@ File format (``save``/``load``): a safetensors file. Tensors are named
 ``layer/<name>/y_ranges`` and ``layer/<name>/matrix``; ``score/<name>`` holds the channel
 scores under the stored direction and ``head/<name>`` attention-head scores. The header's
 metadata entry ``causalprune`` is a JSON document with ``config`` (every setting of the run),
-``layers`` (per layer: kind, response point and reason, samples, units, groups, taps,
+``layers`` (per layer: kind, response point and reason, samples, path and backend (absent
+in older files: None), units, groups, taps,
 sensitivity, timings), ``groups`` (producers and consumers of each layer's output channels,
 so scores can be recomputed under another direction), ``unsupported`` and ``timings``.
 """
@@ -51,6 +52,11 @@ class LayerScores:
     x_ranges: torch.Tensor | None = None
     y_ranges: torch.Tensor | None = None
     matrix: torch.Tensor | None = None
+    # How it was measured: "propagated", or in local mode "patches", "full-tensor" or
+    # "fused-triton" (docs/method.md section 2.2), and the backend of its MI. None in files
+    # written before these were recorded.
+    path: str | None = None
+    backend: str | None = None
 
     def meta(self) -> dict:
         return {
@@ -59,6 +65,8 @@ class LayerScores:
             "response": self.response,
             "response_reason": self.response_reason,
             "samples": self.samples,
+            "path": self.path,
+            "backend": self.backend,
             "input_units": self.input_units,
             "groups": self.groups,
             "taps": self.taps,
@@ -152,13 +160,15 @@ class CausalScores(Mapping):
 
     # ------------------------------------------------------------------ display
     def summary(self) -> str:
-        """A per-layer table: response point, samples, units, scores, time."""
+        """A per-layer table: response point, samples and how they were made (path), units,
+        scores, time."""
         head = (
             "layer",
             "kind",
             "channels",
             "inputs",
             "samples",
+            "path",
             "score mean",
             "score min",
             "score max",
@@ -178,6 +188,7 @@ class CausalScores(Mapping):
                     str(len(sc)),
                     str(s.input_units),
                     str(s.samples),
+                    s.path or "-",
                     f"{sc.mean():.4g}",
                     f"{sc.min():.4g}",
                     f"{sc.max():.4g}",
@@ -199,7 +210,9 @@ class CausalScores(Mapping):
             (
                 f"{len(self.layers)} layers; mode={c.get('mode')} direction="
                 f"{c.get('direction')} bins={c.get('bins')} taps={c.get('taps')} "
-                f"examples={c.get('samples')} seed={c.get('seed')} "
+                f"examples={c.get('examples', c.get('samples'))} samples_per_layer="
+                f"{c.get('samples_per_layer', c.get('max_samples_per_layer'))} "
+                f"seed={c.get('seed')} "
                 f"backend={c.get('backend')}"
             ),
         )
@@ -209,7 +222,8 @@ class CausalScores(Mapping):
         if few:
             lines.append(
                 f"few samples (< bins^2, MI dominated by estimator bias): "
-                f"{', '.join(few)}; raise `samples` to measure them better"
+                f"{', '.join(few)}; raise `samples_per_layer` (local mode) or `examples` "
+                "(propagated mode) to measure them better"
             )
         outputs = [n for n, s in self.layers.items() if s.model_output]
         if outputs:
@@ -398,6 +412,8 @@ class CausalScores(Mapping):
                 taps=m["taps"],
                 timings=m["timings"],
                 model_output=m.get("model_output", False),
+                path=m.get("path"),
+                backend=m.get("backend"),
                 x_ranges=get(f"layer/{name}/x_ranges"),
                 y_ranges=get(f"layer/{name}/y_ranges"),
                 matrix=get(f"layer/{name}/matrix"),

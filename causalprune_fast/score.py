@@ -26,10 +26,15 @@ from causalprune_fast.distributed import DistContext
 from causalprune_fast.response import ResponseFinder
 from causalprune_fast.results import CausalScores, few_sample_layers
 from causalprune_fast.scoring.plan import (
+    DEFAULT_EXAMPLES,
     DEFAULT_MAX_SAMPLES_PER_LAYER,
     DEFAULT_SAMPLES,
+    DEFAULT_SAMPLES_PER_LAYER,
     MODES,
+    NOT_GIVEN_EXAMPLES,
+    NOT_GIVEN_SAMPLES_PER_LAYER,
     RANGE_MODES,
+    NotGiven,
     ScorePlan,
 )
 from causalprune_fast.scoring.probe import probe
@@ -37,8 +42,10 @@ from causalprune_fast.scoring.runner import Runner
 from causalprune_fast.scoring.state import LayerState, clock
 
 __all__ = [
+    "DEFAULT_EXAMPLES",
     "DEFAULT_MAX_SAMPLES_PER_LAYER",
     "DEFAULT_SAMPLES",
+    "DEFAULT_SAMPLES_PER_LAYER",
     "MODES",
     "RANGE_MODES",
     "score_model",
@@ -66,8 +73,8 @@ def score_model(
     mode: str = "local",
     taps: str = "all",
     bins: int = 16,
-    samples: int = DEFAULT_SAMPLES,
-    max_samples_per_layer: int | None = DEFAULT_MAX_SAMPLES_PER_LAYER,
+    examples: int | NotGiven = NOT_GIVEN_EXAMPLES,
+    samples_per_layer: int | None | NotGiven = NOT_GIVEN_SAMPLES_PER_LAYER,
     batch_size: int | None = None,
     seed: int = 0,
     layers: str | Iterable | Callable | re.Pattern | None = None,
@@ -81,6 +88,8 @@ def score_model(
     progress: bool = True,
     distributed: bool = False,
     fused_local: bool | None = None,
+    samples: int | NotGiven = NOT_GIVEN_EXAMPLES,
+    max_samples_per_layer: int | None | NotGiven = NOT_GIVEN_SAMPLES_PER_LAYER,
 ) -> CausalScores:
     """Score every prunable channel of ``model`` by the causal information flowing through it.
 
@@ -100,9 +109,14 @@ def score_model(
             (benchmarks/quality/RESULTS.md).
         taps: ``"all"`` (every (input channel, kernel tap) is an input unit) or ``"center"``.
         bins: bins per variable, 2..256.
-        samples: number of noise examples.
-        max_samples_per_layer: cap on (example, position) samples per layer, drawn by a seeded
-            uniform subsample of positions; None for no cap.
+        examples: noise examples sent through the whole network from its input (default
+            64). In ``local`` mode they are the calibration pass that sets each layer's
+            per-channel noise ranges; in ``propagated`` mode the layers are measured on them.
+        samples_per_layer: sample rows each layer is measured on (default 16384). In
+            ``local`` mode every layer gets exactly this many rows, drawn fresh for it,
+            whatever ``examples`` and its spatial size (a classifier behind global pooling
+            too). In ``propagated`` mode it caps a layer's ``examples * positions``
+            (example, position) rows, a seeded subsample; None for no cap there.
         batch_size: noise examples per forward pass (default: all at once).
         seed: seed of the noise and of the subsampling.
         layers: filter of measured layers by qualified name (a name, regex, callable or list).
@@ -127,6 +141,9 @@ def score_model(
             counter-based noise). None (default): on CUDA devices only; True: wherever the
             chosen ``backend`` offers it (``triton``, or ``auto`` where Triton runs, also the
             CPU under ``TRITON_INTERPRET=1``); False: never. Other backends never run it.
+        samples: old name of ``examples`` (deprecated, still accepted).
+        max_samples_per_layer: old name of ``samples_per_layer`` (deprecated, still accepted).
+            Giving an old and a new name with different values is a ValueError naming both.
 
     Returns:
         :class:`CausalScores`.
@@ -151,6 +168,8 @@ def score_model(
         mode=mode,
         taps=taps,
         bins=bins,
+        examples=examples,
+        samples_per_layer=samples_per_layer,
         samples=samples,
         max_samples_per_layer=max_samples_per_layer,
         batch_size=batch_size,
@@ -170,7 +189,7 @@ def score_model(
     ctx = DistContext.create(plan.distributed)
     if plan.examples < ctx.world:
         raise ValueError(
-            f"samples={plan.examples} must be at least the number of ranks ({ctx.world})"
+            f"examples={plan.examples} must be at least the number of ranks ({ctx.world})"
         )
     found, unsupported = find_layers(model, plan.layers)
     with preserved(model):
@@ -211,7 +230,8 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
         warnings.warn(
             f"{len(few)} layer(s) got fewer samples than bins^2 = {plan.bins**2}, where the "
             f"plug-in MI is dominated by its bias: {', '.join(few[:8])}"
-            f"{' ...' if len(few) > 8 else ''}; raise `samples` (noise examples)",
+            f"{' ...' if len(few) > 8 else ''}; raise `samples_per_layer` (local mode) or "
+            "`examples` (propagated mode)",
             stacklevel=3,
         )
     timings["total"] = time.perf_counter() - t_start

@@ -124,14 +124,17 @@ def _tiny_vit(seed: int = 0):
 @pytest.mark.parametrize("mode", ["local", "propagated"])
 def test_torchvision_vit_scores_attention_projections_and_heads(mode):
     model = _tiny_vit()
-    scores = cf.score_model(model, (3, 16, 16), mode=mode, samples=8, progress=False)
+    scores = cf.score_model(
+        model, (3, 16, 16), mode=mode, examples=8, samples_per_layer=512, progress=False
+    )
     for k in range(2):
         attn = f"encoder.layers.encoder_layer_{k}.self_attention"
         for name, width in ((f"{attn}.in_proj", 48), (f"{attn}.out_proj", 16)):
             s = scores[name]
             assert s.shape == (width,), name
             assert torch.isfinite(s).all() and (s >= 0).all() and s.sum() > 0, name
-            assert scores.layers[name].samples == 8 * 5  # tokens are samples
+            # propagated: every (example, token) is a sample; local: samples_per_layer rows
+            assert scores.layers[name].samples == (8 * 5 if mode == "propagated" else 512)
         heads = scores.heads[attn]
         assert heads.shape == (2,)
         per_channel = scores[f"{attn}.in_proj"].reshape(3, 2, 8).sum(dim=(0, 2))

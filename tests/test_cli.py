@@ -28,8 +28,10 @@ def test_score_with_weights_then_summary_and_plot(tmp_path, capsys):
         str(weights),
         "--input-shape",
         "3,32,32",
-        "--samples",
+        "--examples",
         "4",
+        "--samples-per-layer",
+        "1024",
         "--out",
         str(out),
         "--no-progress",
@@ -42,7 +44,8 @@ def test_score_with_weights_then_summary_and_plot(tmp_path, capsys):
     saved = cf.CausalScores.load(out)
     assert saved.config["model"] == "torchvision:resnet18"
     assert saved.config["weights"] == str(weights)
-    direct = cf.score_model(model, (3, 32, 32), samples=4, progress=False)
+    assert saved.config["examples"] == 4 and saved.config["samples_per_layer"] == 1024
+    direct = cf.score_model(model, (3, 32, 32), examples=4, samples_per_layer=1024, progress=False)
     for name in direct:
         torch.testing.assert_close(saved[name], direct[name])
 
@@ -180,3 +183,22 @@ def test_every_option_of_every_subcommand_has_help():
     assert missing == []
     helps = {a.dest: a.help for a in commands["score"]._actions}
     assert "--out" not in helps and helps["out"] and helps["device"]
+
+
+def test_old_and_new_sample_flags_reach_score_model(monkeypatch, capsys):
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cf, "score_model", record)
+    assert main(score_argv("--samples", "3", "--max-samples-per-layer", "64")) == 2
+    assert (seen["samples"], seen["max_samples_per_layer"]) == (3, 64)
+    assert "examples" not in seen and "samples_per_layer" not in seen
+    one_line_error(capsys, "stop here")
+    seen.clear()
+    assert main(score_argv("--examples", "5", "--samples-per-layer", "128")) == 2
+    assert (seen["examples"], seen["samples_per_layer"]) == (5, 128)
+    assert "samples" not in seen and "max_samples_per_layer" not in seen
+    one_line_error(capsys, "stop here")

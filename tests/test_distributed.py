@@ -50,14 +50,16 @@ def test_two_ranks_equal_one_process(tmp_path, model, path):
     if model == "block":
         pytest.importorskip("timm")
     out = tmp_path / "scores.safetensors"
-    budget = [] if path == "counts" else ["--budget", "100000"]  # too small for counts
+    # Too small for any layer's counts (and, in local mode, still enough for one tile of rows).
+    sharded_budget = SETTINGS[model].get("sharded_budget", 100000)
+    budget = [] if path == "counts" else ["--budget", str(sharded_budget)]
     proc = worker(model, str(out), *budget)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dist_scores = cf.CausalScores.load(out)
     net, shape = build(model)
     kw = dict(SETTINGS[model]["kw"], **SETTINGS[model].get("single", {}))
     if path == "sharded":
-        kw["memory_budget"] = 100000
+        kw["memory_budget"] = sharded_budget
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: the same BLAS paths, bit-identical activations
     try:
@@ -102,8 +104,10 @@ def test_cli_under_torchrun(tmp_path):
         "4",
         "--input-shape",
         "3,32,32",
-        "--samples",
+        "--examples",
         "4",
+        "--samples-per-layer",
+        "512",
         "--device",
         "cpu",
         "--distributed",

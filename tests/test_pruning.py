@@ -104,7 +104,7 @@ def test_sequential_pruning_scores_each_group_on_the_pruned_network():
 def test_torchvision_models_prune_and_run(arch):
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.get_model(arch, num_classes=5)
-    pruned, report = cf.prune(model, 0.3, (3, 32, 32), samples=4)
+    pruned, report = cf.prune(model, 0.3, (3, 32, 32), examples=4, samples_per_layer=1024)
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     assert report.params_after < 0.8 * report.params_before
 
@@ -114,7 +114,7 @@ def test_vit_heads_and_mlp_neurons_prune_and_run():
     model = timm.create_model(
         "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=4
     )
-    pruned, report = cf.prune(model, 0.25, (3, 32, 32), samples=4)
+    pruned, report = cf.prune(model, 0.25, (3, 32, 32), examples=4, samples_per_layer=1024)
     assert pruned.blocks[0].mlp.fc1.out_features == int(768 * 0.75)
     assert pruned.blocks[0].attn.qkv.out_features < 3 * 192
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 4)

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 import causalprune_fast as cf
-from causalprune_fast.noise import LOCAL, stream, uniform_examples
+from causalprune_fast.noise import LOCAL, example_seed, stream, uniform_examples
 from causalprune_fast.results import spearman
+from causalprune_fast.scoring.sampling import BLOCK
 
 FAST = dict(samples=8, progress=False, mode="propagated")
 # Tiny settings on purpose: the warning about few samples per layer is expected here.
@@ -161,13 +162,21 @@ def test_local_mode_equals_per_layer_intervention_by_hand():
     net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
     with torch.no_grad():
         net[0].bias[2] = -100.0  # unit 2 of the hidden layer is never active: range [0, 0]
-    scores = cf.score_model(net, (5,), mode="local", samples=400, seed=9, progress=False)
-    # Calibration: the propagated input of layer "2", per channel.
+    scores = cf.score_model(
+        net, (5,), mode="local", examples=400, samples_per_layer=300, seed=9, progress=False
+    )
+    # Calibration: the propagated input of layer "2", per channel, over the 400 examples.
     hidden = net[1](net[0](uniform_examples((5,), 0, 400, -1.0, 1.0, seed=9)))
     lo, hi = hidden.amin(dim=0), hidden.amax(dim=0)
     assert lo[2] == hi[2] == 0
-    # Intervention: fresh uniform noise on those ranges (the layer's own LOCAL stream).
-    u = uniform_examples((7,), 0, 400, lo, hi, seed=9, stream=stream(LOCAL, 1))
+    # Intervention: 300 rows of fresh uniform noise on those ranges, in blocks of BLOCK rows,
+    # each from its own generator of the layer's LOCAL stream, drawn [features, rows].
+    blocks = []
+    for j in range(math.ceil(300 / BLOCK)):
+        gen = torch.Generator().manual_seed(example_seed(9, stream(LOCAL, 1), j))
+        blocks.append(torch.rand((7, BLOCK), generator=gen).t())
+    u = lo + torch.cat(blocks)[:300] * (hi - lo)
+    assert scores.layers["2"].samples == 300 and scores.layers["2"].path == "patches"
     per_x, per_y = cf.pairwise_mi(u, net[2](u).detach(), 16, reduce="sum")
     torch.testing.assert_close(scores.layers["2"].incoming, per_y, rtol=0, atol=1e-12)
     torch.testing.assert_close(scores.layers["2"].outgoing, per_x, rtol=0, atol=1e-12)
@@ -258,7 +267,9 @@ def test_errors_name_the_argument_or_layer():
         ValueError, match=r"model raised at layer '6' on a noise input of shape \(1, 3, 5, 5\)"
     ):
         cf.score_model(net, (3, 5, 5), **FAST)
-    with pytest.raises(ValueError, match="input_shape must be a non-empty sequence of positive ints"):
+    with pytest.raises(
+        ValueError, match="input_shape must be a non-empty sequence of positive ints"
+    ):
         cf.score_model(net, (3, 0, 16), **FAST)
     with pytest.raises(ValueError, match="give input_shape"):
         cf.score_model(net, **FAST)
@@ -370,11 +381,11 @@ def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
     with torch.no_grad():
         net[1].running_mean.uniform_(-0.3, 0.3)
         net[1].running_var.uniform_(0.5, 2.0)
-    scores = cf.score_model(
-        net, (5,), mode="local", samples=64, seed=2, progress=False, fused_local=True
-    )
+    kw = dict(mode="local", examples=64, samples_per_layer=64, seed=2, progress=False)
+    scores = cf.score_model(net, (5,), fused_local=True, **kw)
     first = scores.layers["0"]
     assert first.response.endswith("[fused Triton local kernel]")
+    assert (first.path, first.backend, first.samples) == ("fused-triton", "triton", 64)
     bn = net[1]
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
     shift = (bn.bias - bn.running_mean * scale).detach()
@@ -395,10 +406,9 @@ def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
     )
     torch.testing.assert_close(first.incoming, per_y.double(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(first.outgoing, per_x.double(), rtol=1e-6, atol=1e-6)
-    unfused = cf.score_model(
-        net, (5,), mode="local", samples=64, seed=2, progress=False, fused_local=False
-    )
+    unfused = cf.score_model(net, (5,), fused_local=False, **kw)
     assert not unfused.layers["0"].response.endswith("kernel]")
+    assert (unfused.layers["0"].path, unfused.layers["0"].samples) == ("patches", 64)
 
 
 def test_backend_means_the_same_for_the_fused_local_path():
@@ -411,7 +421,7 @@ def test_backend_means_the_same_for_the_fused_local_path():
     assert capability("cpu", cpu, "local_linear_mi") is None
     assert capability("reference", cpu, "joint_counts") is not None
     net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
-    kw = dict(mode="local", samples=16, progress=False, fused_local=True)
+    kw = dict(mode="local", samples=16, samples_per_layer=256, progress=False, fused_local=True)
     scores = cf.score_model(net, (5,), backend="reference", **kw)
     assert not scores.layers["0"].response.endswith("kernel]")
     assert scores.config["backend"] == "reference"

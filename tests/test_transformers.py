@@ -112,7 +112,8 @@ def test_token_inputs_score_every_projection_and_head(arch, mode):
         example_input=torch.zeros(1, T, dtype=torch.long),
         input_range=(0, VOCAB),
         mode=mode,
-        samples=8,
+        examples=8,
+        samples_per_layer=512,
         progress=False,
     )
     assert scores.config["input_dtype"] == "int64"
@@ -122,7 +123,8 @@ def test_token_inputs_score_every_projection_and_head(arch, mode):
             s = scores[name_b]
             assert s.shape == (width,), name_b
             assert torch.isfinite(s).all() and (s >= 0).all() and s.sum() > 0, name_b
-            assert scores.layers[name_b].samples == 8 * T  # tokens are samples
+            # propagated: every (example, token) is a sample; local: samples_per_layer rows
+            assert scores.layers[name_b].samples == (8 * T if mode == "propagated" else 512)
     # Nothing of the blocks is left unscored but Llama's RMSNorm weights (norms are parts of
     # their channels' groups, not layers).
     in_blocks = [n for n in scores.unsupported if ".0." in n or ".1." in n]

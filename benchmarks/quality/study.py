@@ -68,9 +68,12 @@ PROTOCOLS = {
 }
 SHORT = {"acc": "no fine-tune", "acc_ft": "fine-tuned", "acc_bn": "BN re-estimated"}
 
-# Causal scoring: every measured layer gets >= bins^2 = 256 samples. The classifier after global
-# pooling has one sample per noise example, hence samples=1024 (its outgoing MI is the "out"
-# score of conv3); conv1/conv2 (64 positions) and conv3 (16 positions) hit the 16384 cap.
+# Causal scoring: every measured layer gets >= bins^2 = 256 samples. In propagated mode the
+# classifier after global pooling has one sample per noise example, hence samples=1024 (its
+# outgoing MI is the "out" score of conv3); conv1/conv2 (64 positions) and conv3 (16 positions)
+# hit the 16384 cap. (In local mode every layer now gets exactly max_samples_per_layer rows, the
+# old name of samples_per_layer; samples, the old name of examples, only calibrates. The
+# published results were measured before that change.)
 CAUSAL = dict(
     input_range=(-1.0, 1.0),  # the data's range (pixels scaled to [-1, 1])
     bins=16,

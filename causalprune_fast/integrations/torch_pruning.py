@@ -78,7 +78,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             callable. All-zero importances are returned as they are (every normalizer would
             divide zero by zero).
         **score_model_kwargs: passed to :func:`causalprune_fast.score_model` (``mode``,
-            ``bins``, ``samples``, ``input_range``, ``seed``, ``example_input``, ...).
+            ``bins``, ``examples``, ``samples_per_layer``, ``input_range``, ``seed``,
+            ``example_input``, ...).
             ``progress`` defaults to False.
 
     Raises:

@@ -4,7 +4,9 @@
 - ``state.py``: :class:`LayerState`, what is known about one measured layer during a run.
 - ``hooks.py``: forward hooks that are always removed, and the model state restored on exit.
 - ``probe.py``: the input noise, and the probe pass (what each layer sees, which are called).
-- ``runner.py``: the forward passes of both modes, sample rows, budget batching.
+- ``runner.py``: the forward passes of propagated mode, binning, budget batching.
+- ``local.py``: local mode: calibration, then each layer alone, tiled within the budget.
+- ``sampling.py``: sample rows of both modes; how local mode makes a layer's rows.
 - ``layer_mi.py``: the MI of one layer (one process or distributed) and its LayerScores.
 - ``fused_local.py``: which layers the fused local kernel can measure, and how.
 """

@@ -112,6 +112,7 @@ def layer_scores(
     *,
     input_units: int,
     taps: str,
+    backend: str,
     response_note: str = "",
 ) -> LayerScores:
     """The :class:`LayerScores` of a measured layer (the only place one is built)."""
@@ -126,6 +127,8 @@ def layer_scores(
         response=s.response.description + response_note,
         response_reason=s.response.reason,
         samples=result.rows,
+        path=s.path,
+        backend=backend,
         input_units=input_units,
         groups=layer.groups,
         taps=taps,

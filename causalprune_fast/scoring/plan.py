@@ -2,9 +2,11 @@
 
 Every argument check of score_model lives in :meth:`ScorePlan.build`: a bad argument is a
 ValueError naming it, raised before the model runs. Internal names say what they count:
-``examples`` are noise examples (the public ``samples``), ``max_rows_per_layer`` caps a layer's
-(example, position) sample rows (the public ``max_samples_per_layer``), ``range_mode`` is how
-bin ranges are fixed (the public ``ranges``).
+``examples`` are the noise examples sent through the whole network (local mode's calibration
+pass, propagated mode's measured examples; the public ``examples``, formerly ``samples``),
+``rows_per_layer`` the sample rows of a layer (the public ``samples_per_layer``, formerly
+``max_samples_per_layer``: exact in local mode, a cap in propagated mode), ``range_mode`` is
+how bin ranges are fixed (the public ``ranges``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,42 @@ from causalprune_fast.layers import TAPS
 MODES = ("propagated", "local")
 RANGE_MODES = ("exact", "first-batch")
 
-DEFAULT_SAMPLES = 64  # noise examples
-DEFAULT_MAX_SAMPLES_PER_LAYER = 16384  # (example, position) sample rows per layer
+DEFAULT_EXAMPLES = 64  # noise examples through the whole network
+# Sample rows per layer: at 16 bins the plug-in bias (B - 1)^2 / (2 S ln 2) is 0.01 bits per
+# pair (docs/method.md section 5.3), 4x the 16 * bins^2 = 4096 floor, and the cost the
+# benchmarks were measured at (benchmarks/RESULTS.md).
+DEFAULT_SAMPLES_PER_LAYER = 16384
+DEFAULT_SAMPLES = DEFAULT_EXAMPLES  # old names
+DEFAULT_MAX_SAMPLES_PER_LAYER = DEFAULT_SAMPLES_PER_LAYER
+
+
+class NotGiven:
+    """The default of an argument that has an old name too: neither was given."""
+
+    def __init__(self, default: object):
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"{self.default!r} (default)"
+
+
+NOT_GIVEN_EXAMPLES = NotGiven(DEFAULT_EXAMPLES)
+NOT_GIVEN_SAMPLES_PER_LAYER = NotGiven(DEFAULT_SAMPLES_PER_LAYER)
+
+
+def resolve_alias(name: str, value: object, old_name: str, old_value: object) -> object:
+    """The value of argument ``name`` given under its own or its old name ``old_name``;
+    ValueError naming both when both are given and disagree."""
+    if isinstance(old_value, NotGiven):
+        return value.default if isinstance(value, NotGiven) else value
+    if isinstance(value, NotGiven):
+        return old_value
+    if type(value) is not type(old_value) or value != old_value:
+        raise ValueError(
+            f"{name}={value!r} and {old_name}={old_value!r} (its old name) disagree; give "
+            f"only {name}"
+        )
+    return value
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -68,8 +104,8 @@ class ScorePlan:
     taps: str
     bins: int
     correction: str | None
-    examples: int  # noise examples, over all ranks
-    max_rows_per_layer: int | None
+    examples: int  # noise examples through the network, over all ranks
+    rows_per_layer: int | None  # sample rows of a layer: exact (local) or a cap (propagated)
     batch_size: int  # noise examples per forward pass
     direction: str
     reduction: str
@@ -97,8 +133,10 @@ class ScorePlan:
         mode: str,
         taps: str,
         bins: int,
-        samples: int,
-        max_samples_per_layer: int | None,
+        examples: int | NotGiven,
+        samples_per_layer: int | None | NotGiven,
+        samples: int | NotGiven = NOT_GIVEN_EXAMPLES,
+        max_samples_per_layer: int | None | NotGiven = NOT_GIVEN_SAMPLES_PER_LAYER,
         batch_size: int | None,
         seed: int,
         layers: object,
@@ -150,9 +188,18 @@ class ScorePlan:
         v.check_correction(correction)
         v.check_choice(ranges, "ranges", RANGE_MODES)
         v.check_choice(backend, "backend", ("auto", *BACKENDS))
-        examples = v.check_int(samples, "samples (noise examples)", 1)
-        if max_samples_per_layer is not None:
-            v.check_int(max_samples_per_layer, "max_samples_per_layer", 1)
+        examples = resolve_alias("examples", examples, "samples", samples)
+        examples = v.check_int(examples, "examples (noise examples; old name samples)", 1)
+        rows = resolve_alias(
+            "samples_per_layer", samples_per_layer, "max_samples_per_layer", max_samples_per_layer
+        )
+        if rows is None and mode == "local":
+            raise ValueError(
+                "samples_per_layer=None (no cap) applies to mode='propagated' only; in local "
+                "mode every layer is measured on exactly samples_per_layer rows: give an int"
+            )
+        if rows is not None:
+            v.check_int(rows, "samples_per_layer (old name max_samples_per_layer)", 1)
         batch_size = examples if batch_size is None else v.check_int(batch_size, "batch_size", 1)
         seed = v.check_int(seed, "seed")
         if layers is not None:
@@ -181,7 +228,7 @@ class ScorePlan:
             bins=bins,
             correction=correction,
             examples=examples,
-            max_rows_per_layer=max_samples_per_layer,
+            rows_per_layer=rows,
             batch_size=batch_size,
             direction=direction,
             reduction=reduction,
@@ -203,8 +250,11 @@ class ScorePlan:
             "mode": self.mode,
             "taps": self.taps,
             "bins": self.bins,
+            "examples": self.examples,
+            "samples_per_layer": self.rows_per_layer,
+            # The same under their old names, for readers of older files.
             "samples": self.examples,
-            "max_samples_per_layer": self.max_rows_per_layer,
+            "max_samples_per_layer": self.rows_per_layer,
             "batch_size": self.batch_size,
             "seed": self.seed,
             "direction": self.direction,

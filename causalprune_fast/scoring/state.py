@@ -34,6 +34,7 @@ class LayerState:
     channel_lo: torch.Tensor | None = None  # local mode: per input channel range
     channel_hi: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    path: str = ""  # how it was measured: "propagated", "patches", "full-tensor", "fused-triton"
     result: LayerScores | None = None
 
     def add_time(self, key: str, seconds: float) -> None:

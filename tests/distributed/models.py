@@ -10,7 +10,12 @@ SETTINGS = {
         "kw": dict(samples=7, seed=3, progress=False, return_matrices=True, mode="propagated"),
         "fail_layer": "3",
     },
-    "cnn-local": {"kw": dict(samples=7, seed=3, progress=False, mode="local"), "fail_layer": "3"},
+    # Local mode: each layer's 600 rows are split over the ranks (300 each).
+    "cnn-local": {
+        "kw": dict(examples=7, samples_per_layer=600, seed=3, progress=False, mode="local"),
+        "fail_layer": "3",
+        "sharded_budget": 440_000,
+    },
     # Linear layers on [examples * tokens, features]: BLAS blocking may depend on the number of
     # rows, so the single-process reference uses the ranks' batches (3 examples each) to see
     # bit-identical activations.

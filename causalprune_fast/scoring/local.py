@@ -1,0 +1,222 @@
+"""Local mode (docs/method.md section 2.2): calibrate, then measure every layer on its own.
+
+1. **Calibration.** Propagated forward passes over the ``examples`` noise examples (in passes
+   of ``batch_size``; the same examples on every rank) record each layer's per-input-channel
+   min and max.
+2. **Measurement.** Each layer gets exactly ``samples_per_layer`` sample rows of fresh uniform
+   noise on those ranges, made by a :class:`~causalprune_fast.scoring.sampling.RowSource`
+   (``patches`` or ``full-tensor``), or the backend's fused kernel (``fused-triton``). The rows
+   are split over the ranks and, within ``memory_budget``, into tiles. One tile: the float
+   rows give the bin ranges and are binned. Several tiles: a first pass over the tiles finds
+   the ranges, a second regenerates the same rows and bins them, so the codes (and the scores)
+   equal those of one tile.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from causalprune_fast.backends import capability
+from causalprune_fast.distributed import DistContext
+from causalprune_fast.noise import LOCAL, example_seed, stream
+from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_epilogue
+from causalprune_fast.scoring.layer_mi import LayerMI
+from causalprune_fast.scoring.sampling import RowSource, row_source
+from causalprune_fast.scoring.state import LayerState, check_finite, clock
+
+
+class LocalMode:
+    """Runs local mode for a :class:`~causalprune_fast.scoring.runner.Runner`."""
+
+    def __init__(self, runner):
+        self.r = runner
+        self.plan, self.ctx, self.device = runner.plan, runner.ctx, runner.device
+
+    def run(self) -> None:
+        self.calibrate()
+        for s in self.r.states:
+            fused = self._fused(s)
+            if fused is not None:
+                self._measure_fused(s, *fused)
+            else:
+                self.measure(s)
+
+    def calibrate(self) -> None:
+        """Per-input-channel min and max of every layer over all ``examples`` noise
+        examples (stream INPUT), in passes of ``batch_size``."""
+
+        def calib_hook(s: LayerState) -> Callable:
+            def hook(module, args, output):
+                x = args[0]
+                dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
+                lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
+                if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+                    check_finite(x, s.layer.name, "input")  # min and max keep a NaN
+                check_finite(output, s.layer.name, "output")
+                lo, hi = lo.double(), hi.double()
+                if s.channel_lo is not None:
+                    lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
+                s.channel_lo, s.channel_hi = lo, hi
+
+            return hook
+
+        n, step = self.plan.examples, self.plan.batch_size
+        passes = [(b, min(step, n - b)) for b in range(0, n, step)]
+        self.r._forward_all(calib_hook, self.r.states, passes)
+
+    # ---------------------------------------------------------------- unfused
+    def source(self, s: LayerState) -> RowSource:
+        """How the rows of layer ``s`` are made: noise in the dtype the layer's input had in the
+        probe pass, or in its parameters' where that input is integer (token ids)."""
+        dtype = s.input_dtype
+        if dtype is None or not dtype.is_floating_point:
+            dtype = next(s.layer.module.parameters()).dtype
+        return row_source(
+            s.layer,
+            s.response,
+            index=s.index,
+            rows=s.rows,
+            input_shape=s.input_shape,
+            positions=s.positions,
+            lo=s.channel_lo.to(dtype),
+            hi=s.channel_hi.to(dtype),
+            taps=self.plan.taps,
+            seed=self.plan.seed,
+            device=self.device,
+            dtype=dtype,
+        )
+
+    def tiles(self, s: LayerState, source: RowSource, a: int, b: int) -> list[tuple[int, int]]:
+        """Units ``[a, b)`` split into tiles whose float rows fit ``memory_budget`` beside
+        the layer's codes; ValueError naming the layer and the budget where one cannot."""
+        budget = self.plan.memory_budget
+        codes = source.rows_in(a, b) * (s.layer.input_units(self.plan.taps) + s.layer.out_channels)
+        smallest = source.min_units * source.unit_bytes
+        if codes + smallest > budget:
+            what = "sample rows" if source.path == "patches" else "noise examples"
+            raise ValueError(
+                f"layer '{s.layer.name}': memory_budget={budget} bytes cannot hold its "
+                f"{source.rows_in(a, b)} rows of uint8 codes ({codes} bytes) and one tile of "
+                f"{source.min_units} {what} ({smallest} bytes); raise memory_budget or lower "
+                "samples_per_layer"
+            )
+        step = (budget - codes) // source.unit_bytes
+        step = max(source.min_units, step - step % source.min_units)
+        return [(t, min(t + step, b)) for t in range(a, b, step)]
+
+    def _make(self, s: LayerState, source: RowSource, tile: tuple[int, int]):
+        t0 = clock(self.device)
+        xr, yr = source.make(*tile)
+        s.add_time("forward", clock(self.device) - t0)
+        return xr, yr
+
+    def _bin(self, s: LayerState, xr: torch.Tensor, yr: torch.Tensor):
+        """Codes of the rows, on the layer's ranges or, where it has none yet, on their own
+        min and max; a non-finite response (its range is then non-finite) names the layer.
+        The input rows are noise on finite calibrated ranges, finite by construction."""
+        try:
+            return self.r._bin(s, xr, yr)
+        except ValueError as e:
+            if "finite" not in str(e):
+                raise
+            check_finite(yr, s.layer.name, f"response ({s.response.description})")
+            raise ValueError(f"layer '{s.layer.name}': {e}") from e
+
+    def measure(self, s: LayerState) -> None:
+        """Local mode of one layer without the fused kernel (module docstring)."""
+        error, kept, tiles = None, None, []
+        ctx = self.ctx  # a layer with fewer units than ranks is measured whole on each
+        try:
+            source = self.source(s)
+            if source.units < self.ctx.world:
+                ctx = DistContext()
+            a, b = ctx.shard(source.units)
+            tiles = self.tiles(s, source, a, b)
+            if len(tiles) == 1:
+                kept = self._make(s, source, tiles[0])
+            if len(tiles) > 1 or ctx.enabled:  # ranges over all tiles and ranks first
+                for tile in tiles:
+                    xr, yr = kept or self._make(s, source, tile)
+                    self.r._update_ranges(s, xr, yr)
+                if not bool(torch.isfinite(s.y_ranges).all()):  # min and max keep a NaN
+                    raise ValueError(
+                        f"layer '{s.layer.name}' produced non-finite value(s) (NaN/Inf) in its "
+                        f"response ({s.response.description}) under the noise input; check "
+                        "the model (or input_range) for overflow"
+                    )
+        except Exception as e:
+            error = e
+        self.ctx.check(error, f"at layer '{s.layer.name}'")
+        if ctx.enabled:
+            self.r._agree_ranges([s])
+        x_codes, y_codes = [], []
+        for tile in tiles:
+            xr, yr = kept or self._make(s, source, tile)
+            kept = None
+            xc, yc = self._bin(s, xr, yr)
+            del xr, yr
+            x_codes.append(xc)
+            y_codes.append(yc)
+        xc = x_codes[0] if len(x_codes) == 1 else torch.cat(x_codes).t().contiguous().t()
+        yc = y_codes[0] if len(y_codes) == 1 else torch.cat(y_codes).t().contiguous().t()
+        s.path = source.path
+        self.r._finish(s, xc, yc, ctx)
+
+    # ---------------------------------------------------------------- fused
+    def _fused(self, s: LayerState) -> tuple[Callable, FusedEpilogue] | None:
+        """The backend's fused local measurement and the layer's epilogue, where both apply:
+        one process, ``fused_local`` not False, a CUDA device (any device with True)."""
+        wanted = self.plan.fused_local
+        if self.ctx.enabled or wanted is False:
+            return None
+        if self.device.type != "cuda" and not wanted:
+            return None
+        epilogue = fused_epilogue(s.layer, s.response)
+        if epilogue is None:
+            return None
+        kernel = self._fused_kernel
+        return None if kernel is None else (kernel, epilogue)
+
+    @functools.cached_property
+    def _fused_kernel(self) -> Callable | None:
+        """The backend's fused local measurement on this device, looked up once per run."""
+        return capability(self.plan.backend, self.device, "local_linear_mi")
+
+    def _measure_fused(self, s: LayerState, kernel: Callable, epilogue: FusedEpilogue) -> None:
+        """Local mode of a Linear / 1x1 convolution in one fused kernel: noise generated in
+        registers (twice, instead of stored), the layer, its response, binning and joint
+        counts, reduced to MI, on ``samples_per_layer`` rows like the unfused path (its own
+        counter-based noise)."""
+        t0 = clock(self.device)
+        module = s.layer.module
+        try:
+            result, xr, yr = kernel(
+                module.weight.detach(),
+                None if module.bias is None else module.bias.detach(),
+                s.channel_lo,
+                s.channel_hi,
+                samples=s.rows,
+                seed=example_seed(self.plan.seed, stream(LOCAL, s.index), 0),
+                bins=self.plan.bins,
+                scale=epilogue.scale,
+                shift=epilogue.shift,
+                activation=epilogue.activation,
+                miller_madow=self.plan.miller_madow,
+                reduce=None if self.plan.return_matrices else "sum",
+                return_ranges=True,
+            )
+        except ValueError as e:
+            raise ValueError(f"layer '{s.layer.name}': {e}") from e
+        if self.plan.return_matrices:
+            matrix = result.cpu()
+            mi = LayerMI(matrix.double().sum(dim=1), matrix.double().sum(dim=0), matrix, s.rows)
+        else:
+            per_x, per_y = result
+            mi = LayerMI(per_x, per_y, None, s.rows)
+        s.add_time("mi", clock(self.device) - t0)
+        s.x_ranges, s.y_ranges = xr, yr
+        s.path = "fused-triton"
+        self.r._done(s, mi, input_units=s.layer.in_channels, note=" [fused Triton local kernel]")
