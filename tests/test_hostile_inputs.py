@@ -80,6 +80,14 @@ def test_score_model_rejects_before_running_and_leaves_state(kwargs, match):
     _assert_same(before, _state(model))
 
 
+def test_input_shape_too_large_to_allocate_names_input_shape():
+    model = _net()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"input_shape=\(3, 1099511627776, 8\): a noise batch"):
+        cf.score_model(model, (3, 2**40, 8), **FAST)
+    _assert_same(before, _state(model))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_backend_is_named_before_the_model_runs():
     calls = []
