@@ -249,8 +249,14 @@ def check_model(model: object, name: str = "model") -> nn.Module:
 
 def check_noise_range(lo: float, hi: float, dtype: torch.dtype, name: str = "input_range") -> None:
     """The noise box ``[lo, hi)`` must be drawable in ``dtype``: its bounds and its width
-    representable (a float32 model cannot take input_range=(0, 1e300))."""
+    representable (a float32 model cannot take input_range=(0, 1e300)), and whole numbers
+    for an integer dtype."""
     info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
+    if not dtype.is_floating_point and not (float(lo).is_integer() and float(hi).is_integer()):
+        raise ValueError(
+            f"{name}=({lo:g}, {hi:g}): integer noise ({dtype}) is drawn from the whole numbers "
+            "in [lo, hi); give whole-number bounds rather than have them truncated"
+        )
     if not (info.min <= lo and hi <= info.max and math.isfinite(hi - lo) and hi - lo <= info.max):
         raise ValueError(
             f"{name}=({lo:g}, {hi:g}) does not fit the noise dtype {dtype}: its bounds and "

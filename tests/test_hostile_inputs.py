@@ -64,6 +64,11 @@ SCORE_MODEL_CASES = [
     ({"seed": -(2**63) - 1}, r"seed must be in"),
     ({"input_range": (0.0, 1e300)}, r"input_range=.*does not fit the noise dtype torch.float32"),
     ({"input_range": (-3e38, 3e38)}, r"input_range=.*width hi - lo"),
+    (
+        {"input_dtype": torch.long, "input_range": (0.2, 0.8)},
+        r"input_range=\(0.2, 0.8\): integer noise \(torch.int64\)",
+    ),
+    ({"input_dtype": torch.uint8, "input_range": (0, 300)}, r"does not fit .* torch.uint8"),
     ({"layers": lambda name: 1 / 0}, r"layers: the callable .* raised on the layer name '0'"),
     ({"example_input": torch.zeros(1, *SHAPE, dtype=torch.bool)}, r"example_input must hold real"),
     ({"example_input": torch.zeros(1, *SHAPE, dtype=torch.complex64)}, r"example_input must"),
