@@ -264,8 +264,10 @@ def check_noise_range(lo: float, hi: float, dtype: torch.dtype, name: str = "inp
         )
 
 
-def check_output_path(path: object, name: str) -> str:
-    """A file path to write: its folder must exist and it must not be a directory."""
+def check_output_path(path: object, name: str, try_write: bool = False) -> str:
+    """A file path to write: its folder must exist and it must not be a directory. With
+    ``try_write``, a temporary file is also created (and removed) in the folder, so that an
+    unwritable folder is found before long work rather than at the end (the CLI)."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
@@ -278,13 +280,23 @@ def check_output_path(path: object, name: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{name} {path!r}: the folder {folder!r} does not exist")
+    if try_write:
+        import tempfile
+
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise PermissionError(
+                f"{name} {path!r}: cannot write in the folder {folder!r} ({e.strerror or e})"
+            ) from None
     return path
 
 
-def check_image_path(path: object, name: str) -> str:
+def check_image_path(path: object, name: str, try_write: bool = False) -> str:
     """An output path for a figure: :func:`check_output_path`, and an extension matplotlib
     can write (or none, which writes PNG)."""
-    path = check_output_path(path, name)
+    path = check_output_path(path, name, try_write)
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext:
         try:

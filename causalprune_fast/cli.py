@@ -164,9 +164,9 @@ def _check_args(args) -> None:
     from causalprune_fast._validation import check_image_path, check_output_path
 
     if args.out:
-        check_output_path(args.out, "--out")
+        check_output_path(args.out, "--out", try_write=True)
     if args.plot:
-        check_image_path(args.plot, "--plot")
+        check_image_path(args.plot, "--plot", try_write=True)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -285,7 +285,7 @@ def _run(args) -> int:
     if args.command == "plot":
         from causalprune_fast._validation import check_image_path
 
-        check_image_path(args.out, "--out")
+        check_image_path(args.out, "--out", try_write=True)
     scores = cf.CausalScores.load(args.file)
     if args.direction:
         scores = scores.with_direction(args.direction)

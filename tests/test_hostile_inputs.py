@@ -22,6 +22,8 @@ from causalprune_fast.integrations.torch_pruning import CausalImportance
 from causalprune_fast.nn_prune import causal_structured
 
 SHAPE = (3, 8, 8)
+# /proc takes no new files, even from root (for whom chmod does not make a folder unwritable).
+NEEDS_PROC = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")
 FAST = {"samples": 4, "progress": False}
 
 
@@ -282,6 +284,16 @@ def test_cli_usage_errors_are_one_line_exit_2(argv, match, capsys):
     [
         (["--plot", "{tmp}/fig.xyz"], r"--plot .*fig.xyz.*cannot write .xyz files"),
         (["--weights", "{tmp}"], r"--weights .* is a directory"),
+        pytest.param(
+            ["--out", "/proc/s.safetensors"],
+            r"--out '/proc/s.safetensors': cannot write in the folder",
+            marks=NEEDS_PROC,
+        ),
+        pytest.param(
+            ["--plot", "/proc/fig.png"],
+            r"--plot '/proc/fig.png': cannot write in the folder",
+            marks=NEEDS_PROC,
+        ),
         (["--num-classes", "0"], r"--num-classes must be a positive int, got 0"),
         (["--num-classes", "-3"], r"--num-classes must be a positive int, got -3"),
         (["--input-range", "0,1e300"], r"input_range=.*does not fit"),
