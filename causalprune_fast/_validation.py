@@ -3,10 +3,13 @@ argument (METHOD.md: "bad input gets a clear error"), raised before any kernel r
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 import re
 
 import torch
+import torch.nn as nn
 
 MIN_BINS, MAX_BINS = 2, 256
 
@@ -150,6 +153,11 @@ def check_example_input(value: object, name: str = "example_input") -> torch.Ten
     """None, or an input batch: a tensor with a batch dimension of at least one example."""
     if value is None:
         return None
+    if isinstance(value, torch.Tensor) and (value.dtype.is_complex or value.dtype == torch.bool):
+        raise ValueError(
+            f"{name} must hold real numbers (float or integer), got dtype {value.dtype}: the "
+            "noise is drawn in its dtype"
+        )
     if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] < 1:
         got = (
             f"shape {tuple(value.shape)}"
@@ -211,3 +219,111 @@ def parse_bytes(text: str, name: str) -> int:
     if value <= 0:
         raise ValueError(f"{name}={text!r} must be a positive number of bytes")
     return value
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed takes
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """An int seed in torch.manual_seed's range: larger ones would be silently truncated."""
+    seed = check_int(seed, name)
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be in [-2**63, 2**64 - 1], got {seed}")
+    return seed
+
+
+def check_model(model: object, name: str = "model") -> nn.Module:
+    """A module whose parameters and buffers hold data (none on the ``meta`` device)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    for kind, named in (("parameter", model.named_parameters), ("buffer", model.named_buffers)):
+        for pname, t in named():
+            if t.is_meta:
+                raise ValueError(
+                    f"{name} has its {kind} {pname!r} on the 'meta' device (no data): "
+                    "materialise it first, e.g. model.to_empty(device='cpu') and then "
+                    "load_state_dict(...)"
+                )
+    return model
+
+
+def check_noise_range(lo: float, hi: float, dtype: torch.dtype, name: str = "input_range") -> None:
+    """The noise box ``[lo, hi)`` must be drawable in ``dtype``: its bounds and its width
+    representable (a float32 model cannot take input_range=(0, 1e300)), and whole numbers
+    for an integer dtype."""
+    info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
+    if not dtype.is_floating_point and not (float(lo).is_integer() and float(hi).is_integer()):
+        raise ValueError(
+            f"{name}=({lo:g}, {hi:g}): integer noise ({dtype}) is drawn from the whole numbers "
+            "in [lo, hi); give whole-number bounds rather than have them truncated"
+        )
+    if not (info.min <= lo and hi <= info.max and math.isfinite(hi - lo) and hi - lo <= info.max):
+        raise ValueError(
+            f"{name}=({lo:g}, {hi:g}) does not fit the noise dtype {dtype}: its bounds and "
+            f"its width hi - lo must be within [{info.min:g}, {info.max:g}]"
+        )
+
+
+def check_output_path(path: object, name: str, try_write: bool = False) -> str:
+    """A file path to write: its folder must exist and it must not be a directory. With
+    ``try_write``, a temporary file is also created (and removed) in the folder, so that an
+    unwritable folder is found before long work rather than at the end (the CLI)."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{name} must not be empty")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{name} {path!r} is a directory; give a file name in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{name} {path!r}: the folder {folder!r} does not exist")
+    if try_write:
+        import tempfile
+
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise PermissionError(
+                f"{name} {path!r}: cannot write in the folder {folder!r} ({e.strerror or e})"
+            ) from None
+    return path
+
+
+def check_image_path(path: object, name: str, try_write: bool = False) -> str:
+    """An output path for a figure: :func:`check_output_path`, and an extension matplotlib
+    can write (or none, which writes PNG)."""
+    path = check_output_path(path, name, try_write)
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext:
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            return path  # plotting reports the missing matplotlib itself
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if ext not in formats:
+            raise ValueError(
+                f"{name} {path!r}: matplotlib cannot write .{ext} files; use one of "
+                f"{', '.join(sorted(formats))}"
+            )
+    return path
+
+
+def check_layer_record(name: str, incoming: object, outgoing: object, meta: object) -> None:
+    """One layer of a scores file: 1-D finite float score tensors and well-typed metadata,
+    so that a damaged file fails on load, not later in summary() or plot()."""
+    for key, t in (("incoming", incoming), ("outgoing", outgoing)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or not t.dtype.is_floating_point:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t)
+            raise ValueError(f"layer {name!r}: {key} must be a 1-D float tensor, got {got}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"layer {name!r}: {key} holds NaN or Inf")
+    if not isinstance(meta, dict):
+        raise ValueError(f"layer {name!r}: its metadata must be an object")
+    for key in ("samples", "input_units", "groups"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"layer {name!r}: {key} must be a non-negative int, got {value!r}")

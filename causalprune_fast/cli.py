@@ -34,10 +34,17 @@ def _floats(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from causalprune_fast.score import DEFAULT_EXAMPLES, DEFAULT_SAMPLES_PER_LAYER
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="causalprune",
         description="Data-free causal channel scores. Errors in what you give (a bad option, "
         "a missing file, a model that cannot be built) end with one line on stderr and exit "
@@ -161,20 +168,24 @@ def _check_device(text: str) -> torch.device:
 
 def _check_args(args) -> None:
     """Everything about the ``score`` arguments that can be checked before the long work."""
-    from causalprune_fast.results import _check_output_path
+    from causalprune_fast._validation import check_image_path, check_output_path
 
     if args.out:
-        _check_output_path(args.out, "--out")
+        check_output_path(args.out, "--out", try_write=True)
     if args.plot:
-        _check_output_path(args.plot, "--plot")
+        check_image_path(args.plot, "--plot", try_write=True)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
     if args.timeout < 1:
         raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.weights and os.path.isdir(args.weights):
+        raise IsADirectoryError(f"--weights {args.weights!r} is a directory, not a weights file")
     if args.weights and not os.path.isfile(args.weights):
         raise FileNotFoundError(f"--weights {args.weights!r} does not exist")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes must be a positive int, got {args.num_classes}")
     if args.layers:
         try:
             re.compile(args.layers)
@@ -289,9 +300,9 @@ def _run(args) -> int:
             print(f"{name:10s} {'yes' if status.available else 'no ':3s} {status.detail}")
         return 0
     if args.command == "plot":
-        from causalprune_fast.results import _check_output_path
+        from causalprune_fast._validation import check_image_path
 
-        _check_output_path(args.out, "--out")
+        check_image_path(args.out, "--out", try_write=True)
     scores = cf.CausalScores.load(args.file)
     if args.direction:
         scores = scores.with_direction(args.direction)

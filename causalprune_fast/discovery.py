@@ -27,7 +27,13 @@ def _matches(name: str, spec: str | re.Pattern | Callable) -> bool:
         return spec.fullmatch(name) is not None
     if isinstance(spec, str):
         return re.fullmatch(spec, name) is not None
-    return bool(spec(name))
+    try:
+        return bool(spec(name))
+    except Exception as e:
+        raise ValueError(
+            f"layers: the callable {spec!r} raised on the layer name {name!r}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 def check_layer_filter(layers: object) -> list[str | re.Pattern | Callable]:

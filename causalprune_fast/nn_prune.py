@@ -131,6 +131,8 @@ def _check_arguments(module, name, amount, scores, dim) -> None:
         s = torch.as_tensor(scores)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"scores must be a 1-D tensor of numbers ({e})") from None
+    if s.is_meta:
+        raise ValueError("scores are on the 'meta' device (no data): give real scores")
     if s.dim() != 1:
         raise ValueError(f"scores must be 1-D (one per output channel), got shape {tuple(s.shape)}")
     if s.is_complex() or s.dtype == torch.bool or not bool(torch.isfinite(s.double()).all()):

@@ -93,8 +93,7 @@ def _check_arguments(
     score_model_kwargs,
 ) -> tuple[tuple[int, ...] | None, list[nn.Module] | None]:
     """Every argument of :func:`prune`, checked before anything touches the model."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    v.check_model(model)
     if next(model.parameters(), None) is None:
         raise ValueError("model has no parameters: there is nothing to prune")
     if (

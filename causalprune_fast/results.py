@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from causalprune_fast._validation import check_image_path, check_layer_record, check_output_path
 from causalprune_fast.channel_graph import Member
 from causalprune_fast.channel_scores import (
     DIRECTIONS,
@@ -257,9 +258,10 @@ class CausalScores(Mapping):
         Raises:
             TypeError: ``path`` not a path, or ``ax`` not a matplotlib Axes.
             FileNotFoundError: the folder of ``path`` does not exist (checked before drawing).
+            ValueError: matplotlib cannot write files with the extension of ``path``.
         """
         if path is not None:
-            path = _check_output_path(path, "path")
+            path = check_image_path(path, "path")
         try:
             import matplotlib.axes
             import matplotlib.figure
@@ -300,10 +302,11 @@ class CausalScores(Mapping):
             TypeError: ``path`` is not a str or os.PathLike.
             IsADirectoryError: ``path`` is a directory.
             FileNotFoundError: the folder of ``path`` does not exist.
+            OSError: the file could not be written (the message names ``path``).
         """
         from safetensors.torch import save_file
 
-        path = _check_output_path(path, "path")
+        path = check_output_path(path, "path")
 
         tensors = {}
         for name, s in self.layers.items():
@@ -329,9 +332,11 @@ class CausalScores(Mapping):
         try:
             save_file(tensors, tmp, metadata={"causalprune": json.dumps(meta)})
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             if os.path.lexists(tmp):
                 os.remove(tmp)
+            if isinstance(e, Exception) and not isinstance(e, OSError):  # SafetensorError
+                raise OSError(f"path {path!r} could not be written: {e}") from e
             raise
 
     @classmethod
@@ -380,7 +385,7 @@ class CausalScores(Mapping):
                 )
             try:
                 return cls._from_meta(meta, f, set(f.keys()))
-            except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+            except (KeyError, TypeError, IndexError, AttributeError, ValueError, RuntimeError) as e:
                 detail = f"missing entry {e}" if isinstance(e, KeyError) else f"{e}"
                 raise invalid(f"{detail} ({type(e).__name__})") from None
 
@@ -398,6 +403,9 @@ class CausalScores(Mapping):
                 raise KeyError(f"metadata {key!r}")
         layers = {}
         for name, m in meta["layers"].items():
+            check_layer_record(
+                name, get(f"layer/{name}/incoming", True), get(f"layer/{name}/outgoing", True), m
+            )
             layers[name] = LayerScores(
                 name=name,
                 kind=m["kind"],
@@ -425,23 +433,6 @@ class CausalScores(Mapping):
         return cls(
             layers, groups, meta["config"], meta["unsupported"], meta["timings"], meta.get("heads")
         )
-
-
-def _check_output_path(path: object, name: str) -> str:
-    """A file path to write: its folder must exist and it must not be a directory."""
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path:
-        raise ValueError(f"{name} must not be empty")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{name} {path!r} is a directory; give a file name in it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{name} {path!r}: the folder {folder!r} does not exist")
-    return path
 
 
 def few_sample_layers(layers: Mapping[str, LayerScores], bins: int) -> list[str]:

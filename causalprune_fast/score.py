@@ -252,3 +252,17 @@ def score_model_keywords() -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     return set(params) - {"model", "input_shape"}
+
+
+def check_score_arguments(
+    model: nn.Module, input_shape: Sequence[int] | None = None, **kwargs
+) -> ScorePlan:
+    """Check what would be passed to :func:`score_model` without running the model: the
+    argument checks of ``score_model`` (a ValueError naming the argument) and the ``layers``
+    filter against the model's layers. For callers that score later (CausalImportance)."""
+    bound = inspect.signature(score_model).bind(model, input_shape, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    plan = ScorePlan.build(arguments.pop("model"), arguments.pop("input_shape"), **arguments)
+    find_layers(model, plan.layers)
+    return plan

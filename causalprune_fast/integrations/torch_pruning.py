@@ -36,7 +36,7 @@ from causalprune_fast.channel_graph import members_of_group
 from causalprune_fast.channel_scores import channel_scores
 from causalprune_fast.outputs import output_tensors
 from causalprune_fast.results import CausalScores
-from causalprune_fast.score import score_model, score_model_keywords
+from causalprune_fast.score import check_score_arguments, score_model, score_model_keywords
 
 __all__ = ["CausalImportance"]
 
@@ -102,6 +102,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
                 f"model must be the torch.nn.Module to prune (CausalImportance(model, "
                 f"input_shape, ...)), got {type(model).__name__}"
             )
+        v.check_model(model)
         shape = v.check_input_shape(input_shape)
         if direction not in ("in", "out", "both"):
             raise ValueError(f"direction must be 'in', 'out' or 'both', got {direction!r}")
@@ -116,11 +117,15 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         example = v.check_example_input(score_model_kwargs.get("example_input"))
         if shape is None and example is None:
             raise ValueError("give input_shape (or example_input=...)")
+        score_model_kwargs = {"progress": False, **score_model_kwargs}
+        # Every score_model argument now, not at the pruner's first step (and layers
+        # filters against the model's layers).
+        check_score_arguments(model, shape, **score_model_kwargs)
         super().__init__(group_reduction=group_reduction, normalizer=normalizer)
         self.model = model
         self.input_shape = shape
         self.direction = direction
-        self.score_model_kwargs = {"progress": False, **score_model_kwargs}
+        self.score_model_kwargs = score_model_kwargs
         self._key: tuple | None = None
         self._scores: CausalScores | None = None
         self._graph_key: tuple | None = None

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from causalprune_fast import _validation as v
 from causalprune_fast.backends import BACKENDS
+from causalprune_fast.backends import _unusable as backend_problem
 from causalprune_fast.channel_scores import DIRECTIONS, REDUCTIONS
 from causalprune_fast.discovery import check_layer_filter
 from causalprune_fast.estimator import default_memory_budget
@@ -152,8 +153,7 @@ class ScorePlan:
         fused_local: bool | None,
     ) -> ScorePlan:
         """Check every argument of score_model (ValueError naming it) and freeze them."""
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        v.check_model(model)
         device, param_dtype = model_device_dtype(model)
         if input_dtype is not None and (
             not isinstance(input_dtype, torch.dtype)
@@ -201,10 +201,15 @@ class ScorePlan:
         if rows is not None:
             v.check_int(rows, "samples_per_layer (old name max_samples_per_layer)", 1)
         batch_size = examples if batch_size is None else v.check_int(batch_size, "batch_size", 1)
-        seed = v.check_int(seed, "seed")
+        seed = v.check_seed(seed)
         if layers is not None:
             check_layer_filter(layers)
         lo, hi = _check_range(input_range)
+        v.check_noise_range(lo, hi, dtype)
+        if backend != "auto":
+            problem = backend_problem(backend, device)
+            if problem is not None:
+                raise ValueError(problem)
         budget = v.check_memory_budget(
             default_memory_budget() if memory_budget is None else memory_budget
         )

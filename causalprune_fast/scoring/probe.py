@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -16,17 +17,28 @@ from causalprune_fast.scoring.state import LayerState
 
 
 def input_noise(plan: ScorePlan, start: int, count: int) -> torch.Tensor:
-    """Noise examples ``start .. start + count - 1`` at the model's input."""
-    return uniform_examples(
-        plan.input_shape,
-        start,
-        count,
-        *plan.input_range,
-        seed=plan.seed,
-        stream=stream(INPUT),
-        device=plan.device,
-        dtype=plan.input_dtype,
-    )
+    """Noise examples ``start .. start + count - 1`` at the model's input; a batch that
+    cannot be allocated is a ValueError naming input_shape (and batch_size)."""
+    try:
+        return uniform_examples(
+            plan.input_shape,
+            start,
+            count,
+            *plan.input_range,
+            seed=plan.seed,
+            stream=stream(INPUT),
+            device=plan.device,
+            dtype=plan.input_dtype,
+        )
+    except (RuntimeError, MemoryError) as e:
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
+            raise
+        size = count * math.prod(plan.input_shape) * plan.input_dtype.itemsize
+        raise ValueError(
+            f"input_shape={plan.input_shape}: a noise batch of {count} example(s) needs "
+            f"{size} bytes on {plan.device}, which cannot be allocated; check input_shape "
+            f"(one example, without the batch dimension) or lower batch_size"
+        ) from None
 
 
 def probe(
