@@ -1,5 +1,5 @@
 """What users would use instead of causalprune_fast to get the same pairwise MI: the anchors
-every benchmark compares against, each computing exactly METHOD.md section 5 on given codes."""
+every benchmark compares against, each computing exactly docs/method.md section 5 on given codes."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Implements "On Causal Inference for Data-free Structured Pruning" (Ferianc et al., 2021): drive
 a network with maximum-entropy noise and score every channel by the binned mutual information
-that flows through it. What is computed is specified in METHOD.md; the estimator's entry points
+that flows through it. What is computed is specified in docs/method.md; the estimator's entry points
 are :func:`pairwise_mi` and :func:`quantize`.
 """
 

@@ -1,5 +1,5 @@
-"""Argument checks of the public estimator API: every failure is a ValueError naming the
-argument (METHOD.md: "bad input gets a clear error"), raised before any kernel runs."""
+"""Argument checks of the public API: every failure is a ValueError naming the argument,
+raised before any kernel runs or the model is touched."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Attention: measured layers that are not modules of their own, and attention-head scores
-(METHOD.md section 3: attention heads; section 6: an attention head is the set of its
+(docs/method.md section 3: attention heads; section 6: an attention head is the set of its
 channels).
 
 Virtual layers

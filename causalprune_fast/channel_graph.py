@@ -1,5 +1,5 @@
 """Producers and consumers of every prunable channel, from Torch-Pruning's dependency graph
-(METHOD.md section 6; the reductions into channel scores are in ``channel_scores.py``).
+(docs/method.md section 6; the reductions into channel scores are in ``channel_scores.py``).
 
 A Torch-Pruning group rooted at a layer's output channels lists every coupled module with the
 channel indices it shares with the root: out-channel members (conv/linear whose output

@@ -1,5 +1,5 @@
 """Channel scores from per-layer MI sums: directions ``in``/``out``/``both`` and reductions
-``sum``/``mean``/``max`` over a channel's producers or consumers (METHOD.md section 6).
+``sum``/``mean``/``max`` over a channel's producers or consumers (docs/method.md section 6).
 
 A channel's entries are every (member layer, feature of that layer that carries the channel)
 pair of its group (``channel_graph.Member``): a conv channel read through Flatten by a Linear
@@ -72,7 +72,7 @@ def channel_scores(
     direction: str,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Scores of a root layer's output channels (METHOD.md section 6).
+    """Scores of a root layer's output channels (docs/method.md section 6).
 
     ``in``: reduction of the producers' ``incoming``; ``out``: of the consumers'
     ``outgoing``; ``both``: the two, each divided by its mean over the channels, added. The

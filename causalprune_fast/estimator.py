@@ -2,7 +2,7 @@
 
 Thin wrappers in the style of ``torchvision.ops``: they validate arguments (ValueError naming
 the argument), bin float activations, split the work into memory-bounded column chunks
-(``tiling.py``) and call one backend (``backends.py``). What is computed is METHOD.md sections
+(``tiling.py``) and call one backend (``backends.py``). What is computed is docs/method.md sections
 4 and 5.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["quantize", "pairwise_mi", "PairwiseMISums", "default_memory_budget"]
 class PairwiseMISums(NamedTuple):
     """Row and column sums of the MI matrix, float64.
 
-    ``per_x[i] = sum_j MI[i, j]`` (what input unit i passes on: METHOD.md's ``outgoing`` before
+    ``per_x[i] = sum_j MI[i, j]`` (what input unit i passes on: docs/method.md's ``outgoing`` before
     the per-channel reduction) and ``per_y[j] = sum_i MI[i, j]`` (``incoming``).
     """
 
@@ -61,7 +61,7 @@ def quantize(
     *,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bin every column of ``x`` into ``bins`` equal-width bins (METHOD.md section 4).
+    """Bin every column of ``x`` into ``bins`` equal-width bins (docs/method.md section 4).
 
     Args:
         x: float activations ``[samples, columns]`` (float16, bfloat16, float32 or float64).
@@ -114,7 +114,7 @@ def pairwise_mi(
     """Plug-in mutual information, in bits, of every (x column, y column) pair.
 
     Args:
-        x: ``[samples, Cx]`` float activations (binned per column, METHOD.md section 4) or
+        x: ``[samples, Cx]`` float activations (binned per column, docs/method.md section 4) or
             integer codes in ``[0, bins_x)``.
         y: ``[samples, Cy]``, likewise.
         bins: bins for both, or ``(bins_x, bins_y)``; 2..256.

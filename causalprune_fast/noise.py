@@ -1,4 +1,4 @@
-"""The maximum-entropy perturbation (METHOD.md section 1): i.i.d. uniform noise on a box.
+"""The maximum-entropy perturbation (docs/method.md section 1): i.i.d. uniform noise on a box.
 
 Every noise example is drawn from its own generator, seeded from ``(seed, stream, example
 index)``, where the stream says what the noise is for and for which layer (:func:`stream`),

@@ -3,7 +3,7 @@
 Channels are removed physically through Torch-Pruning's dependency graph (coupled layers,
 residual streams, depthwise convolutions and attention heads stay consistent); the criterion is
 :class:`~causalprune_fast.integrations.torch_pruning.CausalImportance`. With
-``sequential=True`` (METHOD.md section 2), layers are scored and pruned one group at a time in
+``sequential=True`` (docs/method.md section 2), layers are scored and pruned one group at a time in
 the pruner's order, each scored on the network as already pruned before it.
 """
 

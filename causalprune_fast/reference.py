@@ -1,7 +1,7 @@
 """Pure-PyTorch float64 reference of the estimator: clear rather than fast.
 
 This is the ground truth every other backend is tested against. It follows
-``METHOD.md`` sections 4 and 5 literally: per-column equal-width binning, joint counts of every
+``docs/method.md`` sections 4 and 5 literally: per-column equal-width binning, joint counts of every
 (x column, y column) pair as a float64 one-hot product (exact for counts below 2**53), and the
 plug-in MI in bits. Functions here take already validated arguments; the public entry points
 are :func:`causalprune_fast.quantize` and :func:`causalprune_fast.pairwise_mi`.

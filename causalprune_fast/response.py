@@ -1,4 +1,4 @@
-"""Where each layer's outputs are measured: its response point (METHOD.md section 3).
+"""Where each layer's outputs are measured: its response point (docs/method.md section 3).
 
 The response point is after the per-channel normalisation and the elementwise activation that
 directly follow the layer (conv -> bn -> relu is measured after relu), found from the model's

@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LayerScores:
-    """What was measured for one layer (METHOD.md section 6)."""
+    """What was measured for one layer (docs/method.md section 6)."""
 
     name: str
     kind: str

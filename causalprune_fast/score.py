@@ -1,4 +1,4 @@
-"""Whole-network causal scoring: :func:`score_model` (METHOD.md sections 1-3 and 6).
+"""Whole-network causal scoring: :func:`score_model` (docs/method.md sections 1-3 and 6).
 
 The network, in eval mode and without gradients, is driven by seeded uniform noise on the
 model's device. This module is the public entry: it checks the arguments into a
@@ -98,7 +98,7 @@ def score_model(
         input_shape: shape of one input example, without the batch dimension, e.g.
             ``(3, 224, 224)``. Or give ``example_input`` (a tensor whose shape after the
             batch dimension and whose dtype are used; its values are not).
-        input_range: the box ``(lo, hi)`` of the uniform noise (METHOD.md section 1); for
+        input_range: the box ``(lo, hi)`` of the uniform noise (docs/method.md section 1); for
             integer (token) inputs, ``(0, vocab)``.
         input_dtype: dtype of the noise; default the model's parameter dtype, or
             ``example_input``'s.
@@ -120,7 +120,7 @@ def score_model(
         batch_size: noise examples per forward pass (default: all at once).
         seed: seed of the noise and of the subsampling.
         layers: filter of measured layers by qualified name (a name, regex, callable or list).
-        direction: ``"in"``, ``"out"`` or ``"both"`` (METHOD.md section 6).
+        direction: ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6).
         reduction: reduction over a channel's producers/consumers: ``"sum"``, ``"mean"``,
             ``"max"``.
         correction: ``None`` or ``"miller-madow"``.

@@ -1,6 +1,6 @@
 """Memory-bounded tiling of one ``pairwise_mi`` call into column chunks.
 
-Joint histograms are independent across pairs (METHOD.md section 7), so a layer of any width is
+Joint histograms are independent across pairs (docs/method.md section 7), so a layer of any width is
 processed as a sequence of (x columns, y columns) chunks whose backend workspace fits the
 budget. Chunks follow the group structure: whole groups at a time when they fit, otherwise
 sub-chunks inside one group.

@@ -1,4 +1,4 @@
-"""Channel scores from producers and consumers (METHOD.md section 6): reductions over every
+"""Channel scores from producers and consumers (docs/method.md section 6): reductions over every
 feature that carries a channel (issue 10), bounded group building, and the record of
 ``out``/``both`` falling back to ``in`` (issue 11)."""
 

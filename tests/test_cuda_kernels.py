@@ -1,7 +1,7 @@
 """The CUDA kernels of causalprune_fast (csrc/causalprune_fast/cuda/) against the CPU kernels.
 
 Every GPU test runs an op on CUDA tensors and the same op on ``.cpu()`` copies (the CPU kernels
-are the semantic ground truth) and asks for agreement to 1e-5 bits (METHOD.md section 5), and
+are the semantic ground truth) and asks for agreement to 1e-5 bits (docs/method.md section 5), and
 for bit-identical codes from ``quantize``. They are skipped where no GPU is visible. One test
 runs everywhere: with ``CAUSALPRUNE_EXPECT_CUDA=1`` (set by CI builds with CUDA) it checks that
 the extension was compiled with its CUDA kernels. Another needs only a host C++ compiler: it

@@ -1,5 +1,5 @@
 """Every backend of pairwise_mi / quantize against the independent NumPy reference
-(tests/npref.py), on random data and on the edge cases of METHOD.md and issue 2."""
+(tests/npref.py), on random data and on the edge cases of docs/method.md and issue 2."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from causalprune_fast.triton_kernels import local_linear as ll  # noqa: E402
 _OK, _WHY = tk.is_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=_WHY)
 DEVICE = "cpu" if tk.INTERPRET else "cuda"
-TOL = 1e-5  # bits (METHOD.md section 5)
+TOL = 1e-5  # bits (docs/method.md section 5)
 EPS = torch.finfo(torch.float32).eps
 # |y_triton - y_torch| <= ULPS * eps * (magnitude of the sum + |y|); at most 1.7 was seen under
 # the interpreter (all activations, Cin <= 40); a GPU's FMA chain may round a little differently.

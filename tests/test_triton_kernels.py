@@ -23,7 +23,7 @@ from causalprune_fast import triton_kernels as tk  # noqa: E402
 _OK, _WHY = tk.is_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=_WHY)
 DEVICE = "cpu" if tk.INTERPRET else "cuda"
-TOL = 1e-5  # bits (METHOD.md section 5)
+TOL = 1e-5  # bits (docs/method.md section 5)
 
 try:
     from causalprune_fast import _extension

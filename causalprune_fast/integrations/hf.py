@@ -1,5 +1,5 @@
 """Hugging Face ``transformers`` specifics: GPT-2's ``Conv1D`` as a measured layer, and the
-attention heads of HF attention modules (METHOD.md section 3: attention heads and MLP neurons
+attention heads of HF attention modules (docs/method.md section 3: attention heads and MLP neurons
 in transformers).
 
 Nothing here imports ``transformers``: modules are recognised by their class name and

@@ -11,7 +11,7 @@
 Called with a dependency group of ``model``, :class:`CausalImportance` returns the 1-D
 importance of the group's channels like Torch-Pruning's own criteria: out-channel members
 contribute their ``incoming`` MI, in-channel members their ``outgoing`` MI, as ``direction``
-says (METHOD.md section 6), reduced over the coupled layers (``group_reduction``) and
+says (docs/method.md section 6), reduced over the coupled layers (``group_reduction``) and
 optionally normalised by Torch-Pruning's own normalizers (``normalizer``, as in
 ``tp.importance.GroupMagnitudeImportance``, of which this is a subclass). Only Torch-Pruning's
 public API is used: the model is the one given to the constructor, layer names come from its
@@ -185,7 +185,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         )
         if count is not None and idxs != list(range(count)):
             # A subset of the channels: score all of them (so "both" normalises over the whole
-            # tensor, METHOD.md section 6) and pick the subset.
+            # tensor, docs/method.md section 6) and pick the subset.
             full = self(dg.get_pruning_group(root, handler, list(range(count))))
             return None if full is None else full[idxs]
         scores = self.scores()

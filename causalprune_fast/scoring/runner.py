@@ -228,7 +228,7 @@ class Runner:
         return batches
 
     def propagated(self) -> None:
-        """One perturbation at the input flows through the network (METHOD.md section 2)."""
+        """One perturbation at the input flows through the network (docs/method.md section 2)."""
         for s in self.states:
             s.path = "propagated"
         # One pass per rank and ranges from its data: MI right inside the hook. Otherwise

@@ -1,5 +1,5 @@
 """The layer side of the fused ``local``-mode Linear kernels (local_linear.py): noise, layer,
-response and the pass-1 range kernel (METHOD.md sections 2 and 4).
+response and the pass-1 range kernel (docs/method.md sections 2 and 4).
 
 * noise: sample ``s``, input unit ``i``: ``u = lo_i + (hi_i - lo_i) * r`` (float32, multiply
   then add, then clamped to ``hi_i``), ``r = tl.rand(seed, s * Cin + i)``: Triton's

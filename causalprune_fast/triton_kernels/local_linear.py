@@ -1,8 +1,8 @@
 """Fused ``local``-mode MI of a Linear (or 1x1, stride-1, ungrouped convolution) layer.
 
-In ``local`` mode (METHOD.md section 2) a layer's input is replaced by fresh uniform noise on
+In ``local`` mode (docs/method.md section 2) a layer's input is replaced by fresh uniform noise on
 per-input-unit ranges ``[lo_i, hi_i]``. For a Linear layer the whole measurement (noise, layer,
-response, binning, joint histograms, MI; METHOD.md sections 3-5) fits in two kernels, so that
+response, binning, joint histograms, MI; docs/method.md sections 3-5) fits in two kernels, so that
 neither the noise nor the activations ever touch global memory:
 
 * pass 1 (``layer_response._range_kernel``): per-column min / max of the noise ``u`` and of

@@ -1,6 +1,6 @@
 """Building blocks shared by every Triton kernel of causalprune_fast, as ``mi_math.h`` is for
-the C++ and CUDA kernels: binning (METHOD.md section 4), joint counts of a tile of pairs as one
-int8 one-hot matrix product, and the float64 MI epilogue (METHOD.md section 5).
+the C++ and CUDA kernels: binning (docs/method.md section 4), joint counts of a tile of pairs as one
+int8 one-hot matrix product, and the float64 MI epilogue (docs/method.md section 5).
 
 A tile holds ``PX`` x columns and ``PY`` y columns. Bins are padded to a power of two and split
 into sub-blocks of ``SBX`` (``SBY``) bins, ``KX`` (``KY``) of them per column (at most 2: more

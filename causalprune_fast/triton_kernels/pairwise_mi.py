@@ -1,4 +1,4 @@
-"""Fused joint-histogram + mutual-information Triton kernel (METHOD.md sections 5 and 7).
+"""Fused joint-histogram + mutual-information Triton kernel (docs/method.md sections 5 and 7).
 
 The joint counts of a tile of pairs are one integer matrix product on the tensor cores:
 

@@ -1,6 +1,6 @@
 // Arithmetic shared by every C++ and CUDA kernel of causalprune_fast.
 //
-// These helpers are the single definition of METHOD.md sections 4 (binning) and 5 (mutual
+// These helpers are the single definition of docs/method.md sections 4 (binning) and 5 (mutual
 // information). They are `__host__ __device__` so that the CPU kernels (and so the CPU tests)
 // exercise exactly the code the CUDA kernels run.
 #pragma once
@@ -21,7 +21,7 @@ constexpr int kMinBins = 2;
 constexpr int kMaxBins = 256;
 constexpr double kLn2 = 0.693147180559945309417232121458176568;
 
-// Equal-width bin of one value on the column range [lo, hi] (METHOD.md section 4):
+// Equal-width bin of one value on the column range [lo, hi] (docs/method.md section 4):
 //   code = min(floor((v - lo) / (hi - lo) * bins), bins - 1), clamped below at 0.
 // The arithmetic is done in float64 in exactly this order by every backend (the PyTorch
 // reference, C++, CUDA and Triton), so all of them produce identical codes.
@@ -48,7 +48,7 @@ CPF_HD double xlogx(double n) {
   return n > 0.0 ? n * log(n) : 0.0;
 }
 
-// Plug-in mutual information in bits (METHOD.md section 5) from
+// Plug-in mutual information in bits (docs/method.md section 5) from
 //   joint    = sum_ab n_ab ln n_ab,
 //   marg_x   = sum_a n_a ln n_a,
 //   marg_y   = sum_b n_b ln n_b,
@@ -100,7 +100,7 @@ CPF_HD HistogramTerms merge_terms(HistogramTerms a, HistogramTerms b) {
   return HistogramTerms{a.xlogx_sum + b.xlogx_sum, a.nonempty + b.nonempty};
 }
 
-// NaN-propagating [min, max] of a set of values (METHOD.md section 4: each column is binned on
+// NaN-propagating [min, max] of a set of values (docs/method.md section 4: each column is binned on
 // its own range). Same result as the CPU quantize kernel's column_min_max: the minimum and
 // maximum of the values, or lo = hi = NaN as soon as one value is NaN; the empty set is
 // (+inf, -inf), the identity of minmax_merge.

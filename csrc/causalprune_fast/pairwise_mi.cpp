@@ -1,4 +1,4 @@
-// Schemas of the pairwise mutual-information ops (METHOD.md section 5).
+// Schemas of the pairwise mutual-information ops (docs/method.md section 5).
 // Kernels: cpu/pairwise_mi_kernel.cpp, cuda/pairwise_mi_kernel.cu. Python wrapper:
 // causalprune_fast/estimator.py (pairwise_mi).
 #include <torch/library.h>

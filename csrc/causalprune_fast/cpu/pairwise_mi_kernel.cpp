@@ -1,4 +1,4 @@
-// CPU kernels of `pairwise_mi` and `pairwise_mi_sums` (METHOD.md sections 5 and 7).
+// CPU kernels of `pairwise_mi` and `pairwise_mi_sums` (docs/method.md sections 5 and 7).
 //
 // Work is split into tiles of pairs (a few x columns by a few y columns, within one group).
 // Each tile's joint histograms live only in a thread's private buffer: they are reduced to one

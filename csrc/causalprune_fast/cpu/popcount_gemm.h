@@ -1,4 +1,4 @@
-// Joint histograms as a binary matrix product (METHOD.md section 7, "bit masks per (channel,
+// Joint histograms as a binary matrix product (docs/method.md section 7, "bit masks per (channel,
 // bin) with AND + popcount"), for the CPU.
 //
 // Every column c of a code matrix and every bin b < bins - 1 get one bit mask over the samples:

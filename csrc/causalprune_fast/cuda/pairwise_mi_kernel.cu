@@ -1,5 +1,5 @@
 // CUDA kernels of `pairwise_mi` and `pairwise_mi_sums` (schemas in ../pairwise_mi.cpp; CPU
-// ground truth in ../cpu/pairwise_mi_kernel.cpp; METHOD.md sections 5 and 7).
+// ground truth in ../cpu/pairwise_mi_kernel.cpp; docs/method.md sections 5 and 7).
 //
 // Joint counts are an int8 one-hot matrix product on the tensor cores,
 //   counts[(i, a), (j, b)] = sum_s [x[s, i] == a] * [y[s, j] == b],
