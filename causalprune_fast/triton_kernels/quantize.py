@@ -1,4 +1,5 @@
-"""Triton kernels of ``quantize``: per-column ranges and equal-width codes (docs/method.md section 4).
+"""Triton kernels of ``quantize``: per-column ranges and equal-width codes
+(docs/method.md section 4).
 
 Two kernels, in the style of Triton's tutorials:
 
