@@ -1,27 +1,15 @@
-"""CausalScores: the result of scoring a model, with save/load, a summary table and plots.
-
-File format (``save``/``load``): a safetensors file. Tensors are named
-``layer/<name>/incoming``, ``layer/<name>/outgoing``, optionally ``layer/<name>/x_ranges``,
-``layer/<name>/y_ranges`` and ``layer/<name>/matrix``; ``score/<name>`` holds the channel
-scores under the stored direction and ``head/<name>`` attention-head scores. The header's
-metadata entry ``causalprune`` is a JSON document with ``config`` (every setting of the run),
-``layers`` (per layer: kind, response point and reason, samples, path and backend (absent
-in older files: None), units, groups, taps,
-sensitivity, timings), ``groups`` (producers and consumers of each layer's output channels,
-so scores can be recomputed under another direction), ``unsupported`` and ``timings``.
-"""
+"""CausalScores: the result of scoring a model, with a summary table, plots, and save/load
+(the file format is described in ``results_io.py``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
 import torch
 
-from causalprune_fast._validation import check_image_path, check_layer_record, check_output_path
+from causalprune_fast._validation import check_image_path
 from causalprune_fast.channel_graph import Member
 from causalprune_fast.channel_scores import (
     DIRECTIONS,
@@ -29,51 +17,8 @@ from causalprune_fast.channel_scores import (
     channel_scores,
     direction_fallbacks,
 )
-
-FORMAT_VERSION = 1
-
-
-@dataclass
-class LayerScores:
-    """What was measured for one layer (docs/method.md section 6)."""
-
-    name: str
-    kind: str
-    incoming: torch.Tensor  # [C_out]: sum over input units of MI into each output channel
-    outgoing: torch.Tensor  # [C_in]: sum over taps and outputs of MI out of each input channel
-    sensitivity: float  # sum of the whole MI matrix
-    response: str  # where outputs were measured, e.g. "output -> bn1 -> relu"
-    response_reason: str | None  # why the search stopped before norm + activation, if it did
-    samples: int
-    input_units: int
-    groups: int
-    taps: str
-    timings: dict[str, float] = field(default_factory=dict)
-    model_output: bool = False  # its output channels are the model's outputs: not prunable
-    x_ranges: torch.Tensor | None = None
-    y_ranges: torch.Tensor | None = None
-    matrix: torch.Tensor | None = None
-    # How it was measured: "propagated", or in local mode "patches", "full-tensor" or
-    # "fused-triton" (docs/method.md section 2.2), and the backend of its MI. None in files
-    # written before these were recorded.
-    path: str | None = None
-    backend: str | None = None
-
-    def meta(self) -> dict:
-        return {
-            "kind": self.kind,
-            "sensitivity": self.sensitivity,
-            "response": self.response,
-            "response_reason": self.response_reason,
-            "samples": self.samples,
-            "path": self.path,
-            "backend": self.backend,
-            "input_units": self.input_units,
-            "groups": self.groups,
-            "taps": self.taps,
-            "timings": self.timings,
-            "model_output": self.model_output,
-        }
+from causalprune_fast.layer_scores import LayerScores, few_sample_layers  # noqa: F401
+from causalprune_fast.results_io import read_scores, write_scores
 
 
 class CausalScores(Mapping):
@@ -295,7 +240,7 @@ class CausalScores(Mapping):
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file (format in this module's docstring), atomically: to a
+        """Write a safetensors file (format in ``results_io.py``), atomically: to a
         temporary name first, renamed when complete; on any failure nothing is left behind.
 
         Raises:
@@ -304,40 +249,7 @@ class CausalScores(Mapping):
             FileNotFoundError: the folder of ``path`` does not exist.
             OSError: the file could not be written (the message names ``path``).
         """
-        from safetensors.torch import save_file
-
-        path = check_output_path(path, "path")
-
-        tensors = {}
-        for name, s in self.layers.items():
-            tensors[f"layer/{name}/incoming"] = s.incoming.double().contiguous()
-            tensors[f"layer/{name}/outgoing"] = s.outgoing.double().contiguous()
-            for key in ("x_ranges", "y_ranges", "matrix"):
-                t = getattr(s, key)
-                if t is not None:
-                    tensors[f"layer/{name}/{key}"] = t.contiguous()
-            tensors[f"score/{name}"] = self._scores[name].double().contiguous()
-        for name, h in self.heads.items():
-            tensors[f"head/{name}"] = h.double().contiguous()
-        meta = {
-            "format": FORMAT_VERSION,
-            "config": self.config,
-            "layers": {n: s.meta() for n, s in self.layers.items()},
-            "groups": {n: [m.to_json() for m in g] for n, g in self.groups.items()},
-            "heads": self._heads_spec,
-            "unsupported": self.unsupported,
-            "timings": self.timings,
-        }
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            save_file(tensors, tmp, metadata={"causalprune": json.dumps(meta)})
-            os.replace(tmp, path)
-        except BaseException as e:
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            if isinstance(e, Exception) and not isinstance(e, OSError):  # SafetensorError
-                raise OSError(f"path {path!r} could not be written: {e}") from e
-            raise
+        write_scores(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CausalScores:
@@ -351,99 +263,7 @@ class CausalScores(Mapping):
                 no or unreadable metadata, missing entries); the message names the path and
                 what is wrong.
         """
-        from safetensors import safe_open
-
-        if not isinstance(path, str | os.PathLike):
-            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"path {path!r} is a directory, not a scores file")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no scores file at {path!r}")
-
-        def invalid(what: str) -> ValueError:
-            return ValueError(f"{path!r} is not a valid causalprune_fast scores file: {what}")
-
-        try:
-            f_ctx = safe_open(path, framework="pt")
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise invalid(f"not a safetensors file ({type(e).__name__}: {e})") from None
-        with f_ctx as f:
-            raw = (f.metadata() or {}).get("causalprune")
-            if raw is None:
-                raise invalid("no 'causalprune' metadata entry")
-            try:
-                meta = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise invalid(f"its metadata is not valid JSON ({e})") from None
-            if not isinstance(meta, dict):
-                raise invalid(f"its metadata is a JSON {type(meta).__name__}, not an object")
-            if meta.get("format") != FORMAT_VERSION:
-                raise invalid(
-                    f"unsupported format version {meta.get('format')!r} "
-                    f"(this version reads {FORMAT_VERSION})"
-                )
-            try:
-                return cls._from_meta(meta, f, set(f.keys()))
-            except (KeyError, TypeError, IndexError, AttributeError, ValueError, RuntimeError) as e:
-                detail = f"missing entry {e}" if isinstance(e, KeyError) else f"{e}"
-                raise invalid(f"{detail} ({type(e).__name__})") from None
-
-    @classmethod
-    def _from_meta(cls, meta: dict, f, keys: set[str]) -> CausalScores:
-        def get(key: str, required: bool = False) -> torch.Tensor | None:
-            if key in keys:
-                return f.get_tensor(key)
-            if required:
-                raise KeyError(f"tensor {key!r}")
-            return None
-
-        for key in ("config", "layers", "groups", "unsupported", "timings"):
-            if key not in meta:
-                raise KeyError(f"metadata {key!r}")
-        layers = {}
-        for name, m in meta["layers"].items():
-            check_layer_record(
-                name, get(f"layer/{name}/incoming", True), get(f"layer/{name}/outgoing", True), m
-            )
-            layers[name] = LayerScores(
-                name=name,
-                kind=m["kind"],
-                incoming=get(f"layer/{name}/incoming", required=True),
-                outgoing=get(f"layer/{name}/outgoing", required=True),
-                sensitivity=m["sensitivity"],
-                response=m["response"],
-                response_reason=m["response_reason"],
-                samples=m["samples"],
-                input_units=m["input_units"],
-                groups=m["groups"],
-                taps=m["taps"],
-                timings=m["timings"],
-                model_output=m.get("model_output", False),
-                path=m.get("path"),
-                backend=m.get("backend"),
-                x_ranges=get(f"layer/{name}/x_ranges"),
-                y_ranges=get(f"layer/{name}/y_ranges"),
-                matrix=get(f"layer/{name}/matrix"),
-            )
-        groups = {n: [Member.from_json(d) for d in g] for n, g in meta["groups"].items()}
-        missing = set(layers) - set(groups)
-        if missing:
-            raise KeyError(f"groups of layer(s) {sorted(missing)}")
-        return cls(
-            layers, groups, meta["config"], meta["unsupported"], meta["timings"], meta.get("heads")
-        )
-
-
-def few_sample_layers(layers: Mapping[str, LayerScores], bins: int) -> list[str]:
-    """``"name (samples)"`` of every prunable layer measured on fewer than ``bins**2`` samples,
-    where the plug-in MI is dominated by its bias (layers whose output is the model's output
-    are left out: their channels are not pruned)."""
-    return [
-        f"{name} ({s.samples})"
-        for name, s in layers.items()
-        if s.samples < bins * bins and not s.model_output
-    ]
+        return cls(*read_scores(path))
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -141,7 +141,7 @@ def test_meta_device_scores_for_causal_structured():
     "kwargs,match",
     [
         ({"bins": 1}, r"bins must be in \[2, 256\]"),
-        ({"samples": 0}, r"samples \(noise examples\)"),
+        ({"samples": 0}, r"examples \(noise examples; old name samples\)"),
         ({"mode": "x"}, r"mode must be one of"),
         ({"layers": "zzz"}, r"layers='zzz' matches no Conv/Linear layer"),
         ({"input_range": (1, 0)}, r"input_range must be finite"),
