@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from nets import pooled_cnn
 
 import causalprune_fast as cf
 from causalprune_fast.cli import main
@@ -28,17 +29,7 @@ FAST = {"samples": 4, "progress": False}
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
+    return pooled_cnn(4, 4, 3)
 
 
 def _state(model: nn.Module) -> tuple:

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from nets import pooled_cnn
 
 import causalprune_fast as cf
 from causalprune_fast.nn_prune import causal_structured
@@ -26,17 +27,7 @@ SHAPE = (3, 8, 8)
 
 
 def cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 12, 3, padding=1),
-        nn.BatchNorm2d(12),
-        nn.ReLU(),
-        nn.Conv2d(12, 10, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(10, 4),
-    )
+    return pooled_cnn()
 
 
 def dressed_cnn() -> tuple[nn.Sequential, list]:

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from nets import pooled_cnn
 from torch.nn.utils import prune as torch_prune
 
 import causalprune_fast as cf
@@ -21,17 +22,7 @@ KW = dict(samples=16, seed=0)
 
 
 def cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 12, 3, padding=1),
-        nn.BatchNorm2d(12),
-        nn.ReLU(),
-        nn.Conv2d(12, 10, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(10, 4),
-    ).eval()
+    return pooled_cnn().eval()
 
 
 def test_removed_channels_are_the_lowest_scoring_in_their_group():
