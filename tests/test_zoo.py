@@ -1,0 +1,92 @@
+"""The fast subset of the model zoo sweep (``benchmarks/zoo.py``): the per-model function on
+tiny models, in-process, with the sweep's settings.
+
+The rule checked is the issue's "nothing is silently scored zero or dropped": every module with
+weights of its own is either measured or listed unsupported with a reason (norm layers are
+pruned with their channel group), and prune(0.3) runs and leaves a model that still runs and
+gives outputs of the original shape.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_zoo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "_zoo_bench", os.path.join(ROOT, "benchmarks", "zoo.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo = _load_zoo()
+
+
+def _check_record(record: dict, output_shape_kept: bool = True) -> None:
+    for stage in ("build", "score", "prune", "pruned_forward"):
+        assert record[stage]["ok"], (stage, record[stage].get("error"), record[stage])
+        assert record[stage]["seconds"] >= 0 and record[stage]["peak_rss_mb"] > 0
+    assert 0 < record["measured"] <= record["layers_with_weights"]
+    assert record["unaccounted"] == [], "layers with weights neither measured nor unsupported"
+    assert record["measured_not_weighted"] == []
+    for name, reason in record["unsupported"].items():
+        assert isinstance(reason, str) and reason.strip(), name
+    assert sum(record["unsupported_kinds"].values()) == len(record["unsupported"])
+    pruned = record["pruned"]
+    if output_shape_kept:
+        assert pruned["output_shape_kept"], (record["output_shape"], pruned["output_shape"])
+    assert pruned["finite"]
+    assert pruned["params"] <= record["params"]
+    assert 0.0 <= pruned["achieved"] <= 1.0
+
+
+def test_torchvision_squeezenet_small_input():
+    pytest.importorskip("torchvision")
+    record = zoo.run_model("torchvision:squeezenet1_1", input_shape=(3, 64, 64))
+    assert record["input_shape"] == [3, 64, 64]
+    assert record["layers_with_weights"] == 26 and record["norms"] == 0
+    _check_record(record, output_shape_kept=False)
+    assert record["pruned"]["achieved"] > 0.2
+    assert record["pruned"]["params"] < record["params"]
+    if not record["pruned"]["output_shape_kept"]:
+        # squeezenet's classifier is a conv followed by ReLU, pooling and flatten: prune's
+        # default ignored_layers only catches layers whose output tensor is returned as is.
+        pytest.xfail(
+            "known: prune(0.3) prunes squeezenet's classifier conv, output "
+            f"{record['output_shape']} -> {record['pruned']['output_shape']}"
+        )
+
+
+def test_hf_gpt2_tiny_config():
+    pytest.importorskip("transformers", reason="the Hugging Face case needs transformers")
+    record = zoo.run_model("hf:gpt2")
+    assert record["input_shape"] == [zoo.HF_TOKENS]
+    assert record["input_range"] == [0.0, float(zoo.HF_VOCAB)]
+    _check_record(record)
+
+
+def test_reason_kind_and_main_output():
+    import torch
+
+    kind = zoo.reason_kind(
+        "Embedding is not a measured layer type (ConvNd, Linear); its own parameters "
+        "(weight) are not scored"
+    )
+    assert kind == "Embedding is not a measured layer type"
+    assert zoo.reason_kind("called 3 times per forward pass (shared)") == (
+        "called N times per forward pass"
+    )
+    t = torch.zeros(2)
+    assert zoo.main_output(({"logits": t}, 1)) is t
+    assert zoo.main_output(None) is None
