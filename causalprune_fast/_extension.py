@@ -8,18 +8,19 @@ compiled ones do not.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 import torch  # noqa: F401  (loads libc10 and libtorch before the extension)
 
+from causalprune_fast._fake_kernels import register as _register_fake_kernels
+
 _C: ModuleType | None
 try:
-    from causalprune_fast import (
-        _C,  # noqa: F401  (registers the ops)
-        _fake_kernels,
-    )
-
-    _fake_kernels.register()
+    # The compiled module itself, by its full name: not an attribute lookup on the package,
+    # whose __init__ is still being imported when it imports this module.
+    _C = importlib.import_module(f"{__package__}._C")  # registers the ops
+    _register_fake_kernels()
     LOAD_ERROR: str | None = None
 except ImportError as e:  # pragma: no cover - exercised only on broken installs
     _C = None

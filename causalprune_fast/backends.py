@@ -10,6 +10,12 @@ triton      Triton kernels (triton_kernels/)              CUDA tensors; CPU tens
                                                           under TRITON_INTERPRET=1
 =========== ============================================ ==========================
 
+Every backend offers ``quantize``, ``pairwise_mi`` and ``pairwise_mi_sums``, and
+``joint_counts`` (exact counts, for combining samples across processes; the reference
+implementation where a backend has no op of its own). Some offer more: ``local_linear_mi``, the
+fused local measurement of a Linear or 1x1-conv layer (noise, layer, response, binning and
+counts in one kernel), is offered by ``triton`` only. :func:`capability` finds an optional one.
+
 ``backend="auto"`` takes ``cpu`` for CPU tensors and, for CUDA tensors, whichever of ``cuda``
 and ``triton`` ran faster on that GPU in a one-off timing (cached per device). The environment
 variable ``CAUSALPRUNE_BACKEND`` overrides ``auto``.
@@ -40,18 +46,27 @@ class BackendStatus:
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation: three functions with the signatures of the ops."""
+    """One implementation: the functions with the signatures of the ops, and its optional
+    capabilities (None where it has none)."""
 
     name: str
     quantize: Callable
     pairwise_mi: Callable
     pairwise_mi_sums: Callable
+    joint_counts: Callable = reference.joint_counts
+    local_linear_mi: Callable | None = None
 
 
 def _triton_module() -> ModuleType:
     from causalprune_fast import triton_kernels
 
     return triton_kernels
+
+
+def _triton_local_linear_mi(*args, **kwargs):
+    from causalprune_fast.triton_kernels.local_linear import local_linear_mi
+
+    return local_linear_mi(*args, **kwargs)
 
 
 def _triton_status(device: torch.device | None = None) -> BackendStatus:
@@ -96,7 +111,13 @@ def get_backend(name: str) -> Backend:
         return _ops_backend(name)
     if name == "triton":
         tk = _triton_module()
-        return Backend(name, tk.quantize, tk.pairwise_mi, tk.pairwise_mi_sums)
+        return Backend(
+            name,
+            tk.quantize,
+            tk.pairwise_mi,
+            tk.pairwise_mi_sums,
+            local_linear_mi=_triton_local_linear_mi,
+        )
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
 
 
@@ -136,11 +157,23 @@ def _fastest_on_cuda(device: torch.device) -> str:
     return best
 
 
+def _requested(backend: object) -> str:
+    """``backend`` checked, with ``auto`` overridden by ``CAUSALPRUNE_BACKEND`` when set."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get("CAUSALPRUNE_BACKEND", "auto")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(
+                f"CAUSALPRUNE_BACKEND must be 'auto' or one of {BACKENDS}, got {backend!r}"
+            )
+    return backend
+
+
 @torch.compiler.disable  # plain Python bookkeeping: run it eagerly under torch.compile
 def resolve(backend: str, device: torch.device) -> Backend:
     """The backend to run on tensors of ``device``, with a ValueError if it cannot."""
-    if backend == "auto":
-        backend = os.environ.get("CAUSALPRUNE_BACKEND", "auto")
+    backend = _requested(backend)
     if backend == "auto":
         if device.type == "cuda":
             backend = _fastest_on_cuda(device)
@@ -148,15 +181,40 @@ def resolve(backend: str, device: torch.device) -> Backend:
             backend = "cpu"
         else:
             backend = "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    problem = _unusable(backend, device)
+    if problem is not None:
+        raise ValueError(problem)
+    return get_backend(backend)
+
+
+def _unusable(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on tensors of ``device``, or None if it can."""
     status = available_backends()[backend]
     if not status.available:
-        raise ValueError(f"backend {backend!r} is not available here: {status.detail}")
+        return f"backend {backend!r} is not available here: {status.detail}"
     if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+        return f"backend 'cpu' needs CPU tensors, got tensors on {device}"
     if backend == "cuda" and device.type != "cuda":
-        raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {device}")
-    if backend == "triton" and not _triton_status(device).available:
-        raise ValueError(f"backend 'triton' cannot run here: {_triton_status(device).detail}")
-    return get_backend(backend)
+        return f"backend 'cuda' needs CUDA tensors, got tensors on {device}"
+    if backend == "triton":
+        here = _triton_status(device)
+        if not here.available:
+            return f"backend 'triton' cannot run here: {here.detail}"
+    return None
+
+
+@torch.compiler.disable
+def capability(backend: str, device: torch.device, name: str) -> Callable | None:
+    """The optional capability ``name`` (e.g. ``"local_linear_mi"``) of ``backend`` on tensors
+    of ``device``, or None where that backend does not offer it or cannot run there.
+
+    A named backend answers for itself only, so ``backend="reference"`` never runs Triton;
+    ``"auto"`` (and ``CAUSALPRUNE_BACKEND``) takes the first backend of :data:`BACKENDS` that
+    offers it and runs on ``device``."""
+    backend = _requested(backend)
+    for candidate in BACKENDS if backend == "auto" else (backend,):
+        if _unusable(candidate, device) is None:
+            fn = getattr(get_backend(candidate), name, None)
+            if fn is not None:
+                return fn
+    return None

@@ -5,11 +5,15 @@ A Torch-Pruning group rooted at a layer's output channels lists every coupled mo
 channel indices it shares with the root: out-channel members (conv/linear whose output
 channel it is, including the other writers of a residual stream, and depthwise convolutions)
 are the channel's producers, in-channel members are its consumers. No graph code of our own:
-the dependency graph is Torch-Pruning's job.
+the dependency graph and its index mappings are Torch-Pruning's, and a group is collected by
+the walk of its ``get_pruning_group``, run here within memory and time bounds
+(``build_groups``).
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,6 +64,11 @@ def torch_pruning_available() -> bool:
 def members_of_group(group, module_names: Mapping[nn.Module, str]) -> list[Member]:
     """The measured members of a Torch-Pruning group (layers not in ``module_names`` are
     skipped: norms, activations, unmeasured layers)."""
+    return _members(((item.dep, item.idxs, item.root_idxs) for item in group), module_names)
+
+
+def _members(items, module_names: Mapping[nn.Module, str]) -> list[Member]:
+    """Members from ``(dependency, idxs, root_idxs)`` triples of a Torch-Pruning group."""
     import torch_pruning as tp
 
     out_fns = {
@@ -69,27 +78,59 @@ def members_of_group(group, module_names: Mapping[nn.Module, str]) -> list[Membe
     }
     in_fns = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
     members = []
-    for item in group:
-        dep, idxs = item.dep, item.idxs
+    for dep, idxs, root_idxs in items:
         name = module_names.get(dep.target.module)
-        if name is None or any(r is None for r in item.root_idxs):
+        if name is None or any(r is None for r in root_idxs):
             continue
         if dep.handler in out_fns:
-            members.append(Member(name, "producer", tuple(idxs), tuple(item.root_idxs)))
+            members.append(Member(name, "producer", tuple(idxs), tuple(root_idxs)))
             if dep.handler is tp.prune_depthwise_conv_out_channels:
                 # A depthwise conv's input and output channels are the same channels.
-                members.append(Member(name, "consumer", tuple(idxs), tuple(item.root_idxs)))
+                members.append(Member(name, "consumer", tuple(idxs), tuple(root_idxs)))
         elif dep.handler in in_fns:
-            members.append(Member(name, "consumer", tuple(idxs), tuple(item.root_idxs)))
+            members.append(Member(name, "consumer", tuple(idxs), tuple(root_idxs)))
     return members
 
 
+# Bounds on the walk that finds one layer's group (see ``build_groups``).
+BYTES_PER_INDEX = 128  # one Torch-Pruning (idx, root_idx) entry: namedtuple, ints, list slot
+GROUP_TIME_LIMIT_S = 120.0  # per layer, all blocks of its channels together
+WORK_PER_BUDGET = 4  # entries created per layer, in all its walks, per entry of the budget
+
+
+class _GroupTooLarge(Exception):
+    """A group walk went over its index budget (``used`` entries created so far)."""
+
+    def __init__(self, used: int):
+        super().__init__(used)
+        self.used = used
+
+
 def build_groups(
-    model: nn.Module, example_input: torch.Tensor, layer_names: list[str]
+    model: nn.Module,
+    example_input: torch.Tensor,
+    layer_names: list[str],
+    *,
+    index_budget: int | None = None,
+    time_limit: float | None = None,
 ) -> tuple[dict[str, list[Member]], str]:
     """Members of the output-channel group of every layer in ``layer_names``, and a note on how
     they were found. Without Torch-Pruning (or where its graph cannot be built), every layer
-    is its own only producer and has no known consumers; the note says so."""
+    is its own only producer and has no known consumers; the note says so.
+
+    Groups are Torch-Pruning's (``DependencyGraph.get_pruning_group``'s walk over the same
+    dependencies and index mappings), found within bounded memory and time: Torch-Pruning maps
+    indices through the window reshapes of Swin and MaxViT as flattenings (one channel becomes
+    ~1000 indices) and its walk through them does not end (one channel of torchvision swin_t's
+    last stage passes 3e7 index entries; ``get_pruning_group`` dies with MemoryError). Each
+    walk may create at most ``index_budget`` index entries (default
+    ``default_memory_budget() // BYTES_PER_INDEX``, about 1 GiB of them); a group over the
+    budget is walked on blocks of its root channels (see ``_bounded_group``) and the pieces
+    are merged. A layer whose group needs more than ``WORK_PER_BUDGET * index_budget`` entries
+    in all, whose single channel goes over the budget, whose walks take more than
+    ``time_limit`` seconds (``GROUP_TIME_LIMIT_S``) or raise, keeps only itself as producer
+    and no consumer (no coupling); a warning and the returned note name those layers and why.
+    """
     if not torch_pruning_available():
         note = "torch-pruning not installed: no coupled channels, no consumers"
         return _alone(model, layer_names), note
@@ -99,25 +140,199 @@ def build_groups(
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, verbose=False
-            )
+            )  # its last step maps indices (update_index_mapping), as get_pruning_group does
     except Exception as e:  # tracing arbitrary models can fail in many ways
         note = f"Torch-Pruning could not build the dependency graph ({type(e).__name__}: {e})"
         return _alone(model, layer_names), note
+    if index_budget is None:
+        from causalprune_fast.estimator import default_memory_budget
+
+        index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
+    time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
     names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
-    groups = {}
+    bounded = _walk_supported()
+    groups: dict[str, list[Member]] = {}
+    uncoupled: dict[str, str] = {}  # layer -> why its group was not found
     for name in layer_names:
         module = model.get_submodule(name)
         if module not in dg.module2node:
             groups[name] = _alone(model, [name])[name]
             continue
-        pruner = dg.get_pruner_of_module(module)
-        channels = pruner.get_out_channels(module)
-        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
-        members = members_of_group(group, names)
+        try:
+            if bounded:
+                members, why = _bounded_group(dg, module, names, index_budget, time_limit)
+            else:
+                members, why = _unbounded_group(dg, module, names), ""
+        except Exception as e:  # an index mapping that fails on this graph
+            members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
+        if members is None:
+            uncoupled[name] = why
+            groups[name] = _alone(model, [name])[name]
+            continue
         if not any(m.layer == name and m.role == "producer" for m in members):
             members.insert(0, _alone(model, [name])[name][0])
         groups[name] = members
-    return groups, "Torch-Pruning dependency graph"
+    del dg  # its nodes hold the traced autograd graph and its saved activations
+    note = "Torch-Pruning dependency graph"
+    if not bounded:
+        note += " (groups unbounded: this Torch-Pruning lacks the 1.6 internals the bound needs)"
+    if uncoupled:
+        by_reason: dict[str, list[str]] = {}
+        for n, why in uncoupled.items():
+            by_reason.setdefault(why, []).append(n)
+        listed = "; ".join(f"{why}: {', '.join(ns)}" for why, ns in by_reason.items())
+        note += (
+            f"; {len(uncoupled)} layer(s) lost their coupling and are scored alone (own "
+            f"channels, no coupled producers, no consumers): {listed}"
+        )
+        shown = ", ".join(list(uncoupled)[:8]) + (" ..." if len(uncoupled) > 8 else "")
+        warnings.warn(
+            f"channel graph: the Torch-Pruning group of {len(uncoupled)} layer(s) could not "
+            f"be built (index budget {index_budget} entries per walk, {time_limit:g} s per "
+            f"layer); they are scored alone (own channels, no coupled producers, no "
+            f"consumers; config['graph'] says why): {shown}",
+            stacklevel=2,
+        )
+    return groups, note
+
+
+def _walk_supported() -> bool:
+    """Whether the installed Torch-Pruning has the internals ``_walk`` uses (1.6)."""
+    try:
+        from torch_pruning import _helpers
+        from torch_pruning.dependency.dependency import Dependency  # noqa: F401
+        from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    except ImportError:
+        return False
+    return hasattr(_helpers, "_HybridIndex") and hasattr(_FlattenIndexMapping(2), "_stride")
+
+
+def _unbounded_group(dg, module: nn.Module, names: Mapping[nn.Module, str]) -> list[Member]:
+    """Torch-Pruning's own ``get_pruning_group`` (no bound on its memory)."""
+    pruner = dg.get_pruner_of_module(module)
+    channels = pruner.get_out_channels(module)
+    group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+    return members_of_group(group, names)
+
+
+def _bounded_group(
+    dg, module: nn.Module, names: Mapping[nn.Module, str], budget: int, time_limit: float
+) -> tuple[list[Member] | None, str]:
+    """The measured members of ``module``'s output-channel group, or None and the reason where
+    it cannot be found within the bounds.
+
+    Channel 0 is walked first, with a budget of ``WORK_PER_BUDGET * budget / channels`` (at
+    most ``budget``): a group whose single channel costs more cannot be finished within that
+    much work at all (MaxViT's qkv projections: ~1e6 entries per channel). From its cost,
+    blocks of the other root channels that should fit ``budget`` are walked (usually one
+    block); a block over it is halved. The members of all walks are merged. The layer is given
+    up when the entries created in all walks pass ``WORK_PER_BUDGET * budget``, when a single
+    channel does not fit, or after ``time_limit`` seconds.
+    """
+    import torch_pruning as tp
+
+    pruner = dg.get_pruner_of_module(module)
+    channels = pruner.get_out_channels(module)
+    fn = pruner.prune_out_channels
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and (
+        module.groups == module.out_channels > 1
+    ):
+        fn = tp.prune_depthwise_conv_out_channels  # as get_pruning_group does
+    deadline = time.perf_counter() + time_limit
+    work = WORK_PER_BUDGET * budget
+    root_node = dg.module2node[module]
+    try:
+        probe_budget = max(1, min(budget, work // channels))
+        probe, spent = _walk(dg, root_node, fn, range(1), probe_budget, deadline)
+    except _GroupTooLarge:
+        if time.perf_counter() > deadline:
+            return None, f"over {time_limit:g} s"
+        return None, (
+            f"one channel needs over {probe_budget} index entries: the {channels} channels "
+            f"would pass the budget or the work limit ({work} entries in all)"
+        )
+    merged: dict[tuple, dict[int, int | None]] = {}  # (dep target, handler) -> idx -> root
+    deps: dict[tuple, object] = {}
+
+    def merge(items: list) -> None:
+        for dep, idxs in items:
+            if dep.target.module not in names:
+                continue  # norms, activations, reshapes: not members
+            key = (dep.target, dep.handler)
+            deps.setdefault(key, dep)
+            seen = merged.setdefault(key, {})
+            for i in idxs:  # merge like Group.add_and_merge: the first root of an idx wins
+                seen.setdefault(i.idx, i.root_idx)
+
+    merge(probe)
+    size = max(1, budget // (2 * spent))
+    blocks = [range(b, min(b + size, channels)) for b in range(1, channels, size)][::-1]
+    while blocks:
+        block = blocks.pop()
+        try:
+            items, used = _walk(
+                dg, root_node, fn, block, max(1, min(budget, work - spent)), deadline
+            )
+        except _GroupTooLarge as e:
+            spent += e.used
+            if time.perf_counter() > deadline:
+                return None, f"over {time_limit:g} s"
+            if spent >= work:
+                return None, f"over {work} index entries in all walks (the work limit)"
+            if len(block) == 1:
+                return None, f"one channel needs over {budget} index entries (the budget)"
+            half = len(block) // 2
+            blocks += [block[half:], block[:half]]  # the first half is walked next
+            continue
+        spent += used
+        merge(items)
+    triples = ((deps[key], tuple(m), tuple(m.values())) for key, m in merged.items())
+    return _members(triples, names), ""
+
+
+def _walk(dg, root_node, fn, channels: range, budget: int, deadline: float) -> tuple[list, int]:
+    """``(dependency, hybrid idxs)`` items of the group rooted at ``channels`` of ``root_node``
+    under ``fn``: the walk of Torch-Pruning 1.6's ``get_pruning_group`` (same dependencies, index
+    mappings and revisit rule), raising ``_GroupTooLarge`` before it creates more than
+    ``budget`` index entries in all or runs past ``deadline``; and the entries created."""
+    from torch_pruning import _helpers
+    from torch_pruning.dependency.dependency import Dependency
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    root_idxs = [_helpers._HybridIndex(idx=i, root_idx=i) for i in channels]
+    root = Dependency(fn, fn, source=root_node, target=root_node)
+    items = [(root, root_idxs)]
+    done: dict[tuple, list[list]] = {(root_node, fn): [root_idxs]}
+    visited, stack, used = set(), [(root, root_idxs)], len(root_idxs)
+    while stack:
+        dep, idxs = stack.pop()
+        node, handler = dep.target, dep.handler
+        visited.add(node)
+        for new_dep in node.dependencies:
+            if not new_dep.is_triggered_by(handler):
+                continue
+            new = idxs
+            for mapping in new_dep.index_mapping:
+                if mapping is None:
+                    continue
+                # A flattening is the one mapping whose output outgrows its input: refuse it
+                # before it allocates.
+                grows = isinstance(mapping, _FlattenIndexMapping) and not mapping.reverse
+                if grows and used + len(new) * mapping._stride > budget:
+                    raise _GroupTooLarge(used)
+                new = mapping(new)
+            if len(new) == 0:
+                continue
+            key = (new_dep.target, new_dep.handler)
+            if new_dep.target in visited and any(new == old for old in done.get(key, ())):
+                continue
+            used += len(new)
+            if used > budget or time.perf_counter() > deadline:
+                raise _GroupTooLarge(used)
+            done.setdefault(key, []).append(new)
+            items.append((new_dep, new))
+            stack.append((new_dep, new))
+    return items, used
 
 
 def _alone(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
@@ -136,23 +351,41 @@ def _reduce(
     channels: int,
     reduction: str,
 ) -> torch.Tensor | None:
-    """Per root channel, the reduction of ``values[member][idx]`` over members of ``role``."""
-    parts = []
+    """Per root channel, the reduction of ``values[member][idx]`` over its entries, or None
+    where no member of ``role`` is measured.
+
+    The entries of root channel ``c`` are every pair (member of ``role``, position ``k``) with
+    ``member.root_idxs[k] == c``, valued ``values[member.layer][member.idxs[k]]``: one per
+    member for a channel carried one-to-one, several per member where the index map is
+    many-to-one (``Flatten``/reshape into a Linear: each spatial feature of the channel is an
+    entry). ``sum`` adds all entries, ``mean`` divides that sum by their number, ``max`` takes
+    the largest; a channel without entries scores 0.
+    """
+    total = torch.zeros(channels, dtype=torch.float64)
+    count = torch.zeros(channels, dtype=torch.float64)
+    peak = torch.full((channels,), float("-inf"), dtype=torch.float64)
+    found = False
     for m in members:
         if m.role != role or m.layer not in values:
             continue
-        v = torch.full((channels,), float("nan"), dtype=torch.float64)
-        v[list(m.root_idxs)] = values[m.layer].double().cpu()[list(m.idxs)]
-        parts.append(v)
-    if not parts:
+        found = True
+        v = values[m.layer].detach().double().cpu()
+        root = torch.tensor(m.root_idxs, dtype=torch.long)
+        idxs = torch.tensor(m.idxs, dtype=torch.long)
+        # Torch-Pruning can map a channel past the end of a member (a concatenation at the
+        # model's output is coupled like a sum): such entries name no channel and are dropped.
+        ok = (idxs < len(v)) & (root < channels)
+        root, vals = root[ok], v[idxs[ok]]
+        # Scatter-add, not assignment: with repeated root indices every entry counts.
+        total.index_add_(0, root, vals)
+        count.index_add_(0, root, torch.ones_like(vals))
+        peak.scatter_reduce_(0, root, vals, reduce="amax")
+    if not found:
         return None
-    stacked = torch.stack(parts)  # [members, channels], NaN where a member misses a channel
-    present = ~torch.isnan(stacked)
     if reduction == "max":
-        return stacked.nan_to_num(float("-inf")).amax(dim=0).where(present.any(0), 0.0)
-    total = stacked.nan_to_num(0.0).sum(dim=0)
+        return peak.where(count > 0, 0.0)
     if reduction == "mean":
-        total = total / present.sum(dim=0).clamp_min(1)
+        return total / count.clamp_min(1)
     return total
 
 
@@ -167,8 +400,11 @@ def channel_scores(
     """Scores of a root layer's output channels (METHOD.md section 6).
 
     ``in``: reduction of the producers' ``incoming``; ``out``: of the consumers'
-    ``outgoing`` (``in`` where no consumer is measured); ``both``: the two, each divided by its
-    mean over the channels, added.
+    ``outgoing``; ``both``: the two, each divided by its mean over the channels, added. The
+    reduction runs over every (member, feature) entry of a channel (see ``_reduce``). Where no
+    consumer is measured (``has_measured_consumer`` is False), ``out`` falls back to the ``in``
+    scores and ``both`` to the ``in`` term alone (``in`` divided by its mean);
+    ``direction_fallbacks`` lists those layers.
     """
     score_in = _reduce(members, "producer", incoming, channels, reduction)
     if score_in is None:
@@ -177,10 +413,51 @@ def channel_scores(
         return score_in
     score_out = _reduce(members, "consumer", outgoing, channels, reduction)
     if score_out is None:
-        return score_in
+        return score_in if direction == "out" else score_in / _mean_or_one(score_in)
     if direction == "out":
         return score_out
     return score_in / _mean_or_one(score_in) + score_out / _mean_or_one(score_out)
+
+
+def has_measured_consumer(members: list[Member], outgoing: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a measured layer reads the root layer's output channels."""
+    return any(m.role == "consumer" and m.layer in outgoing for m in members)
+
+
+def direction_fallbacks(
+    groups: Mapping[str, list[Member]],
+    layers: Mapping[str, object],
+    direction: str,
+    warn: bool = True,
+) -> dict[str, str]:
+    """Layers whose ``out``/``both`` scores fell back to ``in`` (no measured consumer), with
+    the reason; empty for ``direction="in"``.
+
+    ``layers`` maps each measured layer's name to its ``LayerScores`` (``model_output`` is
+    read). With ``warn``, one warning lists the fallbacks that are not model outputs (a model
+    output, such as the classifier, has no consumer by construction and is not pruned).
+    """
+    if direction == "in":
+        return {}
+    out = {}
+    for name, layer in layers.items():
+        if has_measured_consumer(groups.get(name, []), layers):
+            continue
+        if getattr(layer, "model_output", False):
+            out[name] = "model output, no consumer"
+        else:
+            out[name] = "no measured consumer"
+    unexpected = [n for n, r in out.items() if r == "no measured consumer"]
+    if warn and unexpected:
+        shown = ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
+        warnings.warn(
+            f"direction={direction!r}: {len(unexpected)} layer(s) have no measured consumer "
+            f"(the layers reading their channels are not measured, or the channel graph lost "
+            f"them: see config['graph']) and are scored by their producers' incoming MI "
+            f"('in') instead: {shown}",
+            stacklevel=3,
+        )
+    return out
 
 
 def _mean_or_one(t: torch.Tensor) -> torch.Tensor:

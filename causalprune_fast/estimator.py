@@ -32,9 +32,13 @@ class PairwiseMISums(NamedTuple):
 
 
 def default_memory_budget() -> int:
-    """Bytes of working memory per call: ``CAUSALPRUNE_MEMORY_BUDGET`` or 1 GiB."""
+    """Bytes of working memory per call: ``CAUSALPRUNE_MEMORY_BUDGET`` or 1 GiB.
+
+    The variable holds bytes or a number with a unit (``512MB``, ``1GiB``, ``1.5G``; ``KB``,
+    ``MB``, ... are powers of 1000, ``KiB``, ``MiB``, ... and bare ``K``, ``M``, ``G``, ``T``
+    powers of 1024); anything else is a ValueError naming the variable."""
     env = os.environ.get("CAUSALPRUNE_MEMORY_BUDGET")
-    return int(env) if env else DEFAULT_MEMORY_BUDGET
+    return v.parse_bytes(env, "CAUSALPRUNE_MEMORY_BUDGET") if env else DEFAULT_MEMORY_BUDGET
 
 
 def _quantize_checked(

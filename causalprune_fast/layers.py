@@ -10,9 +10,10 @@ an output position is the receptive-field element the tap names.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -62,12 +63,42 @@ class Layer:
         return self.in_channels * self.taps_per_channel(taps)
 
 
-def _matches(name: str, spec: object) -> bool:
-    if callable(spec):
-        return bool(spec(name))
+def _matches(name: str, spec: str | re.Pattern | Callable) -> bool:
     if isinstance(spec, re.Pattern):
         return spec.fullmatch(name) is not None
-    return name == spec
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return bool(spec(name))
+
+
+def check_layer_filter(layers: object) -> list[str | re.Pattern | Callable]:
+    """The items of a ``layers`` filter, checked: strings compile as regular expressions."""
+    if isinstance(layers, str | re.Pattern) or callable(layers):
+        specs = [layers]
+    elif isinstance(layers, Iterable) and not isinstance(layers, bytes | Mapping):
+        specs = list(layers)
+    else:
+        raise ValueError(
+            f"layers must be a name or regular expression (str), a compiled regex, a callable "
+            f"name -> bool, or a list of those; got {type(layers).__name__} {layers!r}"
+        )
+    if not specs:
+        raise ValueError("layers is an empty list: it selects no layer")
+    for spec in specs:
+        if isinstance(spec, str):
+            try:
+                re.compile(spec)
+            except re.error as e:
+                raise ValueError(
+                    f"layers: {spec!r} is not a valid regular expression ({e}); strings are "
+                    f"matched as regular expressions against the whole qualified name"
+                ) from None
+        elif not (isinstance(spec, re.Pattern) or callable(spec)):
+            raise ValueError(
+                f"layers: {spec!r} ({type(spec).__name__}) is neither a name or regular "
+                f"expression (str), a compiled regex, nor a callable name -> bool"
+            )
+    return specs
 
 
 def find_layers(
@@ -76,9 +107,14 @@ def find_layers(
     """The measured layers of ``model`` (in module order) and the modules that cannot be
     measured, with the reason.
 
-    ``layers`` filters by qualified name: a name, a compiled regex (full match), a callable
-    ``name -> bool``, or a list of those. ValueError if it matches no measurable layer.
+    ``layers`` filters by qualified name: a string is a regular expression that must match the
+    whole name (``re.fullmatch``; a plain name such as ``"layer1.0.conv1"`` matches itself,
+    its dots matching any character), a compiled regex likewise, a callable ``name -> bool``,
+    or a list of those (a layer is kept if any item matches). ValueError if ``layers`` is of
+    another type, holds an invalid regular expression, or matches no measurable layer (the
+    message lists the nearest layer names).
     """
+    specs = None if layers is None else check_layer_filter(layers)
     found, unsupported = [], {}
     for name, module in model.named_modules():
         if isinstance(module, MEASURED_TYPES):
@@ -91,17 +127,21 @@ def find_layers(
                 f"{type(module).__name__} is not a measured layer type (ConvNd, Linear); its "
                 f"own parameters ({', '.join(own)}) are not scored"
             )
-    if layers is not None:
-        specs = (
-            [layers] if isinstance(layers, str | re.Pattern) or callable(layers) else list(layers)
-        )
+    if specs is not None:
         kept = [layer for layer in found if any(_matches(layer.name, s) for s in specs)]
         if not kept:
-            names = ", ".join(layer.name for layer in found[:12])
-            more = " ..." if len(found) > 12 else ""
+            all_names = [layer.name for layer in found]
+            near: list[str] = []
+            for spec in specs:
+                if isinstance(spec, str | re.Pattern):
+                    text = spec if isinstance(spec, str) else spec.pattern
+                    near += difflib.get_close_matches(text, all_names, n=5, cutoff=0.4)
+            near = list(dict.fromkeys(near)) or all_names[:8]
+            more = " ..." if len(all_names) > len(near) else ""
             raise ValueError(
-                f"layers={layers!r} matches no Conv/Linear layer of the model; "
-                f"its layers are: {names}{more}"
+                f"layers={layers!r} matches no Conv/Linear layer of the model; the nearest "
+                f"layer names are: {', '.join(near)}{more} (strings are regular expressions "
+                f"matched against the whole name)"
             )
         found = kept
     return found, unsupported

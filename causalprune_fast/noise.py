@@ -1,10 +1,11 @@
 """The maximum-entropy perturbation (METHOD.md section 1): i.i.d. uniform noise on a box.
 
 Every noise example is drawn from its own generator, seeded from ``(seed, stream, example
-index)``, on the device that holds the model: CUDA generators are counter-based (Philox), so
-example ``i`` is the same tensor whatever the batch it is drawn in, the number of batches or
-(issue 6) the number of processes drawing examples. The CPU generator is torch's default one,
-seeded the same way.
+index)``, where the stream says what the noise is for and for which layer (:func:`stream`),
+on the device that holds the model: CUDA generators are counter-based (Philox), so example
+``i`` is the same tensor whatever the batch it is drawn in, the number of batches or (issue 6)
+the number of processes drawing examples. The CPU generator is torch's default one, seeded
+the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,23 @@ from collections.abc import Sequence
 import torch
 
 _MASK = (1 << 64) - 1
+
+# What a noise stream is for. A stream is (purpose, layer): the model's input noise is stream
+# 0; each measured layer has its own stream per purpose, so no two layers or purposes share one.
+INPUT = 0  # the model's input noise (layer 0)
+ROWS = 1  # a layer's seeded subsample of its (example, position) sample rows
+LOCAL = 2  # a layer's input noise in local mode (and the fused local kernel's seed)
+_LAYER_BITS = 32
+
+
+def stream(purpose: int, layer: int = 0) -> int:
+    """The stream of ``purpose`` (INPUT, ROWS or LOCAL) for measured layer ``layer``: a
+    different stream for every (purpose, layer) pair, ``purpose * 2**32 + layer``."""
+    if purpose not in (INPUT, ROWS, LOCAL):
+        raise ValueError(f"purpose must be INPUT, ROWS or LOCAL, got {purpose!r}")
+    if not 0 <= layer < 1 << _LAYER_BITS:
+        raise ValueError(f"layer must be in [0, 2**{_LAYER_BITS}), got {layer}")
+    return (purpose << _LAYER_BITS) | layer
 
 
 def _splitmix64(z: int) -> int:

@@ -197,8 +197,8 @@ def _check_arguments(
     v.check_example_input(example_input)
     if shape is None and example_input is None:
         raise ValueError("give input_shape (or example_input)")
-    v.check_flag(sequential, "sequential")
-    v.check_flag(global_pruning, "global_pruning")
+    v.check_bool(sequential, "sequential")
+    v.check_bool(global_pruning, "global_pruning")
     if round_to is not None and (
         isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1
     ):

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS, Member, channel_scores
+from causalprune_fast.channel_graph import (
+    DIRECTIONS,
+    REDUCTIONS,
+    Member,
+    channel_scores,
+    direction_fallbacks,
+)
 
 FORMAT_VERSION = 1
 
@@ -92,6 +98,8 @@ class CausalScores(Mapping):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         incoming = {n: s.incoming for n, s in self.layers.items()}
         outgoing = {n: s.outgoing for n, s in self.layers.items()}
+        # Layers scored by "in" although direction is "out"/"both" (no measured consumer).
+        self.fallbacks = direction_fallbacks(self.groups, self.layers, direction)
         return {
             name: channel_scores(
                 self.groups[name], len(s.incoming), incoming, outgoing, direction, reduction
@@ -199,11 +207,7 @@ class CausalScores(Mapping):
         )
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
-        few = [
-            f"{n} ({s.samples})"
-            for n, s in self.layers.items()
-            if s.samples < c.get("bins", 16) ** 2
-        ]
+        few = few_sample_layers(self.layers, c.get("bins", 16))
         if few:
             lines.append(
                 f"few samples (< bins^2, MI dominated by estimator bias): "
@@ -212,6 +216,9 @@ class CausalScores(Mapping):
         outputs = [n for n, s in self.layers.items() if s.model_output]
         if outputs:
             lines.append(f"model outputs (their channels are not prunable): {', '.join(outputs)}")
+        if self.fallbacks:
+            fell = ", ".join(f"{n} ({r})" for n, r in self.fallbacks.items())
+            lines.append(f"direction={c.get('direction')} fell back to 'in' for: {fell}")
         for name, reason in self.unsupported.items():
             lines.append(f"not scored: {name}: {reason}")
         return "\n".join(lines)
@@ -421,6 +428,17 @@ def _check_output_path(path: object, name: str) -> str:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{name} {path!r}: the folder {folder!r} does not exist")
     return path
+
+
+def few_sample_layers(layers: Mapping[str, LayerScores], bins: int) -> list[str]:
+    """``"name (samples)"`` of every prunable layer measured on fewer than ``bins**2`` samples,
+    where the plug-in MI is dominated by its bias (layers whose output is the model's output
+    are left out: their channels are not pruned)."""
+    return [
+        f"{name} ({s.samples})"
+        for name, s in layers.items()
+        if s.samples < bins * bins and not s.model_output
+    ]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

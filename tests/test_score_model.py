@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import causalprune_fast as cf
-from causalprune_fast.noise import uniform_examples
+from causalprune_fast.noise import LOCAL, stream, uniform_examples
 from causalprune_fast.results import spearman
 
 FAST = dict(samples=8, progress=False, mode="propagated")
@@ -166,8 +166,8 @@ def test_local_mode_equals_per_layer_intervention_by_hand():
     hidden = net[1](net[0](uniform_examples((5,), 0, 400, -1.0, 1.0, seed=9)))
     lo, hi = hidden.amin(dim=0), hidden.amax(dim=0)
     assert lo[2] == hi[2] == 0
-    # Intervention: fresh uniform noise on those ranges (noise stream 1000 + layer index).
-    u = uniform_examples((7,), 0, 400, lo, hi, seed=9, stream=1001)
+    # Intervention: fresh uniform noise on those ranges (the layer's own LOCAL stream).
+    u = uniform_examples((7,), 0, 400, lo, hi, seed=9, stream=stream(LOCAL, 1))
     per_x, per_y = cf.pairwise_mi(u, net[2](u).detach(), 16, reduce="sum")
     torch.testing.assert_close(scores.layers["2"].incoming, per_y, rtol=0, atol=1e-12)
     torch.testing.assert_close(scores.layers["2"].outgoing, per_x, rtol=0, atol=1e-12)
@@ -387,7 +387,7 @@ def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
         lo,
         hi,
         samples=64,
-        seed=example_seed(2, 1000, 0),
+        seed=example_seed(2, stream(LOCAL, 0), 0),
         scale=scale,
         shift=shift,
         activation="relu",
@@ -399,3 +399,24 @@ def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
         net, (5,), mode="local", samples=64, seed=2, progress=False, fused_local=False
     )
     assert not unfused.layers["0"].response.endswith("kernel]")
+
+
+def test_backend_means_the_same_for_the_fused_local_path():
+    """The fused local measurement is a backend capability: backend='reference' (or 'cpu')
+    never runs Triton, even with fused_local=True; 'triton' and 'auto' offer it."""
+    from causalprune_fast.backends import capability
+
+    cpu = torch.device("cpu")
+    assert capability("reference", cpu, "local_linear_mi") is None
+    assert capability("cpu", cpu, "local_linear_mi") is None
+    assert capability("reference", cpu, "joint_counts") is not None
+    net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    kw = dict(mode="local", samples=16, progress=False, fused_local=True)
+    scores = cf.score_model(net, (5,), backend="reference", **kw)
+    assert not scores.layers["0"].response.endswith("kernel]")
+    assert scores.config["backend"] == "reference"
+    if cf.available_backends()["triton"].available:
+        assert capability("triton", cpu, "local_linear_mi") is not None
+        assert capability("auto", cpu, "local_linear_mi") is not None
+        scores = cf.score_model(net, (5,), backend="triton", **kw)
+        assert scores.layers["0"].response.endswith("[fused Triton local kernel]")

@@ -1,0 +1,10 @@
+"""The machinery behind :func:`causalprune_fast.score_model`, one concern per module.
+
+- ``plan.py``: :class:`ScorePlan`, every argument checked once, frozen.
+- ``state.py``: :class:`LayerState`, what is known about one measured layer during a run.
+- ``hooks.py``: forward hooks that are always removed, and the model state restored on exit.
+- ``probe.py``: the input noise, and the probe pass (what each layer sees, which are called).
+- ``runner.py``: the forward passes of both modes, sample rows, budget batching.
+- ``layer_mi.py``: the MI of one layer (one process or distributed) and its LayerScores.
+- ``fused_local.py``: which layers the fused local kernel can measure, and how.
+"""
