@@ -5,6 +5,10 @@
 Runs the kernel suite (bench_pairwise_mi.py), the whole-model suite (bench_models.py) and the
 seed-stability study (stability.py), keeps their full JSON in --json-dir, and writes the
 markdown. Nothing in RESULTS.md is typed by hand.
+
+The model zoo sweep (``benchmarks/zoo.py``, hours on a CPU) is not run from here: its section
+is written from ``--json-dir/zoo.json`` when that file exists, and ``--zoo-only`` rewrites just
+that section of ``--out``, leaving the others as they are.
 """
 
 from __future__ import annotations
@@ -264,8 +268,10 @@ def zoo_section(zoo: dict, json_path: str) -> str:
         kinds = "; ".join(
             f"{n} x {_cell(kind)}" for kind, n in sorted(r.get("unsupported_kinds", {}).items())
         )
-        if not score.get("ok"):
-            measured = f"score error: {_cell(score.get('error', 'not run'))}"
+        if not score:
+            measured, kinds, unacc = "not finished", "-", "-"
+        elif not score.get("ok"):
+            measured = f"score error: {_cell(score.get('error', '?'))}"
             kinds = unacc = "-"
         else:
             measured = f"{r['measured']} / {r['layers_with_weights']}"
