@@ -90,3 +90,22 @@ def test_reason_kind_and_main_output():
     t = torch.zeros(2)
     assert zoo.main_output(({"logits": t}, 1)) is t
     assert zoo.main_output(None) is None
+
+
+def test_isolated_run_is_killed_at_its_timeout():
+    pytest.importorskip("torchvision")
+    record = zoo.run_isolated("torchvision:squeezenet1_1", timeout=2.0, memory_gb=10.0)
+    assert record["status"].startswith("timeout (2 s) in ")
+    assert record["wall_s"] < 30 and record["peak_rss_mb"] > 0
+
+
+def test_resume_skips_the_models_already_recorded(tmp_path):
+    import json
+
+    out = tmp_path / "zoo.json"
+    done = {"model": "torchvision:squeezenet1_1", "status": "ok"}
+    out.write_text(json.dumps({"models": {done["model"]: done}, "runs": []}))
+    assert zoo.main(["--models", "squeezenet1_1", "--out", str(out), "--resume"]) == 0
+    data = json.loads(out.read_text())
+    assert data["models"] == {done["model"]: done}
+    assert data["requested"] == [done["model"]] and data["runs"][-1]["models"] == []
