@@ -135,6 +135,7 @@ setup(
         "plot": ["matplotlib"],
         "progress": ["tqdm"],
         "io": ["safetensors"],
+        "hf": ["transformers"],
     },
     entry_points={"console_scripts": ["causalprune = causalprune_fast.cli:main"]},
     ext_modules=_extensions(),

@@ -1,19 +1,20 @@
-"""Prunable layers and their variables (METHOD.md section 3).
+"""Measured layers and their variables (docs/method.md section 3).
 
-A measured layer is a ConvNd (1-3 d) or Linear. Its input units are the columns of its
-unfolded input: for Linear each input feature; for ConvNd each (input channel, kernel tap) of
-the receptive field (``taps="all"``) or only the centre tap (``taps="center"``), channel-major
-like ``F.unfold`` and the weight layout, so a group of a grouped convolution owns a contiguous
-block of columns. Its samples are (noise example, output position) pairs; the input partner of
-an output position is the receptive-field element the tap names.
+A measured layer is a ConvNd (1-3 d) or Linear, or one of the layers that behave as Linear
+layers which :mod:`causalprune_fast.discovery` adds through
+:func:`causalprune_fast.attention.special_layers` (transformers ``Conv1D``, the virtual
+projections of ``nn.MultiheadAttention``). Its input units are the columns of its unfolded
+input: for Linear each input feature; for ConvNd each (input channel, kernel tap) of the
+receptive field (``taps="all"``) or only the centre tap (``taps="center"``), channel-major like
+``F.unfold`` and the weight layout, so a group of a grouped convolution owns a contiguous block
+of columns. Its samples are (noise example, output position) pairs; the input partner of an
+output position is the receptive-field element the tap names.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MEASURED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-# Modules with weights that are parts of a channel's group, not layers of their own.
-_GROUP_MEMBERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
 
 TAPS = ("all", "center")
 
@@ -62,92 +61,27 @@ class Layer:
     def input_units(self, taps: str) -> int:
         return self.in_channels * self.taps_per_channel(taps)
 
+    # How score_model drives the layer; virtual layers (causalprune_fast.attention) and other
+    # non-module layers override these.
+    @property
+    def in_dependency_graph(self) -> bool:
+        """Whether Torch-Pruning's dependency graph knows this layer's module."""
+        return True
 
-def _matches(name: str, spec: str | re.Pattern | Callable) -> bool:
-    if isinstance(spec, re.Pattern):
-        return spec.fullmatch(name) is not None
-    if isinstance(spec, str):
-        return re.fullmatch(spec, name) is not None
-    return bool(spec(name))
+    def register_forward_hook(self, hook: Callable):
+        """``hook(module, args, output)`` after each call, ``args[0]`` the layer input."""
+        return self.module.register_forward_hook(hook)
 
+    def register_forward_pre_hook(self, hook: Callable):
+        return self.module.register_forward_pre_hook(hook)
 
-def check_layer_filter(layers: object) -> list[str | re.Pattern | Callable]:
-    """The items of a ``layers`` filter, checked: strings compile as regular expressions."""
-    if isinstance(layers, str | re.Pattern) or callable(layers):
-        specs = [layers]
-    elif isinstance(layers, Iterable) and not isinstance(layers, bytes | Mapping):
-        specs = list(layers)
-    else:
-        raise ValueError(
-            f"layers must be a name or regular expression (str), a compiled regex, a callable "
-            f"name -> bool, or a list of those; got {type(layers).__name__} {layers!r}"
-        )
-    if not specs:
-        raise ValueError("layers is an empty list: it selects no layer")
-    for spec in specs:
-        if isinstance(spec, str):
-            try:
-                re.compile(spec)
-            except re.error as e:
-                raise ValueError(
-                    f"layers: {spec!r} is not a valid regular expression ({e}); strings are "
-                    f"matched as regular expressions against the whole qualified name"
-                ) from None
-        elif not (isinstance(spec, re.Pattern) or callable(spec)):
-            raise ValueError(
-                f"layers: {spec!r} ({type(spec).__name__}) is neither a name or regular "
-                f"expression (str), a compiled regex, nor a callable name -> bool"
-            )
-    return specs
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer alone on input ``x`` (local mode)."""
+        return self.module(x)
 
-
-def find_layers(
-    model: nn.Module, layers: str | Iterable | Callable | re.Pattern | None = None
-) -> tuple[list[Layer], dict[str, str]]:
-    """The measured layers of ``model`` (in module order) and the modules that cannot be
-    measured, with the reason.
-
-    ``layers`` filters by qualified name: a string is a regular expression that must match the
-    whole name (``re.fullmatch``; a plain name such as ``"layer1.0.conv1"`` matches itself,
-    its dots matching any character), a compiled regex likewise, a callable ``name -> bool``,
-    or a list of those (a layer is kept if any item matches). ValueError if ``layers`` is of
-    another type, holds an invalid regular expression, or matches no measurable layer (the
-    message lists the nearest layer names).
-    """
-    specs = None if layers is None else check_layer_filter(layers)
-    found, unsupported = [], {}
-    for name, module in model.named_modules():
-        if isinstance(module, MEASURED_TYPES):
-            found.append(Layer(name, module))
-            continue
-        own = [n for n, _ in module.named_parameters(recurse=False)]
-        if own and not isinstance(module, _GROUP_MEMBERS):
-            label = name or "<root>"
-            unsupported[label] = (
-                f"{type(module).__name__} is not a measured layer type (ConvNd, Linear); its "
-                f"own parameters ({', '.join(own)}) are not scored"
-            )
-    if specs is not None:
-        kept = [layer for layer in found if any(_matches(layer.name, s) for s in specs)]
-        if not kept:
-            all_names = [layer.name for layer in found]
-            near: list[str] = []
-            for spec in specs:
-                if isinstance(spec, str | re.Pattern):
-                    text = spec if isinstance(spec, str) else spec.pattern
-                    near += difflib.get_close_matches(text, all_names, n=5, cutoff=0.4)
-            near = list(dict.fromkeys(near)) or all_names[:8]
-            more = " ..." if len(all_names) > len(near) else ""
-            raise ValueError(
-                f"layers={layers!r} matches no Conv/Linear layer of the model; the nearest "
-                f"layer names are: {', '.join(near)}{more} (strings are regular expressions "
-                f"matched against the whole name)"
-            )
-        found = kept
-    return found, unsupported
-
-
-# ----------------------------------------------------------------------------- samples
+    def response_point(self, finder):
+        """Where the layer's outputs are measured (a ResponsePoint, found by ``finder``)."""
+        return finder.find(self.name)
 
 
 def output_positions(layer: Layer, output: torch.Tensor) -> int:

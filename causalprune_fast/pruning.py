@@ -9,19 +9,20 @@ the pruner's order, each scored on the network as already pruned before it.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from causalprune_fast import _validation as v
+from causalprune_fast.integrations.attention_pruning import attention_pruning
 from causalprune_fast.layers import MEASURED_TYPES
+from causalprune_fast.outputs import output_tensors
 
 
 @dataclass
@@ -70,34 +71,6 @@ def _out_channels(m: nn.Module) -> int:
     return m.out_channels if hasattr(m, "out_channels") else m.out_features
 
 
-def output_tensors(output: object) -> list[torch.Tensor]:
-    """Every tensor in a model's output: a tensor, or any nesting of tuples, lists, dicts
-    (Hugging Face ``ModelOutput`` is one) and dataclasses."""
-    found: list[torch.Tensor] = []
-    seen: set[int] = set()
-
-    def walk(o: object) -> None:
-        if isinstance(o, torch.Tensor):
-            found.append(o)
-            return
-        if id(o) in seen:
-            return
-        seen.add(id(o))
-        if isinstance(o, Mapping):
-            items = list(o.values())
-        elif isinstance(o, tuple | list | set | frozenset):
-            items = list(o)
-        elif dataclasses.is_dataclass(o) and not isinstance(o, type):
-            items = [getattr(o, f.name, None) for f in dataclasses.fields(o)]
-        else:
-            return
-        for item in items:
-            walk(item)
-
-    walk(output)
-    return found
-
-
 def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """Measured layers whose output is returned by the model as is (classifier heads), in any
     output structure (see :func:`output_tensors`)."""
@@ -115,26 +88,6 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
             h.remove()
     results = output_tensors(result)
     return [m for m, out in outputs.items() if any(out is r for r in results)]
-
-
-def _attention_num_heads(model: nn.Module) -> dict[nn.Module, int]:
-    heads = {}
-    for m in model.modules():
-        qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(n, int) and n > 0:
-            heads[qkv] = n
-    return heads
-
-
-def _sync_attention(model: nn.Module, num_heads: dict, pruner) -> None:
-    """timm attention modules: keep num_heads / head_dim / attn_dim consistent with qkv."""
-    for m in model.modules():
-        qkv = getattr(m, "qkv", None)
-        if qkv in num_heads and hasattr(m, "head_dim"):
-            m.num_heads = pruner.num_heads.get(qkv, m.num_heads)
-            m.head_dim = qkv.out_features // (3 * m.num_heads)
-            if hasattr(m, "attn_dim"):
-                m.attn_dim = m.num_heads * m.head_dim
 
 
 def _group_roots_in_forward_order(model, example, groups, dg) -> list[nn.Module]:
@@ -395,7 +348,7 @@ def _prune(
     ignored = heads if ignored is None else ignored
     before = {names[m]: _out_channels(m) for m in model.modules() if isinstance(m, MEASURED_TYPES)}
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
-    num_heads = _attention_num_heads(model)
+    attention = attention_pruning(model)  # heads and attributes (integrations/attention_pruning)
 
     def make_pruner(ratio_dict=None):
         return tp.pruner.BasePruner(
@@ -408,10 +361,7 @@ def _prune(
             ignored_layers=list(ignored),
             round_to=round_to,
             iterative_steps=iterative_steps,
-            num_heads=dict(num_heads),
-            prune_head_dims=True,
-            prune_num_heads=False,
-            output_transform=output_tensors,  # any output structure: its tensors
+            **attention.pruner_kwargs(),  # includes output_transform: any output structure
         )
 
     base = make_pruner()
@@ -437,11 +387,11 @@ def _prune(
         for root in _group_roots_in_forward_order(model, example_input, groups, dg):
             pruner = make_pruner({root: ratio})
             pruner.step()
-            _sync_attention(model, num_heads, pruner)
+            attention.sync(model, pruner)
     else:
         for _ in range(iterative_steps):
             base.step()
-        _sync_attention(model, num_heads, base)
+        attention.sync(model, base)
     macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
 
     group_widths = {n: (w, dg.get_out_channels(root)) for n, (root, w, _) in widths.items()}

@@ -69,6 +69,18 @@ ACTIVATION_NAMES = {
     "PReLU",
     "LeakyReLU",
     "ELU",
+    # transformers.activations (elementwise, stateless)
+    "NewGELUActivation",
+    "GELUActivation",
+    "SiLUActivation",
+    "FastGELUActivation",
+    "QuickGELUActivation",
+    "ClippedGELUActivation",
+    "AccurateGELUActivation",
+    "MishActivation",
+    "LaplaceActivation",
+    "ReLUSquaredActivation",
+    "SqrtSoftplusActivation",
 }
 ACTIVATION_FUNCTIONS = {
     F.relu,

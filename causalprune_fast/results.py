@@ -86,7 +86,7 @@ class CausalScores(Mapping):
         self.config = dict(config)
         self.unsupported = dict(unsupported or {})
         self.timings = dict(timings or {})
-        self._heads_spec = dict(heads or {})  # attention module -> {"qkv": name, "num_heads": n}
+        self._heads_spec = dict(heads or {})  # attention module -> head spec (attention.py)
         self._scores = self._compute(self.config.get("direction", "in"))
 
     # ------------------------------------------------------------------ scores
@@ -139,14 +139,12 @@ class CausalScores(Mapping):
 
     @property
     def heads(self) -> dict[str, torch.Tensor]:
-        """Attention-head scores: the sum over each head's q, k and v channels of the qkv
-        projection's channel scores, ``[num_heads]`` per attention module."""
-        out = {}
-        for attn, spec in self._heads_spec.items():
-            if spec["qkv"] in self._scores:
-                s = self._scores[spec["qkv"]]
-                out[attn] = s.reshape(3, spec["num_heads"], -1).sum(dim=(0, 2))
-        return out
+        """Attention-head scores, ``[num_heads]`` per attention module: the sum over each
+        head's q, k and v channels of their channel scores (with grouped-query attention a
+        key/value head's share; see :mod:`causalprune_fast.attention`)."""
+        from causalprune_fast.attention import head_scores
+
+        return head_scores(self._heads_spec, self._scores)
 
     def sensitivity(self) -> dict[str, float]:
         """Layer sensitivity: the sum of each layer's MI matrix."""

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from causalprune_fast.attention import find_heads, own_groups
 from causalprune_fast.channel_graph import build_groups
+from causalprune_fast.discovery import find_layers
 from causalprune_fast.distributed import DistContext
-from causalprune_fast.layers import find_layers
 from causalprune_fast.response import ResponseFinder
 from causalprune_fast.results import CausalScores, few_sample_layers
 from causalprune_fast.scoring.hooks import PreservedState
@@ -179,7 +180,7 @@ def score_model(
 def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> CausalScores:
     timings: dict[str, float] = {}
     finder = ResponseFinder(model)
-    states = [LayerState(layer, i, finder.find(layer.name)) for i, layer in enumerate(found)]
+    states = [LayerState(layer, i, layer.response_point(finder)) for i, layer in enumerate(found)]
 
     t0 = clock(plan.device)
     example, states, skipped = probe(model, states, plan, ctx)
@@ -187,8 +188,10 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
     timings["probe"] = clock(plan.device) - t0
 
     t0 = time.perf_counter()
-    channel_groups, graph_note = build_groups(model, example, [s.layer.name for s in states])
-    heads = _attention_heads(model, {s.layer.name for s in states})
+    graph_layers = [s.layer.name for s in states if s.layer.in_dependency_graph]
+    channel_groups, graph_note = build_groups(model, example, graph_layers)
+    channel_groups.update(own_groups([s.layer for s in states if not s.layer.in_dependency_graph]))
+    heads = find_heads(model, {s.layer.name for s in states})
     timings["graph"] = time.perf_counter() - t0
 
     bar = _progress(len(states), plan.progress and ctx.rank == 0, "causal scores")
@@ -219,16 +222,3 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
         model=type(model).__name__,
     )
     return CausalScores(layer_results, channel_groups, config, unsupported, timings, heads)
-
-
-def _attention_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
-    """timm-style attention modules (a ``qkv`` Linear and ``num_heads``) whose qkv is measured."""
-    out = {}
-    for name, m in model.named_modules():
-        qkv = getattr(m, "qkv", None)
-        heads = getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(heads, int) and heads > 0:
-            qkv_name = f"{name}.qkv" if name else "qkv"
-            if qkv_name in measured and qkv.out_features % (3 * heads) == 0:
-                out[name] = {"qkv": qkv_name, "num_heads": heads}
-    return out

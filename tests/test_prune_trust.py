@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import causalprune_fast as cf
 from causalprune_fast.nn_prune import causal_structured
-from causalprune_fast.pruning import output_tensors
+from causalprune_fast.outputs import output_tensors
 
 tp = pytest.importorskip("torch_pruning")
 from causalprune_fast.integrations.torch_pruning import CausalImportance  # noqa: E402

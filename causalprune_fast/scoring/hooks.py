@@ -35,10 +35,9 @@ class LayerHooks:
     def __enter__(self) -> LayerHooks:
         try:
             for s in self.states:
-                module = s.layer.module
-                self._handles.append(module.register_forward_hook(self.hook_for(s)))
+                self._handles.append(s.layer.register_forward_hook(self.hook_for(s)))
                 self._handles.append(
-                    module.register_forward_pre_hook(self._enter_layer(s.layer.name))
+                    s.layer.register_forward_pre_hook(self._enter_layer(s.layer.name))
                 )
         except BaseException:
             self.remove()

@@ -20,8 +20,9 @@ import torch.nn as nn
 from causalprune_fast import _validation as v
 from causalprune_fast.backends import BACKENDS
 from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS
+from causalprune_fast.discovery import check_layer_filter
 from causalprune_fast.estimator import default_memory_budget
-from causalprune_fast.layers import TAPS, check_layer_filter
+from causalprune_fast.layers import TAPS
 
 MODES = ("propagated", "local")
 RANGE_MODES = ("exact", "first-batch")
@@ -62,7 +63,7 @@ class ScorePlan:
     device: torch.device
     input_range: tuple[float, float]
     seed: int
-    layers: object  # filter of the measured layers by name (see layers.find_layers)
+    layers: object  # filter of the measured layers by name (see discovery.find_layers)
     mode: str
     taps: str
     bins: int

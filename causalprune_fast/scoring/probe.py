@@ -42,6 +42,7 @@ def probe(
         def hook(module, args, output):
             calls[s.layer.name] += 1
             s.input_shape = tuple(args[0].shape[1:])
+            s.input_dtype = args[0].dtype
             s.positions = output_positions(s.layer, output)
 
         return hook
@@ -70,7 +71,7 @@ def probe(
             kept.append(s)
         else:
             skipped[s.layer.name] = (
-                "not called in the forward pass"
+                (getattr(s.layer, "unsupported_reason", None) or "not called in the forward pass")
                 if n == 0
                 else f"called {n} times per forward pass (shared weights are not supported)"
             )

@@ -281,8 +281,9 @@ class Runner:
         """Local mode of one layer: fresh noise on its calibrated input ranges, through the
         layer alone."""
         view = [-1] + [1] * (len(s.input_shape) - 1) if s.layer.is_conv else [-1]
-        lo = s.channel_lo.to(self.plan.input_dtype).reshape(view)
-        hi = s.channel_hi.to(self.plan.input_dtype).reshape(view)
+        dtype = s.input_dtype or self.plan.input_dtype  # the layer input's (floating) dtype
+        lo = s.channel_lo.to(dtype).reshape(view)
+        hi = s.channel_hi.to(dtype).reshape(view)
         xs, ys, error = [], [], None
         try:
             for start, count in self.batches:
@@ -295,10 +296,10 @@ class Runner:
                     seed=self.plan.seed,
                     stream=stream(LOCAL, s.index),
                     device=self.device,
-                    dtype=self.plan.input_dtype,
+                    dtype=dtype,
                 )
                 with torch.no_grad():
-                    out = s.layer.module(x)
+                    out = s.layer.forward(x)
                     xr, yr = self._capture(s, start, x, out)
                 xs.append(xr)
                 ys.append(yr)

@@ -25,6 +25,7 @@ class LayerState:
     response: ResponsePoint
     positions: int = 0
     input_shape: tuple[int, ...] = ()
+    input_dtype: torch.dtype | None = None  # the layer input's dtype (local-mode noise)
     rows: int = 0
     x_ranges: torch.Tensor | None = None  # [input units, 2] bin ranges
     y_ranges: torch.Tensor | None = None  # [output channels, 2]
