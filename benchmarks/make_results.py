@@ -259,8 +259,8 @@ def zoo_section(zoo: dict, json_path: str) -> str:
         "",
         "| model | input | params | measured / with weights | norms | unaccounted | "
         "unsupported (count x kind) | score s | prune s | peak RSS | prune(0.3) | "
-        "pruned model runs | status |",
-        "|" + "---|" * 13,
+        "pruned model runs | status | revision |",
+        "|" + "---|" * 14,
     ]
     for key in sorted(models, key=lambda k: (k.split(":")[0], k)):
         r = models[key]
@@ -293,6 +293,7 @@ def zoo_section(zoo: dict, json_path: str) -> str:
             _zoo_prune(r),
             _zoo_forward(r),
             _cell(r.get("status", "?")),
+            r.get("revision", "?"),
         ]
         lines.append("| " + " | ".join(row) + " |")
     not_run = [k for k in zoo.get("requested", []) if k not in models]

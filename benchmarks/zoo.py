@@ -9,7 +9,8 @@ unsupported with their reasons, seconds, peak memory, and whether ``cf.prune(mod
 and the pruned model still runs (and still gives outputs of the same shape).
 
 Models: every torchvision classification model, a dozen timm models and three Hugging Face
-transformers built from tiny configs (GPT-2, BERT, Llama with grouped-query attention). Each
+transformers built from tiny configs (GPT-2 LM head, BERT sequence classifier, Llama LM head
+with grouped-query attention). Each
 model runs in its own subprocess under a memory cap (``RLIMIT_AS``) and a wall-clock timeout;
 the record is written after every stage, so a model killed while pruning keeps its scoring
 result. The JSON is rewritten after every model, and ``--resume`` skips the models it already
@@ -196,9 +197,10 @@ def _hf_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
             num_attention_heads=4,
             intermediate_size=128,
             max_position_embeddings=64,
+            num_labels=2,
             **common,
         )
-        return tf.BertModel(cfg), cfg.to_diff_dict()
+        return tf.BertForSequenceClassification(cfg), cfg.to_diff_dict()
     if name == "llama":
         cfg = tf.LlamaConfig(
             hidden_size=64,
@@ -493,6 +495,8 @@ def run_isolated(
         record["stderr_tail"] = tail
     elif unfinished is None:
         record["status"] = "ok"
+        if not record["pruned"].get("output_shape_kept", True):
+            record["status"] = "ok, but the pruned model's output shape changed"
     elif unfinished in record and record[unfinished].get("memory"):
         record["status"] = f"out of memory ({memory_gb:g} GB cap) in {unfinished}"
     else:
@@ -580,7 +584,7 @@ def sweep(args: argparse.Namespace, command: str) -> dict[str, Any]:
             continue
         bar.set_postfix_str(key)
         record = run_isolated(key, args.timeout, args.memory_gb)
-        record["run"] = now
+        record["run"], record["revision"] = now, run["git_revision"]
         data["models"][key] = record
         data.get("not_run", {}).pop(key, None)
         run["models"].append(key)

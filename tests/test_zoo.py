@@ -33,8 +33,15 @@ def _load_zoo() -> ModuleType:
 zoo = _load_zoo()
 
 
-def _check_record(record: dict, output_shape_kept: bool = True) -> None:
-    for stage in ("build", "score", "prune", "pruned_forward"):
+def _check_record(
+    record: dict, output_shape_kept: bool = True, prune_refused: str | None = None
+) -> None:
+    """The rule and the stages; ``prune_refused``: a by-design refusal prune may give."""
+    stages = ["build", "score", "prune", "pruned_forward"]
+    if prune_refused is not None and not record["prune"]["ok"]:
+        assert prune_refused in record["prune"]["error"], record["prune"]["error"]
+        stages = stages[:2]
+    for stage in stages:
         assert record[stage]["ok"], (stage, record[stage].get("error"), record[stage])
         assert record[stage]["seconds"] >= 0 and record[stage]["peak_rss_mb"] > 0
     assert 0 < record["measured"] <= record["layers_with_weights"]
@@ -43,6 +50,8 @@ def _check_record(record: dict, output_shape_kept: bool = True) -> None:
     for name, reason in record["unsupported"].items():
         assert isinstance(reason, str) and reason.strip(), name
     assert sum(record["unsupported_kinds"].values()) == len(record["unsupported"])
+    if "pruned_forward" not in stages:
+        return
     pruned = record["pruned"]
     if output_shape_kept:
         assert pruned["output_shape_kept"], (record["output_shape"], pruned["output_shape"])
@@ -69,11 +78,14 @@ def test_torchvision_squeezenet_small_input():
 
 
 def test_hf_gpt2_tiny_config():
+    """GPT-2's Conv1D layers are scored; prune either works or refuses them by name."""
     pytest.importorskip("transformers", reason="the Hugging Face case needs transformers")
     record = zoo.run_model("hf:gpt2")
     assert record["input_shape"] == [zoo.HF_TOKENS]
     assert record["input_range"] == [0.0, float(zoo.HF_VOCAB)]
-    _check_record(record)
+    assert record["measured"] >= 8  # 2 blocks x (c_attn, c_proj, c_fc, mlp c_proj) + lm_head
+    # Torch-Pruning has no Conv1D pruner: prune refuses GPT-2 with that reason, by design.
+    _check_record(record, prune_refused="Conv1D")
 
 
 def test_reason_kind_and_main_output():
