@@ -579,8 +579,9 @@ def sweep(args: argparse.Namespace, command: str) -> dict[str, Any]:
     bar = tqdm(todo, desc="zoo", unit="model")
     for key in bar:
         if args.budget and time.monotonic() - t0 > args.budget:
-            bar.write(f"time budget of {args.budget} s spent: {key} and the rest not run")
-            data.setdefault("not_run", {})[key] = f"the sweep's time budget ({args.budget} s)"
+            if not data.get("not_run"):
+                bar.write(f"time budget of {args.budget:g} s spent: {key} and the rest not run")
+            data.setdefault("not_run", {})[key] = f"the sweep's time budget ({args.budget:g} s)"
             continue
         bar.set_postfix_str(key)
         record = run_isolated(key, args.timeout, args.memory_gb)
