@@ -14,7 +14,8 @@ from causalprune_fast.estimator import (
     pairwise_mi,
     quantize,
 )
-from causalprune_fast.pruning import PruneReport, prune
+from causalprune_fast.prune_report import PruneReport
+from causalprune_fast.pruning import prune
 from causalprune_fast.results import CausalScores, LayerScores
 from causalprune_fast.score import score_model
 

@@ -1,8 +1,11 @@
 """Leaving the user's model as found: snapshots of what the pruning entry points may touch.
 
-- :func:`preserved` restores, on success and on error, every submodule's ``training`` flag,
-  every parameter's ``requires_grad``, the modules' hook dictionaries and the torch random
-  number generators (CPU, and the CUDA device the model lives on).
+- :func:`preserved` restores, on success and on error (KeyboardInterrupt included), every
+  submodule's ``training`` flag, every parameter's ``requires_grad``, the modules' hook
+  dictionaries (any hook added meanwhile, by this package or a library it calls such as
+  Torch-Pruning's tracing, is removed) and the global random number generators (torch CPU, the
+  CUDA devices the model lives on, Python's ``random``, and NumPy's where it is imported).
+  ``score_model``, ``CausalImportance`` and ``prune()`` run inside it.
 - :class:`ModelSnapshot` additionally restores every submodule's attributes (parameters,
   buffers, submodules and plain attributes such as ``out_channels``), so a structural change
   that failed half-way can be undone. Torch-Pruning replaces parameters and buffers by new
@@ -12,6 +15,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -122,10 +127,16 @@ def rng_forked(model: nn.Module):
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
     """Run the body, then restore the model's training flags, ``requires_grad``, hooks and the
-    torch RNG state, whether the body succeeded or raised (KeyboardInterrupt included)."""
+    global RNG states, whether the body succeeded or raised (KeyboardInterrupt included)."""
     flags = _Flags(model)
+    python_rng = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_rng = numpy.random.get_state() if numpy is not None else None
     with rng_forked(model):
         try:
             yield
         finally:
             flags.restore()
+            random.setstate(python_rng)
+            if numpy_rng is not None:
+                numpy.random.set_state(numpy_rng)

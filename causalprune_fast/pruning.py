@@ -9,12 +9,10 @@ the pruner's order, each scored on the network as already pruned before it.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -23,48 +21,8 @@ from causalprune_fast import _validation as v
 from causalprune_fast.integrations.attention_pruning import attention_pruning
 from causalprune_fast.layers import MEASURED_TYPES
 from causalprune_fast.outputs import output_tensors
-
-
-@dataclass
-class PruneReport:
-    """What :func:`prune` did.
-
-    ``groups`` has one entry per channel group Torch-Pruning could prune (named after its root
-    layer): ``(width before, width after)``. ``channels`` has the output channels of every
-    measured layer before and after. ``ratio`` is the fraction of the groups' channels that
-    was asked for, ``achieved`` the fraction removed.
-    """
-
-    params_before: int
-    params_after: int
-    macs_before: float
-    macs_after: float
-    channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (before, after)
-    rescored: int = 0  # how many times the network was scored
-    groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # root: (before, after)
-    ratio: float = 0.0
-    achieved: float = 0.0
-    short: dict[str, int] = field(default_factory=dict)  # root: channels it should have lost
-
-    def summary(self) -> str:
-        """Params and MACs before and after, the ratio asked for and reached, every group."""
-        lines = [
-            f"params {self.params_before:,} -> {self.params_after:,} "
-            f"({self.params_after / max(self.params_before, 1):.1%}); MACs {self.macs_before:,.0f}"
-            f" -> {self.macs_after:,.0f} ({self.macs_after / max(self.macs_before, 1):.1%}); "
-            f"scored {self.rescored} time(s)",
-            f"channels removed: {self.achieved:.1%} of the prunable groups' channels "
-            f"(asked for {self.ratio:.1%})",
-        ]
-        for name, (before, after) in self.groups.items():
-            note = ""
-            if name in self.short:
-                note = f" (short of the ratio: wanted {before - self.short[name]} left)"
-            lines.append(f"  group {name}: {before} -> {after} channels{note}")
-        for name, (before, after) in self.channels.items():
-            if before != after and name not in self.groups:
-                lines.append(f"  {name}: {before} -> {after} output channels")
-        return "\n".join(lines)
+from causalprune_fast.prune_report import PruneReport, shortfall_message, wanted_removals
+from causalprune_fast.score import score_model_keywords
 
 
 def _out_channels(m: nn.Module) -> int:
@@ -190,17 +148,6 @@ def _check_arguments(
     return shape, layers
 
 
-def score_model_keywords() -> set[str] | None:
-    """The keyword arguments :func:`causalprune_fast.score_model` takes besides the model and
-    the input shape (None if it takes any)."""
-    from causalprune_fast.score import score_model
-
-    params = inspect.signature(score_model).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params) - {"model", "input_shape"}
-
-
 def prune(
     model: nn.Module,
     ratio: float,
@@ -313,7 +260,7 @@ def prune(
                 round_to,
                 iterative_steps,
             )
-            message = _shortfall_message(report, global_pruning)
+            message = shortfall_message(report, global_pruning)
             if message and on_shortfall == "raise":
                 raise ValueError(message + "; the model was left as it was")
             if message and on_shortfall == "warn":
@@ -400,8 +347,8 @@ def _prune(
     short = {}
     if not global_pruning:
         for n, (_, w, g) in widths.items():
-            if w - group_widths[n][1] < _wanted(w, ratio) - (g - 1):
-                short[n] = _wanted(w, ratio)
+            if w - group_widths[n][1] < wanted_removals(w, ratio) - (g - 1):
+                short[n] = wanted_removals(w, ratio)
     return PruneReport(
         params_before=int(params_before),
         params_after=int(params_after),
@@ -413,42 +360,4 @@ def _prune(
         ratio=ratio,
         achieved=removed / total if total else 0.0,
         short=short,
-    )
-
-
-def _wanted(width: int, ratio: float) -> int:
-    """Channels that ``ratio`` asks to remove from ``width`` (never all of them)."""
-    return min(width - 1, math.floor(width * ratio + 1e-9))
-
-
-def _shortfall_message(report: PruneReport, global_pruning: bool) -> str | None:
-    total = sum(w for w, _ in report.groups.values())
-    removed = sum(w - a for w, a in report.groups.values())
-    if global_pruning:
-        wanted = _wanted(total, report.ratio)
-        slack = len(report.groups)
-        if removed >= wanted - slack:
-            return None
-        detail = (
-            "with global_pruning, the threshold would empty groups, and Torch-Pruning leaves "
-            "such groups alone"
-        )
-    elif not report.short:
-        return None
-    else:
-        listed = ", ".join(
-            f"{n} ({report.groups[n][0]} -> {report.groups[n][1]}, wanted "
-            f"{report.groups[n][0] - k} left)"
-            for n, k in list(report.short.items())[:8]
-        )
-        more = len(report.short) - 8
-        detail = (
-            f"Torch-Pruning leaves alone a group it would empty, or whose channels are not "
-            f"scored; {len(report.short)} group(s) fell short: {listed}"
-            + (f" and {more} more" if more > 0 else "")
-        )
-    return (
-        f"prune(ratio={report.ratio:g}) removed {removed} of the {total} channels of the "
-        f"prunable groups ({removed / max(total, 1):.1%}), short of the {report.ratio:.1%} "
-        f"asked for: {detail}"
     )

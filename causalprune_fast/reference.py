@@ -23,9 +23,10 @@ def quantize(
     """Codes ``[S, C]`` uint8 (column-major, like every backend) and the ranges ``[C, 2]``.
 
     ``code = min(floor((v - lo) / (hi - lo) * bins), bins - 1)``, clamped below at 0, in
-    float64 in that order; a degenerate range (``hi <= lo``) gives bin 0, or ``bins - 1`` for
-    values above ``hi``; NaN gives bin 0. Computed ranges are each column's min and max (NaN
-    if the column holds a NaN).
+    float64 in that order (every operand halved first where ``hi - lo`` overflows); a
+    degenerate range (``hi <= lo``) gives bin 0, or ``bins - 1`` for values above ``hi``; NaN
+    gives bin 0. Computed ranges are each column's min and max (NaN if the column holds a
+    NaN).
     """
     xd = x.to(torch.float64)
     if ranges is None:
@@ -33,7 +34,11 @@ def quantize(
     else:
         ranges = ranges.to(torch.float64).clone()
     lo, hi = ranges[:, 0], ranges[:, 1]
-    t = (xd - lo) / (hi - lo) * bins
+    # A finite range wider than the largest double overflows hi - lo: halve every operand
+    # there (quantize_value in mi_math.h); h == 1 elsewhere leaves the arithmetic unchanged.
+    span = hi - lo
+    h = torch.where(torch.isfinite(span), 1.0, 0.5).to(torch.float64)
+    t = (xd * h - lo * h) / (hi * h - lo * h) * bins
     inner = torch.where(t >= 1, torch.where(t >= bins - 1, bins - 1, torch.floor(t)), 0.0)
     degenerate = torch.where(xd > hi, float(bins - 1), 0.0)
     codes = torch.where(hi > lo, inner, degenerate).to(torch.uint8)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from causalprune_fast.channel_graph import (
+from causalprune_fast.channel_graph import Member
+from causalprune_fast.channel_scores import (
     DIRECTIONS,
     REDUCTIONS,
-    Member,
     channel_scores,
     direction_fallbacks,
 )

@@ -9,6 +9,7 @@ measured is described in :mod:`causalprune_fast.scoring`.
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 import warnings
@@ -17,13 +18,13 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from causalprune_fast._state import preserved
 from causalprune_fast.attention import find_heads, own_groups
 from causalprune_fast.channel_graph import build_groups
 from causalprune_fast.discovery import find_layers
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.response import ResponseFinder
 from causalprune_fast.results import CausalScores, few_sample_layers
-from causalprune_fast.scoring.hooks import PreservedState
 from causalprune_fast.scoring.plan import (
     DEFAULT_MAX_SAMPLES_PER_LAYER,
     DEFAULT_SAMPLES,
@@ -172,7 +173,7 @@ def score_model(
             f"samples={plan.examples} must be at least the number of ranks ({ctx.world})"
         )
     found, unsupported = find_layers(model, plan.layers)
-    with PreservedState(model):
+    with preserved(model):
         model.eval()
         return _score(model, found, unsupported, plan, t_start, ctx)
 
@@ -222,3 +223,12 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
         model=type(model).__name__,
     )
     return CausalScores(layer_results, channel_groups, config, unsupported, timings, heads)
+
+
+def score_model_keywords() -> set[str] | None:
+    """The keyword arguments :func:`score_model` takes besides the model and the input shape
+    (None if it takes any): what ``prune()`` and ``CausalImportance`` may pass on to it."""
+    params = inspect.signature(score_model).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params) - {"model", "input_shape"}

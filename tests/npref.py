@@ -18,7 +18,11 @@ def quantize(x: np.ndarray, bins: int, ranges: np.ndarray | None = None):
             if not hi[c] > lo[c]:
                 codes[s, c] = bins - 1 if v > hi[c] else 0
                 continue
-            t = (v - lo[c]) / (hi[c] - lo[c]) * bins
+            # Halve every operand where hi - lo overflows (a finite range beyond the largest
+            # double), as quantize_value in mi_math.h does.
+            with np.errstate(over="ignore"):
+                h = 1.0 if np.isfinite(hi[c] - lo[c]) else 0.5
+            t = (v * h - lo[c] * h) / (hi[c] * h - lo[c] * h) * bins
             codes[s, c] = 0 if not t >= 1 else (bins - 1 if t >= bins - 1 else int(np.floor(t)))
     return codes.astype(np.uint8), ranges
 

@@ -184,6 +184,55 @@ def test_quantize_given_ranges_clamp_into_edge_bins(backend):
     np.testing.assert_array_equal(used.cpu().numpy(), ranges.numpy())
 
 
+DBL_MAX = float(np.finfo(np.float64).max)
+# (lo, hi) of ranges whose width overflows a double, or nearly does (issue 11, 3.7).
+WIDE_RANGES = [
+    (-1.7e308, 1.7e308),
+    (-DBL_MAX, DBL_MAX),
+    (-DBL_MAX / 2, DBL_MAX / 2),  # hi - lo == DBL_MAX exactly: the ordinary path
+    (-(2.0**1023), 2.0**1023),  # hi - lo == 2^1024 rounds to inf
+    (-8.98846567431158e307, 8.98846567431158e307 * (1 + 2**-52)),  # just above DBL_MAX / 2
+    (0.0, DBL_MAX),
+    (-DBL_MAX, -DBL_MAX / 4),
+]
+
+
+# The Triton interpreter's NumPy warns where hi - lo overflows (as intended).
+OVERFLOW_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)
+
+
+@OVERFLOW_WARNINGS
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lo, hi", WIDE_RANGES)
+@pytest.mark.parametrize("bins", [2, 16, 256])
+def test_quantize_ranges_near_overflow(backend, lo, hi, bins):
+    # Values at every bin centre, at lo and hi, and just inside the edges; lo (1 - f) + hi f
+    # cannot overflow. Bin k of [lo, hi] is [lo + k w, lo + (k + 1) w), w = (hi - lo) / bins.
+    f = np.concatenate([(np.arange(bins) + 0.5) / bins, [0.0, 1.0, 1e-9, 1 - 1e-9]])
+    want = np.concatenate([np.arange(bins), [0, bins - 1, 0, bins - 1]]).astype(np.uint8)
+    x = torch.tensor(lo * (1 - f) + hi * f, dtype=torch.float64)[:, None]
+    ranges = torch.tensor([[lo, hi]], dtype=torch.float64)
+    for given in (None, ranges):
+        codes, used = cf.quantize(x.to(_device(backend)), bins, given, backend=backend)
+        np.testing.assert_array_equal(used.cpu().numpy(), ranges.numpy())
+        np.testing.assert_array_equal(codes[:, 0].cpu().numpy(), want)
+    np.testing.assert_array_equal(npref.quantize(x.numpy(), bins)[0][:, 0], want)
+
+
+@OVERFLOW_WARNINGS
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mi_of_values_spanning_the_doubles(backend):
+    # Finite values of +-1.7e308: hi - lo overflows, yet the column splits into two bins and
+    # carries 1 bit about itself (issue 11, 3.7: every code was 0 and the MI 0 bits).
+    x = torch.tensor([-1.7e308, 1.7e308] * 50, dtype=torch.float64)[:, None]
+    y = torch.cat([x, -x, torch.full_like(x, 1.5)], dim=1)
+    for bins in (2, 16):
+        got = _mi(backend, x, y, bins)
+        np.testing.assert_allclose(got, [[1.0, 1.0, 0.0]], rtol=0, atol=TOL)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float_inputs_are_binned_like_quantize(backend):
     gen = torch.Generator().manual_seed(9)

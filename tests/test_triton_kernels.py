@@ -73,7 +73,8 @@ def ref_codes(x: torch.Tensor, bins: int, ranges: torch.Tensor) -> np.ndarray:
     v = x.cpu().double().numpy()
     lo, hi = ranges.cpu().numpy()[:, 0], ranges.cpu().numpy()[:, 1]
     with np.errstate(all="ignore"):
-        t = (v - lo) / (hi - lo) * bins
+        h = np.where(np.isfinite(hi - lo), 1.0, 0.5)  # halved where hi - lo overflows
+        t = (v * h - lo * h) / (hi * h - lo * h) * bins
         code = np.where(t >= bins - 1, bins - 1, np.floor(np.where(t >= 1, t, 0)))
         code = np.where(hi > lo, code, np.where(v > hi, bins - 1, 0))
     return code.astype(np.uint8)

@@ -32,11 +32,11 @@ import torch_pruning as tp
 
 from causalprune_fast import _validation as v
 from causalprune_fast._state import preserved
-from causalprune_fast.channel_graph import channel_scores, members_of_group
+from causalprune_fast.channel_graph import members_of_group
+from causalprune_fast.channel_scores import channel_scores
 from causalprune_fast.outputs import output_tensors
-from causalprune_fast.pruning import score_model_keywords
 from causalprune_fast.results import CausalScores
-from causalprune_fast.score import score_model
+from causalprune_fast.score import score_model, score_model_keywords
 
 __all__ = ["CausalImportance"]
 

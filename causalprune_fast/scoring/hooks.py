@@ -1,14 +1,9 @@
-"""Forward hooks on the measured layers, always removed, and where a forward pass is; and the
-user's model and process state, restored whatever happens."""
+"""Forward hooks on the measured layers, always removed, and where a forward pass is (the
+user's model and process state is restored by ``_state.preserved``)."""
 
 from __future__ import annotations
 
-import random
-import sys
 from collections.abc import Callable, Iterable
-
-import torch
-import torch.nn as nn
 
 from causalprune_fast.scoring.state import LayerState
 
@@ -51,46 +46,3 @@ class LayerHooks:
 
     def __exit__(self, *exc) -> None:
         self.remove()
-
-
-class PreservedState:
-    """``with PreservedState(model):`` restores, on exit (success, error or
-    KeyboardInterrupt), what scoring may change: every submodule's own train/eval flag, every
-    parameter's ``requires_grad``, the hooks of every submodule (any hook added meanwhile, by
-    this package or by a library it calls, such as Torch-Pruning's tracing, is removed), and
-    the global random number generators (torch CPU, CUDA where initialised, Python's
-    ``random``, and NumPy's where NumPy is imported)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> PreservedState:
-        self.training = [(m, m.training) for m in self.model.modules()]
-        self.requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
-        self.hooks = [(d, set(d)) for m in self.model.modules() for d in _hook_dicts(m)]
-        self.torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.python_rng = random.getstate()
-        numpy = sys.modules.get("numpy")
-        self.numpy_rng = numpy.random.get_state() if numpy is not None else None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for m, flag in self.training:
-            m.training = flag
-        for p, flag in self.requires_grad:
-            p.requires_grad_(flag)
-        for hooks, before in self.hooks:
-            for key in set(hooks) - before:
-                del hooks[key]
-        torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-        random.setstate(self.python_rng)
-        if self.numpy_rng is not None:
-            sys.modules["numpy"].random.set_state(self.numpy_rng)
-
-
-def _hook_dicts(m: nn.Module) -> list[dict]:
-    """The module's own hook registries (``_forward_hooks``, ``_forward_pre_hooks``, ...)."""
-    return [d for k, d in vars(m).items() if "_hooks" in k and isinstance(d, dict)]

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from causalprune_fast import _validation as v
 from causalprune_fast.backends import BACKENDS
-from causalprune_fast.channel_graph import DIRECTIONS, REDUCTIONS
+from causalprune_fast.channel_scores import DIRECTIONS, REDUCTIONS
 from causalprune_fast.discovery import check_layer_filter
 from causalprune_fast.estimator import default_memory_budget
 from causalprune_fast.layers import TAPS

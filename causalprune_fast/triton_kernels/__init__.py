@@ -13,8 +13,9 @@ import os
 
 _IMPORT_ERROR: str | None = None
 try:
+    from .mi_blocks import INTERPRET
     from .pairwise_mi import TileConfig, pairwise_mi, pairwise_mi_sums, tile_config
-    from .quantize import INTERPRET, quantize
+    from .quantize import quantize
 except ImportError as e:  # triton missing or broken
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
     INTERPRET = False

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--local-linear",
         action="store_true",
-        help="only the fused local-mode Linear kernels (local_linear.py)",
+        help="only the fused local-mode Linear kernels (local_linear.py, layer_response.py)",
     )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -136,41 +136,33 @@ def main(argv=None) -> int:
 
 def _local_linear_kernels(args, run) -> None:
     ll = importlib.import_module(__package__ + ".local_linear")
-    common = dict(
-        w_ptr="*fp32", b_ptr="*fp32", scale_ptr="*fp32", shift_ptr="*fp32", lo_ptr="*fp32",
-        hi_ptr="*fp32",
+    lr = importlib.import_module(__package__ + ".layer_response")
+    layer = dict(
+        w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", seed="i64", S="i32", CIN="i32",
+        COUT="i32",
     )  # fmt: skip
-    run("materialize_noise", ll._noise_kernel, dict(out_ptr="*fp32", lo_ptr="*fp32",
-        hi_ptr="*fp32", seed="i64", S="i32", CIN="i32"),
-        dict(BLOCK_S=ll.NOISE_BLOCK_S, BLOCK_K=ll.NOISE_BLOCK_K), 4, 1,
-        enable_fp_fusion=False)  # fmt: skip
-    rsig = dict(
-        common, part_lo_ptr="*fp64", part_hi_ptr="*fp64", ydbg_ptr="*fp32", seed="i64",
-        S="i32", CIN="i32", COUT="i32", rows_per_program="i32", TILES_Y="i32",
-    )  # fmt: skip
+    rsig = dict(layer, part_ptr="*fp64", rows_per_program="i32", TILES_Y="i32")
     msig = dict(
-        common, xr_ptr="*fp64", yr_ptr="*fp64", out_ptr="*fp32", per_x_ptr="*fp64",
-        per_y_ptr="*fp64", ydbg_ptr="*fp32", seed="i64", S="i32", CIN="i32", COUT="i32",
-        bins="i32", TILES_Y="i32",
+        w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", ranges_ptr="*fp64", out_ptr="*fp32",
+        sums_ptr="*fp64", seed="i64", S="i32", CIN="i32", COUT="i32", bins="i32", TILES_Y="i32",
     )  # fmt: skip
     cases = list(LOCAL_LINEAR_CASES[:1] if args.smoke else LOCAL_LINEAR_CASES)
     if args.all:
         cases += [(f"256x256 bins 16 {a}", 256, 256, 16, a) for a in MORE_LOCAL_LINEAR_ACTIVATIONS]
     for i, (name, cin, cout, bins, act) in enumerate(cases):
         c = ll.local_tile_config(cin, cout, bins, interpret=False)
-        flags = dict(ACT=act, HAS_BIAS=True, HAS_AFFINE=i % 2 == 0, DEBUG_Y=False)
+        flags = dict(ACT=act, HAS_BIAS=True, HAS_AFFINE=i % 2 == 0)
         shapes = dict(YW=c.yw, BLOCK_S=c.block_s, BLOCK_K=c.block_k)
-        # The launchers compile without multiply-add contraction (see local_linear.py).
-        run(f"local_linear ranges {name}", ll._range_kernel, rsig, dict(flags, **shapes), 4, 1,
+        # The launchers compile without multiply-add contraction (see layer_response.py).
+        run(f"local_linear ranges {name}", lr._range_kernel, rsig, dict(flags, **shapes), 4, 1,
             enable_fp_fusion=False)  # fmt: skip
         variants = [(False, False), (True, True)] if i == 0 or args.all else [(i % 2 == 1, False)]
         if args.smoke:  # one compile of each kernel: sums with Miller-Madow
             variants = [(True, True)]
         for sums, mm in variants:
             consts = dict(
-                flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, SBX=c.sbx, KX=c.kx,
-                PY=c.py, SBY=c.sby, KY=c.ky,
-            )  # fmt: skip
+                flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx
+            )
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"local_linear mi{'_sums' if sums else ''} {name} ({tile})"
             run(label, ll._mi_kernel, msig, consts, c.num_warps, c.num_stages,
@@ -199,8 +191,8 @@ def _estimator_kernels(args, run, pm, q) -> None:
             hi_src="*fp64"), dict(SAME_SRC=False, BLOCK_R=br, BLOCK_C=bc), 4, 1)  # fmt: skip
 
     msig = dict(
-        xt_ptr="*u8", yt_ptr="*u8", out_ptr="*fp32", per_x_ptr="*fp64", per_y_ptr="*fp64",
-        S="i32", CXG="i32", CYG="i32", CY="i32", TILES_X="i32", TILES_Y="i32",
+        xt_ptr="*u8", yt_ptr="*u8", out_ptr="*fp32", sums_ptr="*fp64", S="i32", CXG="i32",
+        CYG="i32", CX="i32", CY="i32", TILES_X="i32", TILES_Y="i32",
     )  # fmt: skip
     cases = QUICK_CASES + (MORE_CASES if args.all else [])
     if args.smoke:  # the default tile with both variants, and a split-bins / tiny-bins tile

@@ -11,7 +11,8 @@ which is exact for S < 2^31. Bins are padded to a power of two and a tile holds 
 (``BLOCK_M = PX * padded_bins_x``); padded bins never match a code and samples past S are given
 code -1, so neither contributes.
 
-The epilogue runs in the same program on the int32 tile, in float64: per pair the joint term
+The one-hot product and the epilogue are the shared blocks of ``mi_blocks.py``. The epilogue
+runs in the same program on the int32 tile, in float64: per pair the joint term
 ``sum_ab n_ab ln n_ab``, the marginals ``n_a = sum_b n_ab`` and ``n_b = sum_a n_ab`` taken from the
 same tile, and ``mi_bits`` of ``csrc/causalprune_fast/mi_math.h`` (plug-in MI in bits, optional
 Miller-Madow term, clamp at 0). The count tile never reaches global memory: only the [Cx, Cy]
@@ -29,41 +30,33 @@ contiguous blocks and the 1-D grid enumerates only the tiles inside a group.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-LN2 = tl.constexpr(0.6931471805599453)  # float64 nearest ln 2, as kLn2 in mi_math.h
-
-
-@triton.jit
-def _xlogx(n):
-    """n ln n of float64 counts n >= 0, with 0 ln 0 = 0 (xlogx in mi_math.h)."""
-    pos = n > 0.0
-    return tl.where(pos, n * tl.log(tl.where(pos, n, 1.0)), 0.0)
-
-
-@triton.jit
-def _pair_sum(t):
-    """[PX, SBX, PY, SBY] -> [PX, PY]: the sum over each pair's SBX x SBY block."""
-    return tl.sum(tl.sum(t, axis=3), axis=1)
+from .mi_blocks import (
+    INTERPRET,
+    add_block,
+    add_rows,
+    count_pairs,
+    store_mi,
+    tile_mi,
+    tile_sums,
+)
 
 
 @triton.jit
 def _pairwise_mi_kernel(
     xt_ptr,  # [Cx, S] uint8 codes, contiguous (one column per row)
     yt_ptr,  # [Cy, S] uint8 codes, contiguous
-    out_ptr,  # [Cx, Cy] float32 MI matrix (unused with SUMS)
-    per_x_ptr,  # [Cx] float64 row sums (SUMS only)
-    per_y_ptr,  # [Cy] float64 column sums (SUMS only)
+    out_ptr,  # [Cx, Cy] float32 MI matrix (unless SUMS)
+    sums_ptr,  # [Cx + Cy] float64 row sums, then column sums (SUMS)
     S,
     CXG,  # x columns per group
     CYG,  # y columns per group
+    CX,  # columns of x (offset of the column sums)
     CY,  # row stride of out
     TILES_X,  # tiles per group along x: cdiv(CXG, PX)
     TILES_Y,
@@ -77,9 +70,6 @@ def _pairwise_mi_kernel(
     KY: tl.constexpr,
     BLOCK_S: tl.constexpr,  # samples per step (the K of the matrix product)
 ):
-    BM: tl.constexpr = PX * SBX
-    BN: tl.constexpr = PY * SBY
-
     # Tile -> (group, x tile, y tile). Neighbouring programs share the x columns.
     pid = tl.program_id(0)
     g = pid // (TILES_X * TILES_Y)
@@ -93,79 +83,28 @@ def _pairwise_mi_kernel(
     x_rows = xt_ptr + col_x.to(tl.int64) * S  # start of each x column's codes
     y_rows = yt_ptr + col_y.to(tl.int64) * S
 
-    joint = tl.zeros([PX, PY], tl.float64)  # sum_ab n_ab ln n_ab
-    marg_x = tl.zeros([PX, PY], tl.float64)  # sum_a n_a ln n_a
-    marg_y = tl.zeros([PX, PY], tl.float64)  # sum_b n_b ln n_b
-    nz_xy = tl.zeros([PX, PY], tl.int32)  # non-empty bins, for Miller-Madow
-    nz_x = tl.zeros([PX, PY], tl.int32)
-    nz_y = tl.zeros([PX, PY], tl.int32)
-    # n_b partial sums per y sub-block, completed over the x sub-blocks (KY <= 2).
-    cols0 = tl.zeros([PX, PY, SBY], tl.int32)
-    cols1 = tl.zeros([PX, PY, SBY], tl.int32)
-
+    joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SBY)
     for kx in tl.static_range(KX):
-        bins_x = kx * SBX + tl.arange(0, SBX)
         rows = tl.zeros([PX, SBX, PY], tl.int32)  # n_a, completed over the y sub-blocks
         for ky in tl.static_range(KY):
-            bins_y = ky * SBY + tl.arange(0, SBY)
-            acc = tl.zeros([BM, BN], tl.int32)
+            acc = tl.zeros([PX * SBX, PY * SBY], tl.int32)
             for s0 in range(0, S, BLOCK_S):
                 offs_s = s0 + tl.arange(0, BLOCK_S)
                 in_s = offs_s < S
-                # x codes [PX, BLOCK_S] -> one-hot [PX, SBX, BLOCK_S] -> A operand [BM, BLOCK_S].
                 # Samples past S and columns past the group get code -1: an all-zero one-hot.
                 mx = valid_x[:, None] & in_s[None, :]
                 cx = tl.load(x_rows[:, None] + offs_s[None, :], mask=mx, other=0)
                 cx = tl.where(mx, cx.to(tl.int32), -1)
-                ox = (cx[:, None, :] == bins_x[None, :, None]).to(tl.int8)
-                ox = tl.reshape(ox, [BM, BLOCK_S])
-                # y likewise as [BN, BLOCK_S], transposed into the B operand [BLOCK_S, BN]: int8
-                # wgmma wants B K-major (samples contiguous), which this layout already is.
                 my = valid_y[:, None] & in_s[None, :]
                 cy = tl.load(y_rows[:, None] + offs_s[None, :], mask=my, other=0)
                 cy = tl.where(my, cy.to(tl.int32), -1)
-                oy = (cy[:, None, :] == bins_y[None, :, None]).to(tl.int8)
-                oy = tl.trans(tl.reshape(oy, [BN, BLOCK_S]))
-                acc = tl.dot(ox, oy, acc, out_dtype=tl.int32)
+                acc = count_pairs(acc, cx, cy, kx, ky, SBX, SBY)
+            joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
+                                                         cols1, PX, PY)  # fmt: skip
+        marg_x, nz_x = add_rows(rows, marg_x, nz_x)
 
-            # Epilogue of sub-block (kx, ky): joint terms and partial marginals of every pair,
-            # from the counts viewed as [x column, x bin, y column, y bin].
-            n = tl.reshape(acc, [PX, SBX, PY, SBY])
-            joint += _pair_sum(_xlogx(n.to(tl.float64)))
-            nz_xy += _pair_sum((n > 0).to(tl.int32))
-            rows += tl.sum(n, axis=3)
-            cols = tl.sum(n, axis=1)
-            if ky == 0:
-                cols0 += cols
-            else:
-                cols1 += cols
-
-        marg_x += tl.sum(_xlogx(rows.to(tl.float64)), axis=1)
-        nz_x += tl.sum((rows > 0).to(tl.int32), axis=1)
-
-    marg_y += tl.sum(_xlogx(cols0.to(tl.float64)), axis=2)
-    nz_y += tl.sum((cols0 > 0).to(tl.int32), axis=2)
-    if KY == 2:
-        marg_y += tl.sum(_xlogx(cols1.to(tl.float64)), axis=2)
-        nz_y += tl.sum((cols1 > 0).to(tl.int32), axis=2)
-
-    # mi_bits (mi_math.h), float64, same order of operations.
-    s_f = tl.zeros([PX, PY], tl.float64) + S
-    mi = (joint - marg_x - marg_y + _xlogx(s_f)) / (s_f * LN2)
-    if MILLER_MADOW:
-        mi += (nz_x + nz_y - nz_xy - 1).to(tl.float64) / (2.0 * s_f * LN2)
-    mi = tl.where(mi > 0.0, mi, 0.0)
-    # A constant column (one non-empty bin) carries exactly zero information (mi_bits).
-    mi = tl.where((nz_x <= 1) | (nz_y <= 1), 0.0, mi)
-    valid = valid_x[:, None] & valid_y[None, :]
-    mi = tl.where(valid, mi, 0.0)
-
-    if SUMS:
-        tl.atomic_add(per_x_ptr + col_x, tl.sum(mi, axis=1), mask=valid_x)
-        tl.atomic_add(per_y_ptr + col_y, tl.sum(mi, axis=0), mask=valid_y)
-    else:
-        out = col_x.to(tl.int64)[:, None] * CY + col_y[None, :]
-        tl.store(out_ptr + out, mi.to(tl.float32), mask=valid)
+    mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, KY, MILLER_MADOW)
+    store_mi(mi, col_x, col_y, valid_x, valid_y, out_ptr, sums_ptr, CX, CY, SUMS)
 
 
 @dataclass(frozen=True)
@@ -221,7 +160,7 @@ def tile_config(
     return TileConfig(px, sbx, pbx // sbx, py, sby, pby // sby, block_s, num_warps, num_stages)
 
 
-def _launch(x, y, bins_x, bins_y, groups, miller_madow, sums, config):
+def _launch(x, y, bins_x, bins_y, groups, miller_madow, want_sums, config):
     assert x.dim() == 2 and y.dim() == 2 and x.dtype == torch.uint8 and y.dtype == torch.uint8
     assert x.shape[0] == y.shape[0] and x.shape[0] >= 1 and x.device == y.device
     assert 2 <= bins_x <= 256 and 2 <= bins_y <= 256 and groups >= 1
@@ -235,21 +174,17 @@ def _launch(x, y, bins_x, bins_y, groups, miller_madow, sums, config):
     cfg = config or tile_config(cxg, cyg, bins_x, bins_y)
     tiles_x, tiles_y = triton.cdiv(cxg, cfg.px), triton.cdiv(cyg, cfg.py)
     grid = (groups * tiles_x * tiles_y,)
-    if sums:
-        per_x = torch.zeros(cx, dtype=torch.float64, device=x.device)
-        per_y = torch.zeros(cy, dtype=torch.float64, device=x.device)
-        out = per_x  # placeholder, not written
-    else:
-        out = torch.zeros((cx, cy), dtype=torch.float32, device=x.device)
-        per_x = per_y = out  # placeholders, not written
+    # Unused pointer arguments get a placeholder tensor: they are never accessed.
+    sums = torch.zeros(cx + cy if want_sums else 1, dtype=torch.float64, device=x.device)
+    out = sums if want_sums else torch.zeros((cx, cy), dtype=torch.float32, device=x.device)
     _pairwise_mi_kernel[grid](
-        xt, yt, out, per_x, per_y,
-        S, cxg, cyg, cy, tiles_x, tiles_y,
-        MILLER_MADOW=bool(miller_madow), SUMS=sums,
+        xt_ptr=xt, yt_ptr=yt, out_ptr=out, sums_ptr=sums,
+        S=S, CXG=cxg, CYG=cyg, CX=cx, CY=cy, TILES_X=tiles_x, TILES_Y=tiles_y,
+        MILLER_MADOW=bool(miller_madow), SUMS=want_sums,
         PX=cfg.px, SBX=cfg.sbx, KX=cfg.kx, PY=cfg.py, SBY=cfg.sby, KY=cfg.ky,
         BLOCK_S=cfg.block_s, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return (per_x, per_y) if sums else out
+    return (sums[:cx], sums[cx:]) if want_sums else out
 
 
 def pairwise_mi(

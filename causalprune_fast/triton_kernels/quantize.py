@@ -13,15 +13,11 @@ Two kernels, in the style of Triton's tutorials:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# Decided when the kernels are defined, as triton.jit does: the kernels below are interpreted
-# (numpy on the host) exactly when this was "1" at import time.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .mi_blocks import INTERPRET, bin_code
 
 # Launch shapes on a GPU. The interpreter (numpy, one program at a time) gets fewer, larger
 # programs instead.
@@ -112,16 +108,8 @@ def _quantize_kernel(
     offs = offs_s.to(tl.int64)[:, None] * stride_s + offs_c.to(tl.int64)[None, :] * stride_c
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float64)
 
-    # quantize_value (mi_math.h), in float64 and in its order of operations:
-    #   t = (v - lo) / (hi - lo) * bins;  !(t >= 1) -> 0 (also NaN);  t >= bins - 1 -> bins - 1;
-    #   else floor(t), which is truncation since t >= 1.  A degenerate range (!(hi > lo)) gives
-    #   bins - 1 for values above hi and 0 otherwise. No multiply-add can be contracted here.
-    span = tl.where(hi > lo, hi - lo, 1.0)  # == hi - lo wherever it is used
-    t = (v - lo) / span * bins
-    inner = (t >= 1.0) & (t < bins - 1)
-    code = tl.where(inner, t, 0.0).to(tl.int32)  # only in-range values reach the conversion
-    code = tl.where(t >= bins - 1, bins - 1, code)
-    code = tl.where(hi > lo, code, tl.where(v > hi, bins - 1, 0))
+    # quantize_value (mi_math.h), in float64 and in its order of operations.
+    code = bin_code(v, lo, hi, bins, True)  # given ranges may span the doubles
 
     # Column-major store: codes_t[c, s]. Rows of the tile are consecutive in memory.
     out = offs_c.to(tl.int64)[None, :] * S + offs_s[:, None]
@@ -148,15 +136,17 @@ def _column_ranges(x: torch.Tensor) -> torch.Tensor:
         lo_out, hi_out = partial[0], partial[1]
         out_stride_p, out_stride_c = C, 1
     _column_min_max_kernel[(tiles_c, parts)](
-        x, x, x.stride(0), x.stride(1), S, C, rows_per_program,
-        lo_out, hi_out, out_stride_p, out_stride_c,
+        lo_src=x, hi_src=x, stride_r=x.stride(0), stride_c=x.stride(1), rows=S, C=C,
+        rows_per_program=rows_per_program, lo_out=lo_out, hi_out=hi_out,
+        out_stride_p=out_stride_p, out_stride_c=out_stride_c,
         SAME_SRC=True, BLOCK_R=block_r, BLOCK_C=block_c,
     )  # fmt: skip
     if parts > 1:
         rows_per_program = triton.cdiv(parts, block_r) * block_r
         _column_min_max_kernel[(tiles_c, 1)](
-            lo_out, hi_out, C, 1, parts, C, rows_per_program,
-            ranges[:, 0], ranges[:, 1], 0, 2,
+            lo_src=lo_out, hi_src=hi_out, stride_r=C, stride_c=1, rows=parts, C=C,
+            rows_per_program=rows_per_program, lo_out=ranges[:, 0], hi_out=ranges[:, 1],
+            out_stride_p=0, out_stride_c=2,
             SAME_SRC=False, BLOCK_R=block_r, BLOCK_C=block_c,
         )  # fmt: skip
     return ranges
@@ -190,7 +180,8 @@ def quantize(
             block_s, block_c, warps = QUANTIZE_BLOCK_S, QUANTIZE_BLOCK_C, QUANTIZE_WARPS
         grid = (triton.cdiv(S, block_s), triton.cdiv(C, block_c))
         _quantize_kernel[grid](
-            x, x.stride(0), x.stride(1), ranges, ranges.stride(0), ranges.stride(1),
-            codes_t, S, C, bins, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
+            x_ptr=x, stride_s=x.stride(0), stride_c=x.stride(1), ranges_ptr=ranges,
+            stride_rc=ranges.stride(0), stride_rk=ranges.stride(1), codes_ptr=codes_t, S=S, C=C,
+            bins=bins, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
         )  # fmt: skip
     return codes_t.t(), ranges

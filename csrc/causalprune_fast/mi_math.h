@@ -27,9 +27,14 @@ constexpr double kLn2 = 0.693147180559945309417232121458176568;
 // reference, C++, CUDA and Triton), so all of them produce identical codes.
 // Degenerate range (hi <= lo, e.g. a constant column): bin 0, or bins - 1 for values above hi.
 // NaN maps to bin 0; callers reject non-finite inputs before binning.
+// Finite ranges wider than the largest double (e.g. [-1.7e308, 1.7e308]) overflow hi - lo to
+// inf; there every operand is halved first (exact for normal numbers, so the ratio is the
+// same), which keeps the codes of every ordinary range bit-identical (h == 1 is exact).
 CPF_HD int quantize_value(double v, double lo, double hi, int bins) {
   const double last = static_cast<double>(bins - 1);
-  const double t = (v - lo) / (hi - lo) * static_cast<double>(bins);
+  const double span = hi - lo;
+  const double h = span - span == 0.0 ? 1.0 : 0.5;  // 0.5 when hi - lo is inf (or NaN)
+  const double t = (v * h - lo * h) / (hi * h - lo * h) * static_cast<double>(bins);
   // t < 1 (negatives clamp to 0) and NaN give 0; t >= bins - 1 gives bins - 1; otherwise
   // truncation of t in [1, bins - 1) is floor. A degenerate range discards t (which may be
   // inf or NaN there). Written as selects, without branches, so that loops vectorise.

@@ -2,7 +2,7 @@
 //
 // Everything here is plain integer arithmetic, `__host__ __device__` (CPF_HD from
 // ../mi_math.h) and free of CUDA headers, so that a host program can replay a block's index
-// mapping exactly as the kernel does: tiling_replay.cpp (run by tests/test_cuda_kernels.py
+// mapping exactly as the kernel does: tests/native/tiling_replay.cpp (run by test_cuda_kernels.py
 // without a GPU) replays every block of the kernel with these functions against brute force.
 //
 // Vocabulary (one call, with `groups` contiguous column groups):

@@ -1,7 +1,7 @@
 // Host replay of pairwise_mi_kernel (pairwise_mi_kernel.cu), for machines without a GPU.
 //
-// NOT part of the extension (setup.py builds cuda/*.cu only): tests/test_cuda_kernels.py
-// compiles this file with the host C++ compiler and runs it. It executes, block by block and
+// Test code, not part of the package: tests/test_cuda_kernels.py compiles this file with the
+// host C++ compiler (include path csrc/) into a temporary folder and runs it. It executes, block by block and
 // in the kernel's order, the kernel's index arithmetic from pairwise_mi_tiling.h (tile plan,
 // block decode, sub-tiles, one-hot word slots and tail masks, fragment offsets, epilogue lane
 // mapping, pair accumulation), with each CUDA primitive replaced by its documented meaning:
@@ -22,7 +22,7 @@
 #include <random>
 #include <vector>
 
-#include "pairwise_mi_tiling.h"
+#include "causalprune_fast/cuda/pairwise_mi_tiling.h"
 
 using namespace causalprune_fast;
 using namespace causalprune_fast::cuda;

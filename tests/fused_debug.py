@@ -1,0 +1,137 @@
+"""Test-only views into the fused local-mode Linear kernels (triton_kernels/local_linear.py).
+
+The production kernels store neither the noise nor the response. These kernels recompute them
+with the production device helpers (``layer_response.noise``, ``range_response``,
+``tile_response``) at the launch shapes of a run, so the tests see the values the fused passes
+binned:
+
+* :func:`materialize_noise`: the [S, Cin] noise of every kernel;
+* :func:`local_linear_debug`: a fused run plus the response [S, Cout] as pass 1 computed it
+  (``y_pass1``, whose min / max are the binning ranges) and as pass 2 computed it
+  (``y_pass2``, the values it binned);
+* :func:`reference_response`: the unfused float32 torch response of given noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from causalprune_fast.triton_kernels import local_linear as ll
+from causalprune_fast.triton_kernels.layer_response import noise, range_response, tile_response
+
+NOISE_BLOCK_S, NOISE_BLOCK_K = 32, 64
+
+
+@triton.jit
+def _noise_kernel(out_ptr, noise_ptr, seed, S, CIN, BLOCK_S: tl.constexpr,
+                  BLOCK_K: tl.constexpr):  # fmt: skip
+    """out [S, CIN] float32 = the noise the fused kernels use (noise_ptr: [2, CIN] lo, hi)."""
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    in_k = offs_k < CIN
+    mask = (offs_s < S)[:, None] & in_k[None, :]
+    lo = tl.load(noise_ptr + offs_k, mask=in_k, other=0.0)
+    hi = tl.load(noise_ptr + CIN + offs_k, mask=in_k, other=0.0)
+    u = noise(seed, offs_s[:, None], offs_k[None, :], CIN, lo[None, :], hi[None, :])
+    tl.store(out_ptr + offs_s.to(tl.int64)[:, None] * CIN + offs_k[None, :], u, mask=mask)
+
+
+@triton.jit
+def _response_kernel(y_ptr, w_ptr, chan_ptr, noise_ptr, seed, S, CIN, COUT, ACT: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, PASS: tl.constexpr,
+                     PY: tl.constexpr, YW: tl.constexpr, BLOCK_S: tl.constexpr,
+                     BLOCK_K: tl.constexpr):  # fmt: skip
+    """y [S, COUT] float32 as pass PASS (1 or 2) computes it: program (i, t) computes samples
+    i * BLOCK_S + [0, BLOCK_S) of channel block t, with the pass's own helper and shapes."""
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    t = tl.program_id(1)
+    if PASS == 1:
+        oc = t * YW + tl.arange(0, YW)
+        y_t = range_response(seed, offs_s, t, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
+                             HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
+    else:
+        oc = t * PY + tl.arange(0, PY)
+        y_t = tile_response(seed, offs_s, t, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
+                            HAS_BIAS, HAS_AFFINE, PY, YW, BLOCK_K)  # fmt: skip
+    mask = (oc < COUT)[:, None] & (offs_s < S)[None, :]
+    tl.store(y_ptr + offs_s.to(tl.int64)[None, :] * COUT + oc[:, None], y_t, mask=mask)
+
+
+def materialize_noise(samples: int, lo: torch.Tensor, hi, seed: int) -> torch.Tensor:
+    """The [samples, Cin] float32 noise the fused kernels regenerate: sample s, unit i is
+    ``lo_i + (hi_i - lo_i) * tl.rand(seed, s * Cin + i)`` (clamped to hi_i)."""
+    cin = lo.shape[0]
+    hi = torch.as_tensor(hi, dtype=torch.float32, device=lo.device).expand(cin)
+    ranges = torch.stack([lo.to(torch.float32), hi]).contiguous()
+    out = torch.empty((samples, cin), dtype=torch.float32, device=lo.device)
+    grid = (triton.cdiv(samples, NOISE_BLOCK_S), triton.cdiv(cin, NOISE_BLOCK_K))
+    _noise_kernel[grid](out_ptr=out, noise_ptr=ranges, seed=seed, S=samples, CIN=cin,
+                        BLOCK_S=NOISE_BLOCK_S, BLOCK_K=NOISE_BLOCK_K, num_warps=4,
+                        enable_fp_fusion=False)  # fmt: skip
+    return out
+
+
+@dataclass
+class DebugRun:
+    run: ll.LocalLinearRun
+    y_pass1: torch.Tensor  # [S, Cout] float32: the response pass 1 took the ranges of
+    y_pass2: torch.Tensor  # [S, Cout] float32: the response pass 2 binned
+
+
+def local_linear_debug(weight, bias, lo, hi, *, samples, seed, bins=16, scale=None, shift=None,
+                       activation="identity", miller_madow=False, reduce=None,
+                       config=None) -> DebugRun:  # fmt: skip
+    """run_local_linear, and the response y [S, Cout] as each pass computed it."""
+    run = ll.run_local_linear(weight, bias, lo, hi, samples=samples, seed=seed, bins=bins,
+                              scale=scale, shift=shift, activation=activation,
+                              miller_madow=miller_madow, reduce=reduce,
+                              config=config)  # fmt: skip
+    cfg = run.config
+    w = weight.detach().reshape(weight.shape[0], weight.shape[1]).to(torch.float32).contiguous()
+    cout, cin = w.shape
+    f32 = dict(dtype=torch.float32, device=w.device)
+    chan = torch.stack([
+        torch.zeros(cout, **f32) if bias is None else bias.to(**f32),
+        torch.ones(cout, **f32) if scale is None else scale.to(**f32),
+        torch.zeros(cout, **f32) if shift is None else shift.to(**f32),
+    ]).contiguous()  # fmt: skip
+    ranges = torch.stack([torch.as_tensor(v, **f32).expand(cin) for v in (lo, hi)]).contiguous()
+    ys = []
+    for p, width in ((1, cfg.yw), (2, cfg.py)):
+        y = torch.full((samples, cout), float("nan"), **f32)
+        grid = (triton.cdiv(samples, cfg.block_s), triton.cdiv(cout, width))
+        _response_kernel[grid](
+            y_ptr=y, w_ptr=w, chan_ptr=chan, noise_ptr=ranges, seed=seed, S=samples, CIN=cin,
+            COUT=cout, ACT=activation, HAS_BIAS=bias is not None,
+            HAS_AFFINE=scale is not None or shift is not None, PASS=p, PY=cfg.py, YW=cfg.yw,
+            BLOCK_S=cfg.block_s, BLOCK_K=cfg.block_k, num_warps=4, enable_fp_fusion=False,
+        )  # fmt: skip
+        ys.append(y)
+    return DebugRun(run, ys[0], ys[1])
+
+
+def reference_response(u, weight, bias=None, scale=None, shift=None, activation="identity"):
+    """The unfused float32 torch response ``act(scale * (u @ W^T + b) + shift)`` of noise u."""
+    w = weight.reshape(weight.shape[0], weight.shape[1]).to(torch.float32)
+    y = u @ w.t()
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    if scale is not None:
+        y = y * scale.to(torch.float32)
+    if shift is not None:
+        y = y + shift.to(torch.float32)
+    fns = {
+        "identity": lambda t: t,
+        "relu": torch.relu,
+        "gelu": torch.nn.functional.gelu,
+        "silu": torch.nn.functional.silu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "hardswish": torch.nn.functional.hardswish,
+        "relu6": torch.nn.functional.relu6,
+    }
+    return fns[activation](y)
