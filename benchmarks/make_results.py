@@ -299,9 +299,18 @@ def zoo_section(zoo: dict, json_path: str) -> str:
     not_run = [k for k in zoo.get("requested", []) if k not in models]
     if not_run:
         reasons = zoo.get("not_run", {})
-        lines += ["", f"Not run ({len(not_run)}):", ""]
+        by_reason: dict[str, list[str]] = {}
         for k in not_run:
-            lines.append(f"- `{k}`: {reasons.get(k, 'not reached before the sweep stopped')}")
+            by_reason.setdefault(reasons.get(k, "not reached before the sweep stopped"), [])
+            by_reason[reasons.get(k, "not reached before the sweep stopped")].append(k)
+        lines += [
+            "",
+            f"Not run ({len(not_run)} models; `python benchmarks/zoo.py --models all --out "
+            f"{json_path} --resume` sweeps them and keeps the records above):",
+            "",
+        ]
+        for reason, keys in by_reason.items():
+            lines.append(f"- {reason}: " + ", ".join(f"`{k}`" for k in keys))
     lines.append("")
     return "\n".join(lines)
 
