@@ -315,7 +315,7 @@ def _stage(record: dict, key: str, flush: Callable[[], None]) -> Iterator[dict]:
     except Exception as e:  # noqa: BLE001 - every failure is a result of the sweep
         entry["error"] = first_line(e)
         entry["memory"] = isinstance(e, MemoryError) or "can't allocate memory" in str(e)
-        entry["traceback"] = traceback.format_exc(limit=-6)
+        entry["traceback"] = traceback.format_exc(limit=-40)
     finally:
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         entry["peak_rss_mb"] = round(_peak_rss_mb(), 1)
