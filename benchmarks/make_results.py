@@ -5,6 +5,10 @@
 Runs the kernel suite (bench_pairwise_mi.py), the whole-model suite (bench_models.py) and the
 seed-stability study (stability.py), keeps their full JSON in --json-dir, and writes the
 markdown. Nothing in RESULTS.md is typed by hand.
+
+The model zoo sweep (``benchmarks/zoo.py``, hours on a CPU) is not run from here: its section
+is written from ``--json-dir/zoo.json`` when that file exists, and ``--zoo-only`` rewrites just
+that section of ``--out``, leaving the others as they are.
 """
 
 from __future__ import annotations
@@ -226,6 +230,161 @@ def local_overhead_section(data: dict) -> str:
     return "\n".join(lines)
 
 
+ZOO_TITLE = "## Model zoo sweep: coverage, time, memory and prune(0.3)"
+
+
+def _cell(text: object) -> str:
+    """Table-safe text."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _zoo_prune(r: dict) -> str:
+    prune = r.get("prune")
+    if prune is None:
+        return "not run"
+    if not prune.get("ok"):
+        return f"error: {_cell(prune.get('error', '?'))}"
+    p = r.get("pruned", {})
+    return f"ok, {p.get('achieved', 0):.0%} removed, params {r['params'] / 1e6:.3g}M -> " + (
+        f"{p.get('params', 0) / 1e6:.3g}M"
+    )
+
+
+def _zoo_forward(r: dict) -> str:
+    fwd = r.get("pruned_forward")
+    if fwd is None:
+        return "not run"
+    if not fwd.get("ok"):
+        return f"error: {_cell(fwd.get('error', '?'))}"
+    p = r["pruned"]
+    if not p.get("output_shape_kept"):
+        return f"runs, but output {r.get('output_shape')} -> {p.get('output_shape')}"
+    return "yes" if p.get("finite", True) else "yes, non-finite outputs"
+
+
+def zoo_section(zoo: dict, json_path: str) -> str:
+    """The "Model zoo sweep" section from ``benchmarks/zoo.py``'s JSON."""
+    models = zoo["models"]
+    runs = zoo.get("runs", [])
+    last = runs[-1] if runs else {}
+    settings = zoo.get("settings", {})
+    ok_score = [k for k, r in models.items() if r.get("score", {}).get("ok")]
+    complete = [k for k in ok_score if not models[k].get("unaccounted")]
+    ok_prune = [k for k, r in models.items() if r.get("prune", {}).get("ok")]
+    ok_fwd = [
+        k
+        for k, r in models.items()
+        if r.get("pruned_forward", {}).get("ok") and r["pruned"].get("output_shape_kept")
+    ]
+    lines = [
+        f"- machine: {last.get('cpu', '?')}, {last.get('cores', '?')} cores, "
+        f"{last.get('memory_gb', '?')} GB (shared), torch threads {last.get('torch_threads')}",
+        f"- versions: {json.dumps(last.get('versions', {}))}",
+        f"- settings: {json.dumps(settings)}; random init; one model at a time, each in its own "
+        "subprocess under an address-space cap (RLIMIT_AS) and a wall-clock timeout",
+        "- runs (the JSON accumulates them with `--resume`):",
+    ]
+    for run in runs:
+        lines.append(
+            f"  - {run['date']}, revision {run.get('git_revision', '?')}, "
+            f"{len(run.get('models', []))} models: `{run['command']}`"
+        )
+    lines += [
+        f"- full records (every unsupported module with its reason, tracebacks, warnings): "
+        f"`{json_path}`",
+        "",
+        f"Of {len(zoo.get('requested', models))} models requested, {len(models)} were run: "
+        f"{len(ok_score)} scored ({len(complete)} with every layer with weights either measured "
+        f"or listed unsupported with a reason), prune(0.3) ran on {len(ok_prune)}, and "
+        f"{len(ok_fwd)} pruned models ran with outputs of the original shape.",
+        "",
+        "Columns: *measured / with weights*: layers in the CausalScores / modules with "
+        "parameters of their own, norms (BatchNorm, LayerNorm, GroupNorm, RMSNorm, PReLU: "
+        "pruned with their channel group) counted apart in *norms*; *unaccounted*: layers with "
+        "weights neither measured nor listed unsupported (the rule is that there are none); "
+        "*peak RSS*: the worker process's maximum resident memory (build, score, prune and "
+        "rerun together).",
+        "",
+        "| model | input | params | measured / with weights | norms | unaccounted | "
+        "unsupported (count x kind) | score s | prune s | peak RSS | prune(0.3) | "
+        "pruned model runs | status | revision |",
+        "|" + "---|" * 14,
+    ]
+    for key in sorted(models, key=lambda k: (k.split(":")[0], k)):
+        r = models[key]
+        score = r.get("score", {})
+        kinds = "; ".join(
+            f"{n} x {_cell(kind)}" for kind, n in sorted(r.get("unsupported_kinds", {}).items())
+        )
+        if not score:
+            measured, kinds, unacc = "not finished", "-", "-"
+        elif not score.get("ok"):
+            measured = f"score error: {_cell(score.get('error', '?'))}"
+            kinds = unacc = "-"
+        else:
+            measured = f"{r['measured']} / {r['layers_with_weights']}"
+            unacc = str(len(r.get("unaccounted", []))) if r.get("unaccounted") else "0"
+        shape = "x".join(map(str, r.get("input_shape", []))) or "?"
+        if key.startswith("hf:") and r.get("input_shape"):
+            shape = f"{shape} tokens"
+        row = [
+            f"`{key}`",
+            shape,
+            f"{r['params'] / 1e6:.3g}M" if "params" in r else "?",
+            measured,
+            str(r.get("norms", "?")),
+            unacc,
+            kinds or "none",
+            f"{score['seconds']:.1f}" if "seconds" in score else "-",
+            f"{r['prune']['seconds']:.1f}" if "prune" in r else "-",
+            f"{r.get('peak_rss_mb', 0) / 1024:.2f} GB",
+            _zoo_prune(r),
+            _zoo_forward(r),
+            _cell(r.get("status", "?")),
+            r.get("revision", "?"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    not_run = [k for k in zoo.get("requested", []) if k not in models]
+    if not_run:
+        reasons = zoo.get("not_run", {})
+        by_reason: dict[str, list[str]] = {}
+        for k in not_run:
+            by_reason.setdefault(reasons.get(k, "not reached before the sweep stopped"), [])
+            by_reason[reasons.get(k, "not reached before the sweep stopped")].append(k)
+        lines += [
+            "",
+            f"Not run ({len(not_run)} models; `python benchmarks/zoo.py --models all --out "
+            f"{json_path} --resume` sweeps them and keeps the records above):",
+            "",
+        ]
+        for reason, keys in by_reason.items():
+            lines.append(f"- {reason}: " + ", ".join(f"`{k}`" for k in keys))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def replace_section(text: str, title: str, body: str) -> str:
+    """``text`` with the section headed ``title`` (up to the next ``## `` heading) replaced by
+    ``title`` + ``body``, or with it appended; every other section is left as it was."""
+    block = f"{title}\n\n{body}"
+    start = text.find(title + "\n")
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + block
+    end = text.find("\n## ", start + len(title))
+    return text[:start] + block + ("" if end < 0 else text[end:])
+
+
+def write_zoo_section(out: str, json_dir: str) -> None:
+    """Put the zoo section from ``json_dir/zoo.json`` into the markdown file ``out``."""
+    path = os.path.join(json_dir, "zoo.json")
+    with open(path) as f:
+        zoo = json.load(f)
+    with open(out) as f:
+        text = f.read()
+    with open(out, "w") as f:
+        f.write(replace_section(text, ZOO_TITLE, zoo_section(zoo, path)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="markdown file to write")
@@ -240,7 +399,17 @@ def main(argv=None) -> int:
         "--before",
         help="for the local part: a checkout of the code before the change, extension built",
     )
+    p.add_argument(
+        "--zoo-only",
+        action="store_true",
+        help="only (re)write the model zoo section of --out from --json-dir/zoo.json "
+        "(the sweep itself is `python benchmarks/zoo.py`); the other sections stay as they are",
+    )
     args = p.parse_args(argv)
+    if args.zoo_only:
+        write_zoo_section(args.out, args.json_dir)
+        print(f"wrote the zoo section of {args.out}")
+        return 0
     RERUN.update(args.rerun.split(","))
     os.makedirs(args.json_dir, exist_ok=True)
     py = sys.executable
@@ -299,6 +468,10 @@ def main(argv=None) -> int:
         "",
         report(gj, gcmd),
     ]
+    zj = os.path.join(args.json_dir, "zoo.json")
+    if os.path.exists(zj):  # the sweep is run by benchmarks/zoo.py, not from here (hours)
+        with open(zj) as f:
+            text += [ZOO_TITLE, "", zoo_section(json.load(f), zj)]
     with open(args.out, "w") as f:
         f.write("\n".join(text))
     print(f"wrote {args.out}")
