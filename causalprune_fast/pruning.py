@@ -80,6 +80,7 @@ SHORTFALL = ("warn", "raise", "ignore")
 
 
 def _check_arguments(
+    *,
     model,
     ratio,
     input_shape,
@@ -91,8 +92,11 @@ def _check_arguments(
     iterative_steps,
     on_shortfall,
     score_model_kwargs,
+    **_checked_by_their_users,
 ) -> tuple[tuple[int, ...] | None, list[nn.Module] | None]:
-    """Every argument of :func:`prune`, checked before anything touches the model."""
+    """Every argument of :func:`prune` (passed as ``**locals()`` of its first line), checked
+    before anything touches the model; ``direction``, ``group_reduction`` and ``normalizer``
+    are checked by CausalImportance, also before any change."""
     v.check_model(model)
     if next(model.parameters(), None) is None:
         raise ValueError("model has no parameters: there is nothing to prune")
@@ -206,24 +210,11 @@ def prune(
             a shortfall with ``on_shortfall="raise"``.
         TypeError: a keyword argument that neither prune() nor score_model takes.
     """
-    import torch_pruning as tp
+    shape, ignored = _check_arguments(**locals())  # first: locals() holds only the arguments
 
     from causalprune_fast._state import ModelSnapshot, rng_forked
     from causalprune_fast.integrations.torch_pruning import CausalImportance
 
-    shape, ignored = _check_arguments(
-        model,
-        ratio,
-        input_shape,
-        example_input,
-        sequential,
-        global_pruning,
-        ignored_layers,
-        round_to,
-        iterative_steps,
-        on_shortfall,
-        score_model_kwargs,
-    )
     ratio, iterative_steps = float(ratio), int(iterative_steps)
     if example_input is not None:
         score_model_kwargs["example_input"] = example_input
@@ -249,7 +240,6 @@ def prune(
             model.eval()
             report = _prune(
                 model,
-                tp,
                 importance,
                 example_input,
                 ratio,
@@ -273,7 +263,6 @@ def prune(
 
 def _prune(
     model,
-    tp,
     importance,
     example_input,
     ratio,
@@ -283,6 +272,8 @@ def _prune(
     round_to,
     iterative_steps,
 ) -> PruneReport:
+    import torch_pruning as tp
+
     names = {m: n for n, m in model.named_modules()}
     try:
         heads = model_output_layers(model, example_input)
