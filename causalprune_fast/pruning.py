@@ -30,8 +30,11 @@ def _out_channels(m: nn.Module) -> int:
 
 
 def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """Measured layers whose output is returned by the model as is (classifier heads), in any
-    output structure (see :func:`output_tensors`)."""
+    """Measured layers whose output channels are the model's outputs (classifier heads), in any
+    output structure (see :func:`output_tensors`): the layers whose output is returned as is;
+    where there is none, for each output the last layer to run whose channel count is the
+    output's (a classifier conv followed by an activation, pooling and flatten, as in
+    SqueezeNet)."""
     outputs: dict[nn.Module, torch.Tensor] = {}
     hooks = [
         m.register_forward_hook(lambda mod, a, out: outputs.__setitem__(mod, out))
@@ -45,7 +48,19 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
         for h in hooks:
             h.remove()
     results = output_tensors(result)
-    return [m for m, out in outputs.items() if any(out is r for r in results)]
+    heads = [m for m, out in outputs.items() if any(out is r for r in results)]
+    if heads:
+        return heads
+    ran = list(outputs)  # in the order the layers ran (dicts keep insertion order)
+    for r in results:
+        if r.dim() < 2:
+            continue
+        for m in reversed(ran):
+            if _out_channels(m) == r.shape[-1] or _out_channels(m) == r.shape[1]:
+                if m not in heads:
+                    heads.append(m)
+                break
+    return heads
 
 
 def _group_roots_in_forward_order(model, example, groups, dg) -> list[nn.Module]:

@@ -365,3 +365,20 @@ def test_causal_structured_after_earlier_pruning_checks_the_channels_left():
         causal_structured(conv, amount=3, scores=torch.arange(10.0))
     causal_structured(conv, amount=1, scores=torch.arange(10.0))
     assert int((conv.weight_mask.sum(dim=(1, 2, 3)) > 0).sum()) == 1
+
+
+def test_a_classifier_behind_activation_pooling_and_flatten_is_kept():
+    """SqueezeNet-style head: the last conv's channels are the classes, but its output is not
+    returned as is; prune must not change the output shape."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 5, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    pruned, report = cf.prune(model, 0.5, SHAPE, **KW)
+    assert pruned(torch.randn(2, *SHAPE)).shape == (2, 5)
+    assert report.channels["0"] == (8, 4)

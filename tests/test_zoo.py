@@ -68,13 +68,8 @@ def test_torchvision_squeezenet_small_input():
     _check_record(record, output_shape_kept=False)
     assert record["pruned"]["achieved"] > 0.2
     assert record["pruned"]["params"] < record["params"]
-    if not record["pruned"]["output_shape_kept"]:
-        # squeezenet's classifier is a conv followed by ReLU, pooling and flatten: prune's
-        # default ignored_layers only catches layers whose output tensor is returned as is.
-        pytest.xfail(
-            "known: prune(0.3) prunes squeezenet's classifier conv, output "
-            f"{record['output_shape']} -> {record['pruned']['output_shape']}"
-        )
+    # squeezenet's classifier is a conv followed by ReLU, pooling and flatten: prune keeps it.
+    assert record["pruned"]["output_shape_kept"], record["pruned"]
 
 
 def test_hf_gpt2_tiny_config():
