@@ -168,10 +168,11 @@ def _check_device(text: str) -> torch.device:
 
 def _check_args(args) -> None:
     """Everything about the ``score`` arguments that can be checked before the long work."""
-    from causalprune_fast._validation import check_image_path, check_output_path
+    from causalprune_fast._validation import check_image_path
+    from causalprune_fast.results_io import check_scores_path
 
     if args.out:
-        check_output_path(args.out, "--out", try_write=True)
+        check_scores_path(args.out, "--out", try_write=True)
     if args.plot:
         check_image_path(args.plot, "--plot", try_write=True)
         try:

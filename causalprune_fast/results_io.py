@@ -24,11 +24,30 @@ from causalprune_fast.layer_scores import LayerScores
 FORMAT_VERSION = 1
 
 
+_IMAGE_SUFFIXES = frozenset(
+    (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".tif", ".tiff")
+    + (".gif", ".webp", ".bmp", ".pgf", ".raw", ".rgba")
+)
+
+
+def check_scores_path(path: object, name: str, try_write: bool = False) -> str:
+    """A path to write a scores file to (:func:`check_output_path`), refusing an image name:
+    a scores file written as ``fig.png`` would be a safetensors file no viewer opens."""
+    path = check_output_path(path, name, try_write=try_write)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in _IMAGE_SUFFIXES:
+        raise ValueError(
+            f"{name} {path!r}: a scores file is written in safetensors format, not as a "
+            f"{suffix} image; give a .safetensors name (a figure is written by plot)"
+        )
+    return path
+
+
 def write_scores(scores, path: str | os.PathLike) -> None:
     """Write ``scores`` (a CausalScores) to ``path`` atomically (see CausalScores.save)."""
     from safetensors.torch import save_file
 
-    path = check_output_path(path, "path")
+    path = check_scores_path(path, "path")
 
     tensors = {}
     for name, s in scores.layers.items():

@@ -117,7 +117,8 @@ def score_model(
             whatever ``examples`` and its spatial size (a classifier behind global pooling
             too). In ``propagated`` mode it caps a layer's ``examples * positions``
             (example, position) rows, a seeded subsample; None for no cap there.
-        batch_size: noise examples per forward pass (default: all at once).
+        batch_size: noise examples per forward pass, at most ``examples`` (default: all at
+            once).
         seed: seed of the noise and of the subsampling.
         layers: filter of measured layers by qualified name (a name, regex, callable or list).
         direction: ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6).

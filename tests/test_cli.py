@@ -113,6 +113,7 @@ def score_argv(*extra: str) -> list[str]:
         (["--out", "{tmp}/missing/s.safetensors"], "does not exist"),
         (["--plot", "{tmp}/missing/fig.png"], "does not exist"),
         (["--out", "{tmp}"], "is a directory"),
+        (["--out", "{tmp}/scores.png"], "not as a .png image"),
         (["--layers", "("], "not a regular expression"),
         (["--device", "nonsense"], "not a torch device"),
         (["--timeout", "0"], "--timeout must be a positive"),

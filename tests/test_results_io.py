@@ -76,6 +76,13 @@ def test_save_into_a_directory_raises_and_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["out"] and os.listdir(folder) == []
 
 
+@pytest.mark.parametrize("name", ["s.png", "s.PDF", "s.svg"])
+def test_save_to_an_image_name_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="safetensors format, not as a"):
+        small_scores().save(tmp_path / name)
+    assert os.listdir(tmp_path) == []
+
+
 def test_save_into_a_missing_folder_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         small_scores().save(tmp_path / "nope" / "s.safetensors")

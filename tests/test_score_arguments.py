@@ -52,6 +52,7 @@ class NeverCalled(nn.Module):
         (dict(samples=8.0), "samples"),
         (dict(batch_size=True), "batch_size"),
         (dict(batch_size=0), "batch_size"),
+        (dict(samples=4, batch_size=5), "batch_size=5 is larger than examples=4"),
         (dict(max_samples_per_layer=True), "max_samples_per_layer"),
         (dict(max_samples_per_layer=0), "max_samples_per_layer"),
         (dict(bins=True), "bins"),

@@ -201,6 +201,12 @@ class ScorePlan:
         if rows is not None:
             v.check_int(rows, "samples_per_layer (old name max_samples_per_layer)", 1)
         batch_size = examples if batch_size is None else v.check_int(batch_size, "batch_size", 1)
+        if batch_size > examples:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than examples={examples}: a forward pass "
+                f"holds at most the {examples} noise examples; give batch_size <= examples "
+                "(or more examples)"
+            )
         seed = v.check_seed(seed)
         if layers is not None:
             check_layer_filter(layers)
