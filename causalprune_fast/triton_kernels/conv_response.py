@@ -107,6 +107,52 @@ def conv_response_t(seed, offs_s, b0, b1, b2, oc0, w_ptr, chan_ptr, noise_ptr, g
 
 # ----------------------------------------------------------------------------- pass 1
 @triton.jit
+def _conv_y_ranges(w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, row_lo, row_hi, seed, S,
+                   s_begin, s_end, COUT, t_y, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_AFFINE: tl.constexpr, YW: tl.constexpr, BLOCK_S: tl.constexpr,
+                   BLOCK_K: tl.constexpr):  # fmt: skip
+    """Min / max of the response of channels t_y * YW + [0, YW) over rows [s_begin, s_end),
+    stored at row_lo / row_hi + channel (NaN for a channel that produced a NaN)."""
+    oc = t_y * YW + tl.arange(0, YW)
+    valid = oc < COUT
+    mn = tl.full([YW], float("inf"), tl.float32)
+    mx = tl.full([YW], float("-inf"), tl.float32)
+    nan = tl.zeros([YW], tl.int32)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        b0, b1, b2 = row_base(base_ptr, offs_s, S)
+        y_t = conv_response_t(seed, offs_s, b0, b1, b2, t_y * YW, w_ptr, chan_ptr, noise_ptr,
+                              geo_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
+        m = valid[:, None] & (offs_s < s_end)[None, :]
+        mn, mx, nan = minmax_step(mn, mx, nan, y_t, m)
+    lo = tl.where(nan > 0, float("nan"), mn.to(tl.float64))
+    hi = tl.where(nan > 0, float("nan"), mx.to(tl.float64))
+    tl.store(row_lo + oc, lo, mask=valid)
+    tl.store(row_hi + oc, hi, mask=valid)
+
+
+@triton.jit
+def _conv_x_ranges(noise_ptr, base_ptr, geo_ptr, row_lo, row_hi, seed, S, s_begin, s_end, XCOLS,
+                   XSTRIDE, XOFF, t_k, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """Min / max of x columns t_k * BLOCK_K + [0, BLOCK_K) (padding zeros included) over rows
+    [s_begin, s_end)."""
+    cols = t_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    in_k = cols < XCOLS
+    unit = tl.where(in_k, cols * XSTRIDE + XOFF, 2147483647)  # invalid: above UNITS
+    mn = tl.full([BLOCK_K], float("inf"), tl.float32)
+    mx = tl.full([BLOCK_K], float("-inf"), tl.float32)
+    nan = tl.zeros([BLOCK_K], tl.int32)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        b0, b1, b2 = row_base(base_ptr, offs_s, S)
+        u_t = patch_noise(seed, offs_s, b0, b1, b2, unit, noise_ptr, geo_ptr)
+        m = in_k[:, None] & (offs_s < s_end)[None, :]
+        mn, mx, nan = minmax_step(mn, mx, nan, u_t, m)
+    tl.store(row_lo + cols, mn.to(tl.float64), mask=in_k)
+    tl.store(row_hi + cols, mx.to(tl.float64), mask=in_k)
+
+
+@triton.jit
 def _conv_range_kernel(
     w_ptr,  # [COUT, UG] float32
     chan_ptr,  # [3, COUT] float32: bias, scale, shift
@@ -138,35 +184,9 @@ def _conv_range_kernel(
     row_lo = part_ptr + part.to(tl.int64) * (XCOLS + COUT)
     row_hi = row_lo + tl.num_programs(0).to(tl.int64) * (XCOLS + COUT)
     if pid < TILES_Y:
-        oc = pid * YW + tl.arange(0, YW)
-        valid = oc < COUT
-        mn = tl.full([YW], float("inf"), tl.float32)
-        mx = tl.full([YW], float("-inf"), tl.float32)
-        nan = tl.zeros([YW], tl.int32)
-        for s0 in range(s_begin, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            b0, b1, b2 = row_base(base_ptr, offs_s, S)
-            y_t = conv_response_t(seed, offs_s, b0, b1, b2, pid * YW, w_ptr, chan_ptr,
-                                  noise_ptr, geo_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE, YW,
-                                  BLOCK_K)  # fmt: skip
-            m = valid[:, None] & (offs_s < s_end)[None, :]
-            mn, mx, nan = minmax_step(mn, mx, nan, y_t, m)
-        lo = tl.where(nan > 0, float("nan"), mn.to(tl.float64))
-        hi = tl.where(nan > 0, float("nan"), mx.to(tl.float64))
-        tl.store(row_lo + XCOLS + oc, lo, mask=valid)
-        tl.store(row_hi + XCOLS + oc, hi, mask=valid)
+        _conv_y_ranges(w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, row_lo + XCOLS,
+                       row_hi + XCOLS, seed, S, s_begin, s_end, COUT, pid, ACT, HAS_BIAS,
+                       HAS_AFFINE, YW, BLOCK_S, BLOCK_K)  # fmt: skip
     else:
-        cols = (pid - TILES_Y) * BLOCK_K + tl.arange(0, BLOCK_K)
-        in_k = cols < XCOLS
-        unit = tl.where(in_k, cols * XSTRIDE + XOFF, 2147483647)  # invalid: above UNITS
-        mn = tl.full([BLOCK_K], float("inf"), tl.float32)
-        mx = tl.full([BLOCK_K], float("-inf"), tl.float32)
-        nan = tl.zeros([BLOCK_K], tl.int32)
-        for s0 in range(s_begin, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            b0, b1, b2 = row_base(base_ptr, offs_s, S)
-            u_t = patch_noise(seed, offs_s, b0, b1, b2, unit, noise_ptr, geo_ptr)
-            m = in_k[:, None] & (offs_s < s_end)[None, :]
-            mn, mx, nan = minmax_step(mn, mx, nan, u_t, m)
-        tl.store(row_lo + cols, mn.to(tl.float64), mask=in_k)
-        tl.store(row_hi + cols, mx.to(tl.float64), mask=in_k)
+        _conv_x_ranges(noise_ptr, base_ptr, geo_ptr, row_lo, row_hi, seed, S, s_begin, s_end,
+                       XCOLS, XSTRIDE, XOFF, pid - TILES_Y, BLOCK_S, BLOCK_K)  # fmt: skip
