@@ -33,8 +33,20 @@ from causalprune_fast.scoring.sampling import row_source  # noqa: E402
 from causalprune_fast.triton_kernels import local_conv as lc  # noqa: E402
 
 _OK, _WHY = tk.is_available()
-pytestmark = pytest.mark.skipif(not _OK, reason=_WHY)
+# On a CUDA build (CAUSALPRUNE_EXPECT_CUDA=1, benchmarks/gpu_suite.sh) the kernels must run on
+# the GPU: no silent skip, and test_runs_on_the_gpu_where_expected checks the device.
+_EXPECT_CUDA = os.environ.get("CAUSALPRUNE_EXPECT_CUDA") == "1"
+pytestmark = pytest.mark.skipif(not _OK and not _EXPECT_CUDA, reason=_WHY)
 DEVICE = "cpu" if tk.INTERPRET else "cuda"
+
+
+def test_runs_on_the_gpu_where_expected():
+    if not _EXPECT_CUDA:
+        pytest.skip("CAUSALPRUNE_EXPECT_CUDA=1 is not set")
+    assert _OK, _WHY
+    assert torch.cuda.is_available() and not tk.INTERPRET and DEVICE == "cuda"
+
+
 TOL = 1e-5  # bits
 EPS = torch.finfo(torch.float32).eps
 ULPS = 16
@@ -57,7 +69,7 @@ def _ranges(cin, g):
 KINDS = [
     ("1d k3 pad1", lambda: nn.Conv1d(3, 5, 3, padding=1), (3, 7), "all"),
     (
-        "1d k5 s2 d2 same-ish",
+        "1d k5 s2 d2 pad3",
         lambda: nn.Conv1d(2, 4, 5, stride=2, padding=3, dilation=2),
         (2, 11),
         "all",
@@ -106,8 +118,13 @@ def _run(conv, shape, taps, samples, seed, act="identity", affine=False, reduce=
     return d, geo, kw, bias
 
 
-@pytest.mark.parametrize("name, make, shape, taps", KINDS, ids=[k[0] for k in KINDS])
-@pytest.mark.parametrize("act, affine", EPILOGUES, ids=[e[0] for e in EPILOGUES])
+# Each kind with one epilogue in turn (every epilogue on 1d, 2d and 3d): fewer compiles on a GPU.
+CASES = [(*kind, *EPILOGUES[i % len(EPILOGUES)]) for i, kind in enumerate(KINDS)]
+
+
+@pytest.mark.parametrize(
+    "name, make, shape, taps, act, affine", CASES, ids=[f"{c[0]}-{c[4]}" for c in CASES]
+)
 def test_fused_conv_equals_the_estimator_on_its_own_rows(name, make, shape, taps, act, affine):
     torch.manual_seed(len(name))
     conv = make()
@@ -236,7 +253,7 @@ def test_fused_conv_equals_the_patches_path_in_distribution(make, shape):
     assert fused_pad == pytest.approx(exact, abs=0.01)
     assert unfused_pad == pytest.approx(exact, abs=0.01)
     # The same MI up to estimator noise.
-    torch.testing.assert_close(fused, unfused, rtol=0, atol=0.04)
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=0.05)
     assert float(fused[k // 2, 0]) > 0.5 and float(unfused[k // 2, 0]) > 0.5
 
 
