@@ -49,9 +49,10 @@ def _geo(geo_ptr, i: tl.constexpr):
 def row_base(base_ptr, offs_s, S):
     """The base coordinates (b0, b1, b2), each [BLOCK_S] int32, of rows offs_s."""
     in_s = offs_s < S
-    b0 = tl.load(base_ptr + offs_s, mask=in_s, other=0)
-    b1 = tl.load(base_ptr + S + offs_s, mask=in_s, other=0)
-    b2 = tl.load(base_ptr + 2 * S + offs_s, mask=in_s, other=0)
+    row = base_ptr + offs_s.to(tl.int64)
+    b0 = tl.load(row, mask=in_s, other=0)
+    b1 = tl.load(row + S, mask=in_s, other=0)
+    b2 = tl.load(row + S + S, mask=in_s, other=0)  # no 2 * S: it may not fit an int32
     return b0, b1, b2
 
 

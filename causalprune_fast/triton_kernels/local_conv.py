@@ -19,6 +19,13 @@ centre tap of each channel (``taps="center"``), as on the unfused path. With ``g
 pairs within a group are measured, the others are 0 (as ``pairwise_mi(groups=...)``): a y tile's
 programs cover only the x columns of the groups its channels belong to.
 
+Cost. As in local_linear.py, pass 2 stores nothing and regenerates instead: each of its
+``ceil(X / PX) * ceil(Cout / PY)`` programs (fewer with groups) draws the noise of every unit of
+the groups its ``YW`` channels belong to, ``S * Cin / groups * K`` Philox draws per group, and
+computes their product in float32 FMAs. For a wide ungrouped layer (Cin * K in the thousands)
+that duplication grows with ``Cin * K * Cout``; benchmarks/bench_local_conv.py measures it
+against the unfused path on a GPU.
+
 Scope: zero padding; ``S < 2^31``; ``Cin * K < 2^31``.
 """
 
