@@ -12,9 +12,10 @@ triton      Triton kernels (triton_kernels/)              CUDA tensors; CPU tens
 
 Every backend offers ``quantize``, ``pairwise_mi`` and ``pairwise_mi_sums``, and
 ``joint_counts`` (exact counts, for combining samples across processes; the reference
-implementation where a backend has no op of its own). Some offer more: ``local_linear_mi``, the
-fused local measurement of a Linear or 1x1-conv layer (noise, layer, response, binning and
-counts in one kernel), is offered by ``triton`` only. :func:`capability` finds an optional one.
+implementation where a backend has no op of its own). Some offer more: ``local_linear_mi`` and
+``local_conv_mi``, the fused local measurement of a Linear or 1x1-conv layer and of any
+zero-padded convolution (noise, layer, response, binning and counts in one kernel), are offered
+by ``triton`` only. :func:`capability` finds an optional one.
 
 ``backend="auto"`` takes ``cpu`` for CPU tensors and, for CUDA tensors, whichever of ``cuda``
 and ``triton`` ran faster on that GPU in a one-off timing (cached per device). The environment
@@ -55,6 +56,7 @@ class Backend:
     pairwise_mi_sums: Callable
     joint_counts: Callable = reference.joint_counts
     local_linear_mi: Callable | None = None
+    local_conv_mi: Callable | None = None
 
 
 def _triton_module() -> ModuleType:
@@ -67,6 +69,12 @@ def _triton_local_linear_mi(*args, **kwargs):
     from causalprune_fast.triton_kernels.local_linear import local_linear_mi
 
     return local_linear_mi(*args, **kwargs)
+
+
+def _triton_local_conv_mi(*args, **kwargs):
+    from causalprune_fast.triton_kernels.local_conv import local_conv_mi
+
+    return local_conv_mi(*args, **kwargs)
 
 
 def _triton_status(device: torch.device | None = None) -> BackendStatus:
@@ -117,6 +125,7 @@ def get_backend(name: str) -> Backend:
             tk.pairwise_mi,
             tk.pairwise_mi_sums,
             local_linear_mi=_triton_local_linear_mi,
+            local_conv_mi=_triton_local_conv_mi,
         )
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
 

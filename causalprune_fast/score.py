@@ -137,11 +137,13 @@ def score_model(
             process group (see :mod:`causalprune_fast.distributed`): examples are split over
             the ranks, results are identical to one process with the same arguments, and every
             rank returns them.
-        fused_local: in ``local`` mode, score Linear and 1x1-conv layers with the fused Triton
-            kernel (noise, layer, response, binning and counts in one kernel; its own
-            counter-based noise). None (default): on CUDA devices only; True: wherever the
-            chosen ``backend`` offers it (``triton``, or ``auto`` where Triton runs, also the
-            CPU under ``TRITON_INTERPRET=1``); False: never. Other backends never run it.
+        fused_local: in ``local`` mode, score Linear layers and zero-padded Conv1d/2d/3d layers
+            (any kernel, stride, dilation, groups) whose response is at most an eval BatchNorm
+            and one activation with a fused Triton kernel (noise, layer, response, binning and
+            counts in one kernel; its own counter-based noise). None (default): on CUDA
+            devices only; True: wherever the chosen ``backend`` offers it (``triton``, or
+            ``auto`` where Triton runs, also the CPU under ``TRITON_INTERPRET=1``); False:
+            never. Other backends never run it.
         samples: old name of ``examples`` (deprecated, still accepted).
         max_samples_per_layer: old name of ``samples_per_layer`` (deprecated, still accepted).
             Giving an old and a new name with different values is a ValueError naming both.

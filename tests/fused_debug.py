@@ -1,4 +1,5 @@
-"""Test-only views into the fused local-mode Linear kernels (triton_kernels/local_linear.py).
+"""Test-only views into the fused local-mode kernels (triton_kernels/local_linear.py and
+local_conv.py).
 
 The production kernels store neither the noise nor the response. These kernels recompute them
 with the production device helpers (``layer_response.noise``, ``range_response``,
@@ -9,7 +10,9 @@ binned:
 * :func:`local_linear_debug`: a fused run plus the response [S, Cout] as pass 1 computed it
   (``y_pass1``, whose min / max are the binning ranges) and as pass 2 computed it
   (``y_pass2``, the values it binned);
-* :func:`reference_response`: the unfused float32 torch response of given noise.
+* :func:`reference_response`: the unfused float32 torch response of given noise;
+* :func:`local_conv_debug`: a fused convolution run plus its patch rows [S, Cin * K] and the
+  response pass 2 binned; :func:`reference_conv_response` the unfused torch response of rows.
 """
 
 from __future__ import annotations
@@ -20,8 +23,15 @@ import torch
 import triton
 import triton.language as tl
 
+from causalprune_fast.triton_kernels import local_conv as lc
 from causalprune_fast.triton_kernels import local_linear as ll
-from causalprune_fast.triton_kernels.layer_response import noise, range_response, tile_response
+from causalprune_fast.triton_kernels.conv_response import conv_response_t, patch_noise, row_base
+from causalprune_fast.triton_kernels.layer_response import (
+    first_rows,
+    noise,
+    range_response,
+    tile_response,
+)
 
 NOISE_BLOCK_S, NOISE_BLOCK_K = 32, 64
 
@@ -135,3 +145,106 @@ def reference_response(u, weight, bias=None, scale=None, shift=None, activation=
         "relu6": torch.nn.functional.relu6,
     }
     return fns[activation](y)
+
+
+# ----------------------------------------------------------------------------- convolutions
+@triton.jit
+def _patch_kernel(out_ptr, noise_ptr, base_ptr, geo_ptr, seed, S, UNITS, BLOCK_S: tl.constexpr,
+                  BLOCK_K: tl.constexpr):  # fmt: skip
+    """out [S, UNITS] float32 = the patch rows the fused convolution kernels use."""
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    unit = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    b0, b1, b2 = row_base(base_ptr, offs_s, S)
+    u_t = patch_noise(seed, offs_s, b0, b1, b2, unit, noise_ptr, geo_ptr)  # [BLOCK_K, BLOCK_S]
+    mask = (unit < UNITS)[:, None] & (offs_s < S)[None, :]
+    tl.store(out_ptr + offs_s.to(tl.int64)[None, :] * UNITS + unit[:, None], u_t, mask=mask)
+
+
+@triton.jit
+def _conv_y_kernel(y_ptr, w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, seed, S, COUT,
+                   ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                   PY: tl.constexpr, YW: tl.constexpr, BLOCK_S: tl.constexpr,
+                   BLOCK_K: tl.constexpr):  # fmt: skip
+    """y [S, COUT] float32 as pass 2 of the convolution kernel computes it (channel block t of
+    PY, computed YW at a time)."""
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    t = tl.program_id(1)
+    b0, b1, b2 = row_base(base_ptr, offs_s, S)
+    y_t = conv_response_t(seed, offs_s, b0, b1, b2, t * PY, w_ptr, chan_ptr, noise_ptr, geo_ptr,
+                          COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
+    y_t = first_rows(y_t, PY)
+    oc = t * PY + tl.arange(0, PY)
+    mask = (oc < COUT)[:, None] & (offs_s < S)[None, :]
+    tl.store(y_ptr + offs_s.to(tl.int64)[None, :] * COUT + oc[:, None], y_t, mask=mask)
+
+
+@dataclass
+class ConvDebugRun:
+    run: lc.LocalConvRun
+    u: torch.Tensor  # [S, Cin * K] float32: the patch rows (0 in the padding)
+    x: torch.Tensor  # [S, X] the x columns (every unit, or the centre taps)
+    y_pass2: torch.Tensor  # [S, Cout] float32: the response pass 2 binned
+    inside: torch.Tensor  # [S, K] bool: which taps of each row are inside the input
+
+
+def local_conv_debug(weight, bias, lo, hi, *, geometry, taps="all", samples, seed, bins=16,
+                     scale=None, shift=None, activation="identity", miller_madow=False,
+                     reduce=None, config=None) -> ConvDebugRun:  # fmt: skip
+    """run_local_conv, the patch rows and the response y [S, Cout] that pass 2 binned."""
+    run = lc.run_local_conv(weight, bias, lo, hi, geometry=geometry, taps=taps, samples=samples,
+                            seed=seed, bins=bins, scale=scale, shift=shift,
+                            activation=activation, miller_madow=miller_madow, reduce=reduce,
+                            config=config)  # fmt: skip
+    cfg = run.config
+    cout = weight.shape[0]
+    cin = weight.shape[1] * geometry.groups
+    k = geometry.taps
+    w = weight.detach().reshape(cout, -1).to(torch.float32).contiguous()
+    f32 = dict(dtype=torch.float32, device=w.device)
+    chan = torch.stack([
+        torch.zeros(cout, **f32) if bias is None else bias.to(**f32),
+        torch.ones(cout, **f32) if scale is None else scale.to(**f32),
+        torch.zeros(cout, **f32) if shift is None else shift.to(**f32),
+    ]).contiguous()  # fmt: skip
+    ranges = torch.stack([torch.as_tensor(v, **f32).expand(cin) for v in (lo, hi)]).contiguous()
+    u = torch.full((samples, cin * k), float("nan"), **f32)
+    grid = (triton.cdiv(samples, NOISE_BLOCK_S), triton.cdiv(cin * k, NOISE_BLOCK_K))
+    _patch_kernel[grid](out_ptr=u, noise_ptr=ranges, base_ptr=run.base, geo_ptr=run.geo,
+                        seed=seed, S=samples, UNITS=cin * k, BLOCK_S=NOISE_BLOCK_S,
+                        BLOCK_K=NOISE_BLOCK_K, num_warps=4, enable_fp_fusion=False)  # fmt: skip
+    y = torch.full((samples, cout), float("nan"), **f32)
+    grid = (triton.cdiv(samples, cfg.block_s), triton.cdiv(cout, cfg.py))
+    _conv_y_kernel[grid](
+        y_ptr=y, w_ptr=w, chan_ptr=chan, noise_ptr=ranges, base_ptr=run.base, geo_ptr=run.geo,
+        seed=seed, S=samples, COUT=cout, ACT=activation, HAS_BIAS=bias is not None,
+        HAS_AFFINE=scale is not None or shift is not None, PY=cfg.py, YW=cfg.yw,
+        BLOCK_S=cfg.block_s, BLOCK_K=cfg.block_k, num_warps=4, enable_fp_fusion=False,
+    )  # fmt: skip
+    x = u if taps == "all" else u[:, geometry.center :: k]
+    return ConvDebugRun(run, u, x, y, conv_inside(geometry, run.base))
+
+
+def conv_inside(geometry, base: torch.Tensor) -> torch.Tensor:
+    """[S, K] bool: which taps of each row (base coordinates [3, S]) lie inside the input."""
+    ks = geometry.kernel_size
+    dims = len(ks)
+    grid = torch.meshgrid(*[torch.arange(s) for s in ks], indexing="ij")
+    taps = torch.stack([t.reshape(-1) for t in grid])  # [dims, K]
+    base = base.cpu().long()
+    ok = torch.ones((base.shape[1], taps.shape[1]), dtype=torch.bool)
+    for d in range(dims):
+        coord = base[3 - dims + d][:, None] + taps[d][None, :] * geometry.dilation[d]
+        ok &= (coord >= 0) & (coord < geometry.input_size[d])
+    return ok
+
+
+def reference_conv_response(u, weight, groups, bias=None, scale=None, shift=None,
+                            activation="identity"):  # fmt: skip
+    """The unfused float32 torch response of patch rows u [S, Cin * K] (block-diagonal product
+    for groups > 1, as scoring/sampling.py computes it)."""
+    cout = weight.shape[0]
+    w = weight.reshape(groups, cout // groups, -1).to(torch.float32)
+    n = u.shape[0]
+    y = torch.einsum("rgi,goi->rgo", u.reshape(n, groups, -1), w).reshape(n, cout)
+    return reference_response(y, torch.eye(cout, dtype=torch.float32, device=u.device), bias,
+                              scale, shift, activation)  # fmt: skip

@@ -1,8 +1,10 @@
-"""Which layers the fused local kernel can measure, and with what epilogue.
+"""Which layers the fused local kernels can measure, and with what epilogue.
 
-The kernel (the ``local_linear_mi`` capability of a backend, see ``backends.py``) runs a Linear
-layer or a 1x1 convolution on its own Philox noise and applies, before binning, an optional
-per-channel affine map (an eval BatchNorm folded into scale and shift) and one activation.
+Two backend capabilities (``backends.py``): ``local_linear_mi`` runs a Linear layer or a 1x1
+convolution (stride 1, no padding, one group) on its own Philox noise; ``local_conv_mi`` any
+other Conv1d / Conv2d / Conv3d with zero padding (kernel size, stride, padding, dilation and
+groups as they are), on patch rows. Both apply, before binning, an optional per-channel affine
+map (an eval BatchNorm folded into scale and shift) and one activation.
 """
 
 from __future__ import annotations
@@ -35,27 +37,35 @@ class FusedEpilogue:
     activation: str = "identity"
 
 
-def _is_pointwise(layer: Layer) -> bool:
+def _is_pointwise(m: nn.Module) -> bool:
+    return (
+        all(k == 1 for k in m.kernel_size)
+        and all(st == 1 for st in m.stride)
+        and not any(m._reversed_padding_repeated_twice)
+        and m.groups == 1
+    )
+
+
+def fused_capability(layer: Layer) -> str | None:
+    """The backend capability that measures ``layer`` fused (``"local_linear_mi"`` or
+    ``"local_conv_mi"``), or None where neither can (e.g. reflect / replicate / circular
+    padding, whose padded taps copy other inputs)."""
     m = layer.module
     if isinstance(m, nn.Linear):
-        return True
+        return "local_linear_mi"
     if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-        return (
-            all(k == 1 for k in m.kernel_size)
-            and all(st == 1 for st in m.stride)
-            and not any(m._reversed_padding_repeated_twice)
-            and m.groups == 1
-        )
-    return False
+        if _is_pointwise(m):
+            return "local_linear_mi"
+        return "local_conv_mi" if m.padding_mode == "zeros" else None
+    return None
 
 
 def fused_epilogue(layer: Layer, response: ResponsePoint) -> FusedEpilogue | None:
     """How the fused kernel measures ``layer`` at ``response``, or None where it cannot.
 
-    It can for Linear layers and 1x1 convolutions (stride 1, no padding, one group) whose
-    response is at most an eval BatchNorm (folded into scale and shift) and one activation the
-    kernel knows."""
-    if not _is_pointwise(layer):
+    It can for the layers of :func:`fused_capability` whose response is at most an eval
+    BatchNorm (folded into scale and shift) and one activation the kernels know."""
+    if fused_capability(layer) is None:
         return None
     scale = shift = None
     activation = "identity"

@@ -14,15 +14,15 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
 
 from causalprune_fast.backends import capability
+from causalprune_fast.conv_geometry import ConvGeometry
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.noise import LOCAL, example_seed, stream
-from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_epilogue
+from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_capability, fused_epilogue
 from causalprune_fast.scoring.layer_mi import LayerMI
 from causalprune_fast.scoring.sampling import RowSource, row_source
 from causalprune_fast.scoring.state import LayerState, check_finite, clock
@@ -34,6 +34,7 @@ class LocalMode:
     def __init__(self, runner):
         self.r = runner
         self.plan, self.ctx, self.device = runner.plan, runner.ctx, runner.device
+        self._kernels: dict[str, Callable | None] = {}
 
     def run(self) -> None:
         self.calibrate()
@@ -177,21 +178,27 @@ class LocalMode:
         epilogue = fused_epilogue(s.layer, s.response)
         if epilogue is None:
             return None
-        kernel = self._fused_kernel
+        kernel = self._fused_kernel(fused_capability(s.layer))
         return None if kernel is None else (kernel, epilogue)
 
-    @functools.cached_property
-    def _fused_kernel(self) -> Callable | None:
-        """The backend's fused local measurement on this device, looked up once per run."""
-        return capability(self.plan.backend, self.device, "local_linear_mi")
+    def _fused_kernel(self, name: str) -> Callable | None:
+        """The backend's fused local measurement ``name`` on this device, looked up once per
+        run."""
+        if name not in self._kernels:
+            self._kernels[name] = capability(self.plan.backend, self.device, name)
+        return self._kernels[name]
 
     def _measure_fused(self, s: LayerState, kernel: Callable, epilogue: FusedEpilogue) -> None:
-        """Local mode of a Linear / 1x1 convolution in one fused kernel: noise generated in
+        """Local mode of a Linear layer or convolution in one fused kernel: noise generated in
         registers (twice, instead of stored), the layer, its response, binning and joint
         counts, reduced to MI, on ``samples_per_layer`` rows like the unfused path (its own
-        counter-based noise)."""
+        counter-based noise; for a convolution, patch rows as on the ``patches`` path)."""
         t0 = clock(self.device)
         module = s.layer.module
+        conv = {}
+        if fused_capability(s.layer) == "local_conv_mi":
+            geometry = ConvGeometry.of(module, s.input_shape)
+            conv = dict(geometry=geometry, taps=self.plan.taps)
         try:
             result, xr, yr = kernel(
                 module.weight.detach(),
@@ -207,6 +214,7 @@ class LocalMode:
                 miller_madow=self.plan.miller_madow,
                 reduce=None if self.plan.return_matrices else "sum",
                 return_ranges=True,
+                **conv,
             )
         except ValueError as e:
             raise ValueError(f"layer '{s.layer.name}': {e}") from e
@@ -219,4 +227,5 @@ class LocalMode:
         s.add_time("mi", clock(self.device) - t0)
         s.x_ranges, s.y_ranges = xr, yr
         s.path = "fused-triton"
-        self.r._done(s, mi, input_units=s.layer.in_channels, note=" [fused Triton local kernel]")
+        units = s.layer.input_units(self.plan.taps) if conv else s.layer.in_channels
+        self.r._done(s, mi, input_units=units, note=" [fused Triton local kernel]")

@@ -43,6 +43,14 @@ LOCAL_LINEAR_CASES = [
     ("128x128 bins 256 silu", 128, 128, 256, "silu"),
 ]
 MORE_LOCAL_LINEAR_ACTIVATIONS = ["sigmoid", "hardswish", "relu6"]
+# Fused local-mode convolution kernels (local_conv.py): (name, Cin, Cout, taps K, groups, x
+# columns, bins, activation); the geometry itself is runtime data (geo_ptr, base_ptr).
+LOCAL_CONV_CASES = [
+    ("3x3 64->64 bins 16 relu", 64, 64, 9, 1, 64 * 9, 16, "relu"),
+    ("depthwise 3x3 96 bins 16 silu", 96, 96, 9, 96, 96 * 9, 16, "silu"),
+    ("5x5 g2 32->32 centre bins 8", 32, 32, 25, 2, 32, 8, "identity"),
+    ("3x3x3 16->32 bins 64 tanh", 16, 32, 27, 1, 16 * 27, 64, "tanh"),
+]
 
 
 def _resource_usage(cubin: bytes) -> str:
@@ -87,6 +95,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="only the fused local-mode Linear kernels (local_linear.py, layer_response.py)",
     )
+    parser.add_argument(
+        "--local-conv",
+        action="store_true",
+        help="only the fused local-mode convolution kernels (local_conv.py, conv_response.py)",
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
@@ -126,10 +139,13 @@ def main(argv=None) -> int:
             with open(os.path.join(args.sass, fname), "w") as f:
                 f.write(sass.stdout)
 
-    if not args.local_linear:
+    only = args.local_linear or args.local_conv
+    if not only:
         _estimator_kernels(args, run, pm, q)
-    if args.local_linear or not args.smoke:
+    if args.local_linear or not (only or args.smoke):
         _local_linear_kernels(args, run)
+    if args.local_conv or not (only or args.smoke):
+        _local_conv_kernels(args, run)
     print("all compiled" if not failures else f"{failures} configuration(s) failed")
     return 1 if failures else 0
 
@@ -166,6 +182,34 @@ def _local_linear_kernels(args, run) -> None:
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"local_linear mi{'_sums' if sums else ''} {name} ({tile})"
             run(label, ll._mi_kernel, msig, consts, c.num_warps, c.num_stages,
+                enable_fp_fusion=False)  # fmt: skip
+
+
+def _local_conv_kernels(args, run) -> None:
+    lc = importlib.import_module(__package__ + ".local_conv")
+    cr = importlib.import_module(__package__ + ".conv_response")
+    layer = dict(w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", base_ptr="*i32",
+                 geo_ptr="*i32")  # fmt: skip
+    cols = dict(seed="i64", S="i32", XCOLS="i32", XSTRIDE="i32", XOFF="i32")
+    rsig = dict(layer, part_ptr="*fp64", **cols, COUT="i32", rows_per_program="i32",
+                TILES_Y="i32")  # fmt: skip
+    msig = dict(layer, ranges_ptr="*fp64", out_ptr="*fp32", sums_ptr="*fp64", **cols, XG="i32",
+                COUT="i32", bins="i32", TILES_Y="i32")  # fmt: skip
+    cases = LOCAL_CONV_CASES[:1] if args.smoke else LOCAL_CONV_CASES
+    for i, (name, _cin, cout, _k, _g, xcols, bins, act) in enumerate(cases):
+        c = lc.local_tile_config(xcols, cout, bins, interpret=False)
+        flags = dict(ACT=act, HAS_BIAS=True, HAS_AFFINE=i % 2 == 0)
+        shapes = dict(YW=c.yw, BLOCK_S=c.block_s, BLOCK_K=c.block_k)
+        run(f"local_conv ranges {name}", cr._conv_range_kernel, rsig, dict(flags, **shapes), 4,
+            1, enable_fp_fusion=False)  # fmt: skip
+        variants = [(True, True)] if args.smoke else [(False, False), (True, i % 2 == 1)]
+        for sums, mm in variants:
+            consts = dict(
+                flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx
+            )
+            tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
+            label = f"local_conv mi{'_sums' if sums else ''} {name} ({tile})"
+            run(label, lc._conv_mi_kernel, msig, consts, c.num_warps, c.num_stages,
                 enable_fp_fusion=False)  # fmt: skip
 
 

@@ -138,13 +138,44 @@ def response_t(
         w_mask = valid_oc[:, None] & in_k[None, :]
         w = tl.load(w_rows[:, None] + offs_k[None, :], mask=w_mask, other=0.0)
         acc = tl.dot(w, u_t, acc, input_precision="ieee", out_dtype=tl.float32)
-    z = acc
+    return channel_epilogue(acc, oc, chan_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE)
+
+
+@triton.jit
+def channel_epilogue(z, oc, chan_ptr, COUT, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_AFFINE: tl.constexpr):  # fmt: skip
+    """The response of pre-activations z^T [YW, BLOCK_S] of output channels oc: (+ b)
+    (* scale + shift) in torch's order, then the activation (chan_ptr: [3, COUT])."""
+    valid_oc = oc < COUT
     if HAS_BIAS:
         z = z + tl.load(chan_ptr + oc, mask=valid_oc, other=0.0)[:, None]
     if HAS_AFFINE:
         z = z * tl.load(chan_ptr + COUT + oc, mask=valid_oc, other=1.0)[:, None]
         z = z + tl.load(chan_ptr + 2 * COUT + oc, mask=valid_oc, other=0.0)[:, None]
     return _activation(z, ACT)
+
+
+@triton.jit
+def first_rows(y_t, PY: tl.constexpr):
+    """The first PY rows of y_t [YW, BLOCK_S] (YW a multiple of PY), exactly."""
+    YW: tl.constexpr = y_t.shape[0]
+    R: tl.constexpr = YW // PY
+    if R > 1:
+        y3 = tl.reshape(y_t, [R, PY, y_t.shape[1]])
+        first = (tl.arange(0, R) == 0)[:, None, None]
+        y_t = tl.sum(tl.where(first, y3, 0.0), axis=0)  # exact: one term per sum
+    return y_t
+
+
+@triton.jit
+def minmax_step(mn, mx, nan, v, m):
+    """Running per-row min / max (and NaN flag) of v [P, BLOCK_S] over the entries where m."""
+    isnan = v != v
+    nan = nan | tl.max((m & isnan).to(tl.int32), axis=1)
+    ok = m & ~isnan
+    mn = tl.minimum(mn, tl.min(tl.where(ok, v, float("inf")), axis=1))
+    mx = tl.maximum(mx, tl.max(tl.where(ok, v, float("-inf")), axis=1))
+    return mn, mx, nan
 
 
 @triton.jit
@@ -166,12 +197,7 @@ def tile_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT:
     oc = t_y * PY + tl.arange(0, YW)
     y_t = response_t(seed, offs_s, oc, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT, HAS_BIAS,
                      HAS_AFFINE, BLOCK_K)  # fmt: skip
-    R: tl.constexpr = YW // PY
-    if R > 1:
-        y3 = tl.reshape(y_t, [R, PY, offs_s.shape[0]])
-        first = (tl.arange(0, R) == 0)[:, None, None]
-        y_t = tl.sum(tl.where(first, y3, 0.0), axis=0)  # exact: one term per sum
-    return y_t
+    return first_rows(y_t, PY)
 
 
 # ----------------------------------------------------------------------------- pass 1
@@ -191,11 +217,7 @@ def _y_ranges(w_ptr, chan_ptr, noise_ptr, row_lo, row_hi, seed, s_begin, s_end, 
         y_t = range_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
                              HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
         m = valid[:, None] & (offs_s < s_end)[None, :]
-        isnan = y_t != y_t
-        nan = nan | tl.max((m & isnan).to(tl.int32), axis=1)
-        ok = m & ~isnan
-        mn = tl.minimum(mn, tl.min(tl.where(ok, y_t, float("inf")), axis=1))
-        mx = tl.maximum(mx, tl.max(tl.where(ok, y_t, float("-inf")), axis=1))
+        mn, mx, nan = minmax_step(mn, mx, nan, y_t, m)
     lo = tl.where(nan > 0, float("nan"), mn.to(tl.float64))
     hi = tl.where(nan > 0, float("nan"), mx.to(tl.float64))
     tl.store(row_lo + CIN + oc, lo, mask=valid)
