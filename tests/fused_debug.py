@@ -1,18 +1,19 @@
 """Test-only views into the fused local-mode kernels (triton_kernels/local_linear.py and
 local_conv.py).
 
-The production kernels store neither the noise nor the response. These kernels recompute them
-with the production device helpers (``layer_response.noise``, ``range_response``,
-``tile_response``) at the launch shapes of a run, so the tests see the values the fused passes
-binned:
+The production kernels store neither the noise nor the response (only the y codes, one slab
+of output channels at a time). These kernels recompute them with the production device helpers
+(``layer_response.noise``, ``range_response``, ``conv_response``) at the launch shapes of a
+run, so the tests see the values the fused passes measured:
 
 * :func:`materialize_noise`: the [S, Cin] noise of every kernel;
-* :func:`local_linear_debug`: a fused run plus the response [S, Cout] as pass 1 computed it
-  (``y_pass1``, whose min / max are the binning ranges) and as pass 2 computed it
-  (``y_pass2``, the values it binned);
+* :func:`local_linear_debug`: a fused run (with the y codes pass 2 counted) plus the response
+  [S, Cout] as passes 1 and 1b compute it (``y``: pass 1 took its min / max, pass 1b binned it);
 * :func:`reference_response`: the unfused float32 torch response of given noise;
+* :func:`assert_codes_agree_off_edges`: stored codes against a recomputed response's codes;
 * :func:`local_conv_debug`: a fused convolution run plus its patch rows [S, Cin * K] and the
-  response pass 2 binned; :func:`reference_conv_response` the unfused torch response of rows.
+  response passes 1 and 1b compute; :func:`reference_conv_response` the unfused torch response
+  of rows.
 """
 
 from __future__ import annotations
@@ -23,15 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
+import causalprune_fast as cf
 from causalprune_fast.triton_kernels import local_conv as lc
 from causalprune_fast.triton_kernels import local_linear as ll
 from causalprune_fast.triton_kernels.conv_response import conv_response_t, patch_noise, row_base
-from causalprune_fast.triton_kernels.layer_response import (
-    first_rows,
-    noise,
-    range_response,
-    tile_response,
-)
+from causalprune_fast.triton_kernels.layer_response import noise, range_response
 
 NOISE_BLOCK_S, NOISE_BLOCK_K = 32, 64
 
@@ -52,21 +49,15 @@ def _noise_kernel(out_ptr, noise_ptr, seed, S, CIN, BLOCK_S: tl.constexpr,
 
 @triton.jit
 def _response_kernel(y_ptr, w_ptr, chan_ptr, noise_ptr, seed, S, CIN, COUT, ACT: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, PASS: tl.constexpr,
-                     PY: tl.constexpr, YW: tl.constexpr, BLOCK_S: tl.constexpr,
-                     BLOCK_K: tl.constexpr):  # fmt: skip
-    """y [S, COUT] float32 as pass PASS (1 or 2) computes it: program (i, t) computes samples
-    i * BLOCK_S + [0, BLOCK_S) of channel block t, with the pass's own helper and shapes."""
+                     HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, YW: tl.constexpr,
+                     BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """y [S, COUT] float32 as passes 1 and 1b compute it: program (i, t) computes samples
+    i * BLOCK_S + [0, BLOCK_S) of channel block t (YW channels), with their helper."""
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     t = tl.program_id(1)
-    if PASS == 1:
-        oc = t * YW + tl.arange(0, YW)
-        y_t = range_response(seed, offs_s, t, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
-                             HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
-    else:
-        oc = t * PY + tl.arange(0, PY)
-        y_t = tile_response(seed, offs_s, t, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
-                            HAS_BIAS, HAS_AFFINE, PY, YW, BLOCK_K)  # fmt: skip
+    oc = t * YW + tl.arange(0, YW)
+    y_t = range_response(seed, offs_s, t, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT, HAS_BIAS,
+                         HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
     mask = (oc < COUT)[:, None] & (offs_s < S)[None, :]
     tl.store(y_ptr + offs_s.to(tl.int64)[None, :] * COUT + oc[:, None], y_t, mask=mask)
 
@@ -87,19 +78,18 @@ def materialize_noise(samples: int, lo: torch.Tensor, hi, seed: int) -> torch.Te
 
 @dataclass
 class DebugRun:
-    run: ll.LocalLinearRun
-    y_pass1: torch.Tensor  # [S, Cout] float32: the response pass 1 took the ranges of
-    y_pass2: torch.Tensor  # [S, Cout] float32: the response pass 2 binned
+    run: ll.LocalLinearRun  # with y_codes [S, Cout]: the codes pass 2 counted
+    y: torch.Tensor  # [S, Cout] float32: the response pass 1 took the ranges of, pass 1b binned
 
 
 def local_linear_debug(weight, bias, lo, hi, *, samples, seed, bins=16, scale=None, shift=None,
-                       activation="identity", miller_madow=False, reduce=None,
-                       config=None) -> DebugRun:  # fmt: skip
-    """run_local_linear, and the response y [S, Cout] as each pass computed it."""
+                       activation="identity", miller_madow=False, reduce=None, config=None,
+                       memory_budget=None) -> DebugRun:  # fmt: skip
+    """run_local_linear (keeping the y codes), and the response y [S, Cout] it binned."""
     run = ll.run_local_linear(weight, bias, lo, hi, samples=samples, seed=seed, bins=bins,
                               scale=scale, shift=shift, activation=activation,
-                              miller_madow=miller_madow, reduce=reduce,
-                              config=config)  # fmt: skip
+                              miller_madow=miller_madow, reduce=reduce, config=config,
+                              memory_budget=memory_budget, keep_codes=True)  # fmt: skip
     cfg = run.config
     w = weight.detach().reshape(weight.shape[0], weight.shape[1]).to(torch.float32).contiguous()
     cout, cin = w.shape
@@ -110,18 +100,30 @@ def local_linear_debug(weight, bias, lo, hi, *, samples, seed, bins=16, scale=No
         torch.zeros(cout, **f32) if shift is None else shift.to(**f32),
     ]).contiguous()  # fmt: skip
     ranges = torch.stack([torch.as_tensor(v, **f32).expand(cin) for v in (lo, hi)]).contiguous()
-    ys = []
-    for p, width in ((1, cfg.yw), (2, cfg.py)):
-        y = torch.full((samples, cout), float("nan"), **f32)
-        grid = (triton.cdiv(samples, cfg.block_s), triton.cdiv(cout, width))
-        _response_kernel[grid](
-            y_ptr=y, w_ptr=w, chan_ptr=chan, noise_ptr=ranges, seed=seed, S=samples, CIN=cin,
-            COUT=cout, ACT=activation, HAS_BIAS=bias is not None,
-            HAS_AFFINE=scale is not None or shift is not None, PASS=p, PY=cfg.py, YW=cfg.yw,
-            BLOCK_S=cfg.block_s, BLOCK_K=cfg.block_k, num_warps=4, enable_fp_fusion=False,
-        )  # fmt: skip
-        ys.append(y)
-    return DebugRun(run, ys[0], ys[1])
+    y = torch.full((samples, cout), float("nan"), **f32)
+    grid = (triton.cdiv(samples, cfg.block_s), triton.cdiv(cout, cfg.yw))
+    _response_kernel[grid](
+        y_ptr=y, w_ptr=w, chan_ptr=chan, noise_ptr=ranges, seed=seed, S=samples, CIN=cin,
+        COUT=cout, ACT=activation, HAS_BIAS=bias is not None,
+        HAS_AFFINE=scale is not None or shift is not None, YW=cfg.yw, BLOCK_S=cfg.block_s,
+        BLOCK_K=cfg.block_k, num_warps=4, enable_fp_fusion=False,
+    )  # fmt: skip
+    return DebugRun(run, y)
+
+
+def assert_codes_agree_off_edges(y_a, codes_b, ranges, bins, bound):
+    """The codes of y_a on ranges and codes_b agree except where y_a lies within bound of a
+    bin edge (lo + k (hi - lo) / bins), where rounding may put two computations of y on
+    either side; returns the fraction that differ."""
+    ca, _ = cf.quantize(y_a.cpu(), bins, ranges.cpu(), backend="cpu")
+    differ = ca != codes_b.cpu()
+    if bool(differ.any()):
+        lo, hi = ranges[:, 0].cpu(), ranges[:, 1].cpu()
+        t = (y_a.cpu().double() - lo) / (hi - lo) * bins
+        edge = lo + torch.round(t) * (hi - lo) / bins
+        near = (y_a.cpu().double() - edge).abs() <= bound.cpu().double()
+        assert bool(near[differ].all()), f"{int((differ & ~near).sum())} codes flipped off an edge"
+    return float(differ.double().mean())
 
 
 def reference_response(u, weight, bias=None, scale=None, shift=None, activation="identity"):
@@ -163,17 +165,15 @@ def _patch_kernel(out_ptr, noise_ptr, base_ptr, geo_ptr, seed, S, UNITS, BLOCK_S
 @triton.jit
 def _conv_y_kernel(y_ptr, w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, seed, S, COUT,
                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr,
-                   PY: tl.constexpr, YW: tl.constexpr, BLOCK_S: tl.constexpr,
-                   BLOCK_K: tl.constexpr):  # fmt: skip
-    """y [S, COUT] float32 as pass 2 of the convolution kernel computes it (channel block t of
-    PY, computed YW at a time)."""
+                   YW: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """y [S, COUT] float32 as passes 1 and 1b of the convolution kernels compute it (channel
+    block t of YW)."""
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     t = tl.program_id(1)
     b0, b1, b2 = row_base(base_ptr, offs_s, S)
-    y_t = conv_response_t(seed, offs_s, b0, b1, b2, t * PY, w_ptr, chan_ptr, noise_ptr, geo_ptr,
+    y_t = conv_response_t(seed, offs_s, b0, b1, b2, t * YW, w_ptr, chan_ptr, noise_ptr, geo_ptr,
                           COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
-    y_t = first_rows(y_t, PY)
-    oc = t * PY + tl.arange(0, PY)
+    oc = t * YW + tl.arange(0, YW)
     mask = (oc < COUT)[:, None] & (offs_s < S)[None, :]
     tl.store(y_ptr + offs_s.to(tl.int64)[None, :] * COUT + oc[:, None], y_t, mask=mask)
 
@@ -183,18 +183,20 @@ class ConvDebugRun:
     run: lc.LocalConvRun
     u: torch.Tensor  # [S, Cin * K] float32: the patch rows (0 in the padding)
     x: torch.Tensor  # [S, X] the x columns (every unit, or the centre taps)
-    y_pass2: torch.Tensor  # [S, Cout] float32: the response pass 2 binned
+    y: torch.Tensor  # [S, Cout] float32: the response pass 1 took the ranges of, pass 1b binned
     inside: torch.Tensor  # [S, K] bool: which taps of each row are inside the input
 
 
 def local_conv_debug(weight, bias, lo, hi, *, geometry, taps="all", samples, seed, bins=16,
                      scale=None, shift=None, activation="identity", miller_madow=False,
-                     reduce=None, config=None) -> ConvDebugRun:  # fmt: skip
-    """run_local_conv, the patch rows and the response y [S, Cout] that pass 2 binned."""
+                     reduce=None, config=None, memory_budget=None) -> ConvDebugRun:  # fmt: skip
+    """run_local_conv (keeping the y codes), the patch rows and the response y [S, Cout] that
+    pass 1b binned."""
     run = lc.run_local_conv(weight, bias, lo, hi, geometry=geometry, taps=taps, samples=samples,
                             seed=seed, bins=bins, scale=scale, shift=shift,
                             activation=activation, miller_madow=miller_madow, reduce=reduce,
-                            config=config)  # fmt: skip
+                            config=config, memory_budget=memory_budget,
+                            keep_codes=True)  # fmt: skip
     cfg = run.config
     cout = weight.shape[0]
     cin = weight.shape[1] * geometry.groups
@@ -213,11 +215,11 @@ def local_conv_debug(weight, bias, lo, hi, *, geometry, taps="all", samples, see
                         seed=seed, S=samples, UNITS=cin * k, BLOCK_S=NOISE_BLOCK_S,
                         BLOCK_K=NOISE_BLOCK_K, num_warps=4, enable_fp_fusion=False)  # fmt: skip
     y = torch.full((samples, cout), float("nan"), **f32)
-    grid = (triton.cdiv(samples, cfg.block_s), triton.cdiv(cout, cfg.py))
+    grid = (triton.cdiv(samples, cfg.block_s), triton.cdiv(cout, cfg.yw))
     _conv_y_kernel[grid](
         y_ptr=y, w_ptr=w, chan_ptr=chan, noise_ptr=ranges, base_ptr=run.base, geo_ptr=run.geo,
         seed=seed, S=samples, COUT=cout, ACT=activation, HAS_BIAS=bias is not None,
-        HAS_AFFINE=scale is not None or shift is not None, PY=cfg.py, YW=cfg.yw,
+        HAS_AFFINE=scale is not None or shift is not None, YW=cfg.yw,
         BLOCK_S=cfg.block_s, BLOCK_K=cfg.block_k, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     x = u if taps == "all" else u[:, geometry.center :: k]

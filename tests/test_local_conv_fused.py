@@ -4,9 +4,10 @@ Without a GPU they run on CPU tensors under Triton's interpreter (TRITON_INTERPR
 kernels are imported); with one, on CUDA tensors. Two references:
 
 * the kernel's own rows: ``local_conv_debug`` (tests/fused_debug.py) regenerates the patch rows
-  with the production helpers and the response pass 2 binned; the float64 CPU estimator on
-  those rows, binned on the kernel's ranges, must give the kernel's MI (1e-5 bits), the rows
-  must be 0 exactly at the taps in the padding, and the response must match torch's (a few ulp);
+  with the production helpers and the response passes 1 and 1b computed, and keeps the y codes
+  pass 2 counted; the float64 CPU estimator on those rows, binned on the kernel's ranges, and
+  those codes must give the kernel's MI (1e-5 bits), the rows must be 0 exactly at the taps in
+  the padding, the response must match torch's (a few ulp) and the codes be its codes;
 * the unfused ``patches`` path (scoring/sampling.py): the same MI up to estimator noise and the
   same fraction of padding taps, also end to end through ``score_model``.
 
@@ -22,7 +23,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from fused_debug import local_conv_debug, reference_conv_response  # noqa: E402
+from fused_debug import (  # noqa: E402
+    assert_codes_agree_off_edges,
+    local_conv_debug,
+    reference_conv_response,
+)
 
 import causalprune_fast as cf  # noqa: E402
 from causalprune_fast import triton_kernels as tk  # noqa: E402
@@ -102,7 +107,7 @@ EPILOGUES = [("identity", False), ("relu", True), ("silu", True)]
 
 
 def _run(conv, shape, taps, samples, seed, act="identity", affine=False, reduce=None,
-         miller_madow=False):  # fmt: skip
+         miller_madow=False, config=None, memory_budget=None):  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     conv = conv.to(DEVICE)
     lo, hi = _ranges(conv.in_channels, g)
@@ -114,7 +119,8 @@ def _run(conv, shape, taps, samples, seed, act="identity", affine=False, reduce=
     bias = None if conv.bias is None else conv.bias.detach()
     d = local_conv_debug(conv.weight.detach(), bias, lo.to(DEVICE), hi.to(DEVICE), geometry=geo,
                          taps=taps, samples=samples, seed=seed, activation=act,
-                         miller_madow=miller_madow, reduce=reduce, **kw)  # fmt: skip
+                         miller_madow=miller_madow, reduce=reduce, config=config,
+                         memory_budget=memory_budget, **kw)  # fmt: skip
     return d, geo, kw, bias
 
 
@@ -140,20 +146,27 @@ def test_fused_conv_equals_the_estimator_on_its_own_rows(name, make, shape, taps
     # Positions are uniform over the output positions, so (with padding) some taps are padded.
     if any(p != (0, 0) for p in geo.padding):
         assert 0 < float((~d.inside).float().mean()) < 1
-    # The response pass 2 binned is torch's (grouped product, bias, affine, activation).
+    # The response passes 1 and 1b computed is torch's (grouped product, bias, affine, activation).
     ref = reference_conv_response(d.u, conv.weight.detach(), conv.groups, bias, **kw,
                                   activation=act)  # fmt: skip
     mag = reference_conv_response(d.u.abs(), conv.weight.detach().abs(), conv.groups).cpu()
     if "scale" in kw:
         mag = mag * kw["scale"].abs().max().cpu()
     bound = ULPS * EPS * (mag + ref.abs().cpu() + 1.0)
-    assert bool(((d.y_pass2.cpu() - ref.cpu()).abs() <= bound).all())
-    # MI: the float64 estimator on the kernel's rows, binned on the kernel's ranges.
+    assert bool(((d.y.cpu() - ref.cpu()).abs() <= bound).all())
+    # Ranges: the x columns' and the response's minima and maxima; the stored y codes are the
+    # response's codes on them (up to rounding at a bin edge, module docstring).
     xr, yr = d.run.x_ranges.cpu(), d.run.y_ranges.cpu()
     torch.testing.assert_close(xr[:, 0], d.x.cpu().double().amin(0), rtol=0, atol=0)
     torch.testing.assert_close(xr[:, 1], d.x.cpu().double().amax(0), rtol=0, atol=0)
+    y64 = d.y.cpu().double()
+    torch.testing.assert_close(yr, torch.stack([y64.amin(0), y64.amax(0)], 1), rtol=ULPS * EPS,
+                               atol=0)  # fmt: skip
+    assert_codes_agree_off_edges(d.y, d.run.y_codes, yr, 16, 2 * bound)
+    # MI: the float64 estimator on the kernel's rows, binned on the kernel's ranges, and the
+    # y codes pass 2 counted.
     xc, _ = cf.quantize(d.x.cpu(), 16, xr, backend="cpu")
-    yc, _ = cf.quantize(d.y_pass2.cpu(), 16, yr, backend="cpu")
+    yc = d.run.y_codes.cpu()
     want = cf.pairwise_mi(xc, yc, 16, backend="cpu", groups=conv.groups)
     units = cin * (k if taps == "all" else 1)
     assert d.run.matrix.shape == (units, conv.out_channels)
@@ -191,6 +204,28 @@ def test_zero_weights_and_constant_channels_give_exactly_zero():
                          samples=300, seed=1)  # fmt: skip
     assert torch.equal(m[9:18].cpu(), torch.zeros(9, 4))
     assert float(m[:9].sum()) > 0
+
+
+def test_channel_slabs_give_the_mi_of_one_slab():
+    # GPU tile shapes (8-channel pair tiles, 16-channel y blocks), two groups of 20 channels
+    # and a budget for the codes of 8 channels: 5 slabs, one of them across the group boundary
+    # and every y block of passes 1 and 1b split over two slabs.
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 40, 3, padding=1, groups=2)
+    shape, samples = (4, 5, 5), 200
+    cfg = lc.local_tile_config(36, 40, 16, interpret=False)
+    assert (cfg.py, cfg.yw) == (8, 16)
+    one, geo, kw, bias = _run(conv, shape, "all", samples, seed=2, act="relu", config=cfg)
+    run, _, _, _ = _run(conv, shape, "all", samples, seed=2, act="relu", config=cfg,
+                        memory_budget=8 * samples)  # fmt: skip
+    assert one.run.slabs == [(0, 40)] and run.run.slabs == [(c, c + 8) for c in range(0, 40, 8)]
+    torch.testing.assert_close(run.run.matrix, one.run.matrix, rtol=0, atol=TOL)
+    # ... and it is the estimator's MI on the kernel's rows and stored codes (cross-group 0).
+    xc, _ = cf.quantize(run.x.cpu(), 16, run.run.x_ranges.cpu(), backend="cpu")
+    want = cf.pairwise_mi(xc, run.run.y_codes.cpu(), 16, backend="cpu", groups=2)
+    torch.testing.assert_close(run.run.matrix.cpu(), want, rtol=0, atol=TOL)
+    assert torch.equal(run.run.matrix[:18, 20:].cpu(), torch.zeros(18, 20))
+    assert float(run.run.matrix.max()) > 0.01
 
 
 def test_same_seed_same_rows_and_other_seed_other_rows():
@@ -295,6 +330,8 @@ def test_score_model_measures_convolutions_fused_like_the_patches_path():
         (dict(taps="middle"), "taps"),
         (dict(samples=0), "samples"),
         (dict(bins=1), "bins"),
+        (dict(memory_budget=-1), "memory_budget"),
+        (dict(memory_budget=64 * 6 - 1), "memory_budget"),
         (dict(activation="elu"), "activation"),
         (dict(lo=torch.zeros(5)), "lo"),
         (dict(geometry="3x3"), "geometry"),

@@ -8,12 +8,12 @@ float32, then ``causalprune_fast.pairwise_mi(u, y, backend="cpu")`` (tests/fused
 Float32 matrix products differ in their last bits with the summation order, which depends on
 the platform: on the GPU on the lowering, under the interpreter on the BLAS kernel NumPy picks
 at run time (and on a channel's row in the product). So no response is compared bit for bit
-across two computations: the fused responses (as pass 1 and pass 2 computed them, from
-``local_linear_debug``) are bounded against torch's by a few ulp of the magnitudes involved;
-the MI is checked exactly (1e-5 bits) against the unfused estimator on the very codes pass 2
-counted (its response binned on pass 1's ranges); the two passes' codes may differ only for
-values within that rounding bound of a bin edge; and against torch's own response the MI is
-checked exactly wherever all codes agree, the fraction of flipped codes bounded.
+across two computations: the fused response (as passes 1 and 1b compute it, from
+``local_linear_debug``) is bounded against torch's by a few ulp of the magnitudes involved;
+the MI is checked exactly (1e-5 bits) against the unfused estimator on the very y codes pass 2
+counted (kept by the run); those codes are the debug response's codes on pass 1's ranges
+except (at most) within that rounding bound of a bin edge; and against torch's own response
+the MI is checked exactly wherever all codes agree, the fraction of flipped codes bounded.
 """
 
 import os
@@ -25,7 +25,12 @@ if not torch.cuda.is_available():
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from fused_debug import local_linear_debug, materialize_noise, reference_response  # noqa: E402
+from fused_debug import (  # noqa: E402
+    assert_codes_agree_off_edges,
+    local_linear_debug,
+    materialize_noise,
+    reference_response,
+)
 
 import causalprune_fast as cf  # noqa: E402
 from causalprune_fast import triton_kernels as tk  # noqa: E402
@@ -63,11 +68,16 @@ def make_layer(cin, cout, bias=True, affine=False, seed=0, device=DEVICE):
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
 
 
-def unfused_mi(u, y, bins, miller_madow, reduce, x_ranges=None, y_ranges=None):
-    """MI of the CPU estimator on u and y, binned on the given ranges (default: their own)."""
+def unfused_mi(u, y, bins, miller_madow, reduce, x_ranges=None, y_ranges=None, y_codes=None):
+    """MI of the CPU estimator on u and y, binned on the given ranges (default: their own), or
+    on u and the given y codes."""
     corr = "miller-madow" if miller_madow else None
     xc, _ = cf.quantize(u.cpu(), bins, None if x_ranges is None else x_ranges.cpu(), backend="cpu")
-    yc, _ = cf.quantize(y.cpu(), bins, None if y_ranges is None else y_ranges.cpu(), backend="cpu")
+    if y_codes is not None:
+        yc = y_codes.cpu()
+    else:
+        yc, _ = cf.quantize(y.cpu(), bins, None if y_ranges is None else y_ranges.cpu(),
+                            backend="cpu")  # fmt: skip
     return cf.pairwise_mi(xc, yc, bins, correction=corr, backend="cpu", reduce=reduce)
 
 
@@ -93,31 +103,18 @@ def rounding_bound(u, p, y):
     return ULPS * EPS * (mag + y.abs())
 
 
-def assert_codes_agree_off_edges(y_a, y_b, ranges, bins, bound):
-    """Codes of y_a and y_b on the same ranges agree except where y_a lies within bound of a
-    bin edge (lo + k (hi - lo) / bins), where rounding may put the two on either side."""
-    ca, _ = cf.quantize(y_a.cpu(), bins, ranges.cpu(), backend="cpu")
-    cb, _ = cf.quantize(y_b.cpu(), bins, ranges.cpu(), backend="cpu")
-    differ = ca != cb
-    if bool(differ.any()):
-        lo, hi = ranges[:, 0].cpu(), ranges[:, 1].cpu()
-        t = (y_a.cpu().double() - lo) / (hi - lo) * bins
-        edge = lo + torch.round(t) * (hi - lo) / bins
-        near = (y_a.cpu().double() - edge).abs() <= bound.cpu().double()
-        assert bool(near[differ].all()), f"{int((differ & ~near).sum())} codes flipped off an edge"
-    return float(differ.double().mean())
-
-
 def check_fused(cin, cout, samples, bins, act, bias=True, affine=False, miller_madow=False,
-                reduce=None, seed=7, config=None, layer_seed=0):  # fmt: skip
+                reduce=None, seed=7, config=None, layer_seed=0, memory_budget=None):  # fmt: skip
     """Every check of one fused run against the unfused path; returns (run, flip fraction)."""
     p = make_layer(cin, cout, bias, affine, layer_seed)
     lo, hi = p.pop("lo"), p.pop("hi")
     kw = dict(samples=samples, seed=seed, bins=bins, activation=act, miller_madow=miller_madow,
               reduce=reduce)  # fmt: skip
     dbg = local_linear_debug(p["weight"], p["bias"], lo, hi, **kw, scale=p.get("scale"),
-                             shift=p.get("shift"), config=config)  # fmt: skip
-    run, y1, y2 = dbg.run, dbg.y_pass1, dbg.y_pass2
+                             shift=p.get("shift"), config=config,
+                             memory_budget=memory_budget)  # fmt: skip
+    run, y = dbg.run, dbg.y
+    assert run.y_codes.shape == (samples, cout) and run.y_codes.dtype == torch.uint8
     u = materialize_noise(samples, lo, hi, seed)
     y_torch = reference_response(u, p["weight"], p["bias"], p.get("scale"), p.get("shift"), act)
 
@@ -126,31 +123,26 @@ def check_fused(cin, cout, samples, bins, act, bias=True, affine=False, miller_m
     u64 = u.double()
     assert torch.equal(run.x_ranges, torch.stack([u64.amin(0), u64.amax(0)], 1))
 
-    # Both passes' responses are torch's up to rounding: a few ulp of |u| @ |W|^T (+ |b|, ...).
+    # The response of passes 1 and 1b is torch's up to rounding: a few ulp of |u| @ |W|^T ...
     bound = rounding_bound(u, p, y_torch)
-    for y in (y1, y2):
-        assert torch.isfinite(y).all()
-        err = (y - y_torch).abs()
-        assert bool((err <= bound).all()), f"max |dy| {float(err.max()):.3g}"
-    # The y ranges are pass 1's minima and maxima; pass 2's values lie inside them up to
-    # rounding (binning clamps the rest into the edge bins).
-    y64 = y1.double()
+    assert torch.isfinite(y).all()
+    err = (y - y_torch).abs()
+    assert bool((err <= bound).all()), f"max |dy| {float(err.max()):.3g}"
+    # The y ranges are its minima and maxima, and the stored codes its codes on them (the
+    # debug kernel recomputes y with the same helper and shapes; rounding could differ only
+    # where its BLAS were not deterministic per shape).
+    y64 = y.double()
     want = torch.stack([y64.amin(0), y64.amax(0)], 1)
     torch.testing.assert_close(run.y_ranges, want, rtol=ULPS * EPS, atol=0)
-    slack = 2 * bound.amax(0).double()
-    assert bool((y2.double() >= run.y_ranges[:, 0] - slack).all())
-    assert bool((y2.double() <= run.y_ranges[:, 1] + slack).all())
-    # Pass 2 binned its values into the codes of pass 1's except within rounding of an edge.
-    assert_codes_agree_off_edges(y1, y2, run.y_ranges, bins, 2 * bound)
+    assert_codes_agree_off_edges(y, run.y_codes, run.y_ranges, bins, 2 * bound)
 
     # MI: exact against the unfused estimator on the codes pass 2 counted ...
     got = run.matrix if reduce is None else (run.per_x, run.per_y)
-    want = unfused_mi(u, y2, bins, miller_madow, reduce, run.x_ranges, run.y_ranges)
+    want = unfused_mi(u, None, bins, miller_madow, reduce, run.x_ranges, y_codes=run.y_codes)
     assert_mi_equal(got, want, reduce)
     # ... and against the unfused path on torch's response wherever no code flipped.
-    codes_f, _ = cf.quantize(y2.cpu(), bins, run.y_ranges.cpu(), backend="cpu")
     codes_t, _ = cf.quantize(y_torch.cpu(), bins, backend="cpu")
-    flips = float((codes_f != codes_t).double().mean())
+    flips = float((run.y_codes.cpu() != codes_t).double().mean())
     assert flips <= MAX_FLIP_FRACTION, f"{flips:.2e} of the y codes flipped"
     if flips == 0.0:
         assert_mi_equal(got, unfused_mi(u, y_torch, bins, miller_madow, reduce), reduce)
@@ -221,6 +213,63 @@ def test_split_bins_gpu_shapes():
     cfg = ll.local_tile_config(3, 2, 256, interpret=False)
     assert (cfg.kx, cfg.ky, cfg.px, cfg.py, cfg.yw) == (2, 2, 1, 1, 16)
     check_fused(3, 2, 130, 256, "tanh", True, False, False, "sum", config=cfg)
+
+
+@pytest.mark.parametrize("reduce", [None, "sum"])
+def test_channel_slabs_give_the_mi_of_one_slab(reduce):
+    # A memory budget for the y codes of 8 (< YW = 16: a channel block of passes 1 and 1b
+    # split over two slabs) or 24 channels (slabs of 16): several slabs, every check of one
+    # run, and the MI of a single slab.
+    cin, cout, samples = 17, 40, 300
+    cfg = ll.local_tile_config(cin, cout, 16, interpret=False)
+    assert (cfg.py, cfg.yw) == (8, 16)
+    one, _ = check_fused(cin, cout, samples, 16, "silu", affine=True, reduce=reduce, config=cfg)
+    assert one.slabs == [(0, cout)]
+    for width, slabs in ((8, 5), (24, 3)):
+        run, _ = check_fused(cin, cout, samples, 16, "silu", affine=True, reduce=reduce,
+                             config=cfg, memory_budget=width * samples)  # fmt: skip
+        assert len(run.slabs) == slabs and run.slabs[-1][1] == cout
+        assert all(b - a <= width for a, b in run.slabs)
+        if reduce is None:
+            torch.testing.assert_close(run.matrix, one.matrix, rtol=0, atol=TOL)
+        else:
+            torch.testing.assert_close(run.per_x, one.per_x, rtol=0, atol=TOL * cout)
+            torch.testing.assert_close(run.per_y, one.per_y, rtol=0, atol=TOL * cin)
+
+
+def test_channel_slab_plan():
+    from causalprune_fast.triton_kernels.local_plan import channel_slabs
+
+    for cout in (1, 5, 8, 16, 17, 40, 1000):
+        for py, yw in ((8, 16), (1, 16), (32, 32)):
+            for fit in (1, 7, 8, 15, 16, 24, 33, 999, 5000):
+                least = min(py, cout)
+                if fit < least:
+                    with pytest.raises(ValueError, match="memory_budget"):
+                        channel_slabs(cout, 3, py, yw, 3 * fit + 2)
+                    continue
+                slabs = channel_slabs(cout, 3, py, yw, 3 * fit + 2)
+                # Contiguous, covering, within the budget, slab starts on pass-2 tiles, and on
+                # pass-1 channel blocks wherever a block fits.
+                assert slabs[0][0] == 0 and slabs[-1][1] == cout
+                assert all(a[1] == b[0] for a, b in zip(slabs, slabs[1:], strict=False))
+                assert all(0 < c1 - c0 <= fit for c0, c1 in slabs)
+                step = yw if fit >= yw else py
+                assert all(c0 % step == 0 for c0, _ in slabs)
+                assert len(slabs) == 1 or slabs[0][1] - slabs[0][0] > fit - step  # widest
+
+
+def test_memory_budget_too_small_for_one_tile():
+    p = make_layer(4, 20)
+    # The codes of one pass-2 tile of channels: 8 at 16 bins on a GPU, all 20 under the
+    # interpreter's wider tiles.
+    least = 100 * min(ll.local_tile_config(4, 20, 16, 100).py, 20)
+    with pytest.raises(ValueError, match=rf"memory_budget={least - 1} bytes .*\({least} bytes\)"):
+        ll.local_linear_mi(p["weight"], p["bias"], p["lo"], p["hi"], samples=100, seed=0,
+                           memory_budget=least - 1)  # fmt: skip
+    m = ll.local_linear_mi(p["weight"], p["bias"], p["lo"], p["hi"], samples=100, seed=0,
+                           memory_budget=least)  # fmt: skip
+    assert m.shape == (4, 20) and float(m.max()) > 0
 
 
 def test_one_by_one_conv_weight_and_parameters():
@@ -335,6 +384,9 @@ def _bad_calls():
     yield "shift", (w, b, lo, hi), dict(ok, shift=p["shift"].int())
     yield "reduce", (w, b, lo, hi), dict(ok, reduce="mean")
     yield "miller_madow", (w, b, lo, hi), dict(ok, miller_madow="yes")
+    yield "memory_budget", (w, b, lo, hi), dict(ok, memory_budget=0)
+    yield "memory_budget", (w, b, lo, hi), dict(ok, memory_budget=2.5e9)
+    yield "memory_budget", (w, b, lo, hi), dict(ok, memory_budget=29)  # < 3 channels x 10
 
 
 @pytest.mark.parametrize("name, args, kwargs", list(_bad_calls()))

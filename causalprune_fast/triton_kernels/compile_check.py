@@ -158,9 +158,15 @@ def _local_linear_kernels(args, run) -> None:
         COUT="i32",
     )  # fmt: skip
     rsig = dict(layer, part_ptr="*fp64", rows_per_program="i32", TILES_Y="i32")
+    csig = dict(
+        w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", ranges_ptr="*fp64", codes_ptr="*u8",
+        seed="i64", S="i32", CIN="i32", COUT="i32", bins="i32", C0="i32", C1="i32",
+        rows_per_program="i32",
+    )  # fmt: skip
     msig = dict(
-        w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", ranges_ptr="*fp64", out_ptr="*fp32",
-        sums_ptr="*fp64", seed="i64", S="i32", CIN="i32", COUT="i32", bins="i32", TILES_Y="i32",
+        noise_ptr="*fp32", ranges_ptr="*fp64", codes_ptr="*u8", out_ptr="*fp32",
+        sums_ptr="*fp64", seed="i64", S="i32", CIN="i32", COUT="i32", bins="i32", C0="i32",
+        C1="i32", TILES_Y="i32",
     )  # fmt: skip
     cases = list(LOCAL_LINEAR_CASES[:1] if args.smoke else LOCAL_LINEAR_CASES)
     if args.all:
@@ -172,13 +178,14 @@ def _local_linear_kernels(args, run) -> None:
         # The launchers compile without multiply-add contraction (see layer_response.py).
         run(f"local_linear ranges {name}", lr._range_kernel, rsig, dict(flags, **shapes), 4, 1,
             enable_fp_fusion=False)  # fmt: skip
+        run(f"local_linear codes {name}", lr._code_kernel, csig, dict(flags, **shapes), 4, 1,
+            enable_fp_fusion=False)  # fmt: skip
         variants = [(False, False), (True, True)] if i == 0 or args.all else [(i % 2 == 1, False)]
         if args.smoke:  # one compile of each kernel: sums with Miller-Madow
             variants = [(True, True)]
         for sums, mm in variants:
-            consts = dict(
-                flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx
-            )
+            consts = dict(MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx,
+                          BLOCK_S=c.block_s)  # fmt: skip
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"local_linear mi{'_sums' if sums else ''} {name} ({tile})"
             run(label, ll._mi_kernel, msig, consts, c.num_warps, c.num_stages,
@@ -193,8 +200,11 @@ def _local_conv_kernels(args, run) -> None:
     cols = dict(seed="i64", S="i32", XCOLS="i32", XSTRIDE="i32", XOFF="i32")
     rsig = dict(layer, part_ptr="*fp64", **cols, COUT="i32", rows_per_program="i32",
                 TILES_Y="i32")  # fmt: skip
-    msig = dict(layer, ranges_ptr="*fp64", out_ptr="*fp32", sums_ptr="*fp64", **cols, XG="i32",
-                COUT="i32", bins="i32", TILES_Y="i32")  # fmt: skip
+    csig = dict(layer, ranges_ptr="*fp64", codes_ptr="*u8", seed="i64", S="i32", XCOLS="i32",
+                COUT="i32", bins="i32", C0="i32", C1="i32", rows_per_program="i32")  # fmt: skip
+    msig = dict(noise_ptr="*fp32", base_ptr="*i32", geo_ptr="*i32", ranges_ptr="*fp64",
+                codes_ptr="*u8", out_ptr="*fp32", sums_ptr="*fp64", **cols, XG="i32",
+                COUT="i32", bins="i32", C0="i32", C1="i32", TILES_Y="i32")  # fmt: skip
     cases = LOCAL_CONV_CASES[:1] if args.smoke else LOCAL_CONV_CASES
     for i, (name, _cin, cout, _k, _g, xcols, bins, act) in enumerate(cases):
         c = lc.local_tile_config(xcols, cout, bins, interpret=False)
@@ -202,11 +212,12 @@ def _local_conv_kernels(args, run) -> None:
         shapes = dict(YW=c.yw, BLOCK_S=c.block_s, BLOCK_K=c.block_k)
         run(f"local_conv ranges {name}", cr._conv_range_kernel, rsig, dict(flags, **shapes), 4,
             1, enable_fp_fusion=False)  # fmt: skip
+        run(f"local_conv codes {name}", cr._conv_code_kernel, csig, dict(flags, **shapes), 4,
+            1, enable_fp_fusion=False)  # fmt: skip
         variants = [(True, True)] if args.smoke else [(False, False), (True, i % 2 == 1)]
         for sums, mm in variants:
-            consts = dict(
-                flags, **shapes, MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx
-            )
+            consts = dict(MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx,
+                          BLOCK_S=c.block_s)  # fmt: skip
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"local_conv mi{'_sums' if sums else ''} {name} ({tile})"
             run(label, lc._conv_mi_kernel, msig, consts, c.num_warps, c.num_stages,

@@ -25,7 +25,13 @@ weight 0 outside each channel's own group, so each channel's sum runs over its o
 order (adding exact zeros changes no float32 sum); for a depthwise layer that is YW-fold work in
 the product, while the noise, the costly part, is drawn once per unit.
 
-``geo_ptr`` is an int32 vector :data:`GEO_FIELDS` long (see :func:`geo_values`).
+Pass 1 (``_conv_range_kernel``) takes the min / max of the x columns and of y, pass 1b
+(``_conv_code_kernel``) stores the y codes of a slab of output channels: y computed by the same
+helper on the same blocks as pass 1 (``YW`` channels from a multiple of YW, ``BLOCK_S`` rows
+from a multiple of BLOCK_S), so it bins the values whose range pass 1 took (as in
+layer_response.py).
+
+``geo_ptr`` is an int32 vector :data:`GEO_FIELDS` long (see local_conv.geo_values).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import triton
 import triton.language as tl
 
 from .layer_response import channel_epilogue, minmax_step, noise
+from .mi_blocks import bin_code, store_codes
 
 # Layout of the int32 geometry vector the kernels read (geo_ptr).
 GEO_FIELDS = ("CIN", "UNITS", "K", "KS1", "KS2", "E0", "E1", "E2", "D0", "D1", "D2", "UG",
@@ -191,3 +198,50 @@ def _conv_range_kernel(
     else:
         _conv_x_ranges(noise_ptr, base_ptr, geo_ptr, row_lo, row_hi, seed, S, s_begin, s_end,
                        XCOLS, XSTRIDE, XOFF, pid - TILES_Y, BLOCK_S, BLOCK_K)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- pass 1b
+@triton.jit
+def _conv_code_kernel(
+    w_ptr,  # [COUT, UG] float32
+    chan_ptr,  # [3, COUT] float32: bias, scale, shift
+    noise_ptr,  # [2, CIN] float32: lo, hi
+    base_ptr,  # [3, S] int32 base coordinates of the rows
+    geo_ptr,  # [len(GEO_FIELDS)] int32
+    ranges_ptr,  # [XCOLS + COUT, 2] float64 binning ranges (pass 1)
+    codes_ptr,  # [C1 - C0, S] uint8 y codes of channels [C0, C1)
+    seed,
+    S,
+    XCOLS,
+    COUT,
+    bins,
+    C0,  # the slab's channels [C0, C1)
+    C1,
+    rows_per_program,  # multiple of BLOCK_S
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_AFFINE: tl.constexpr,
+    YW: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Pass 1b: program (part, t) bins the response of channel block C0 // YW + t (channels of
+    the slab only) over its part of the rows, y computed as pass 1 computes it."""
+    part = tl.program_id(0)
+    oc0 = (C0 // YW + tl.program_id(1)) * YW
+    oc = oc0 + tl.arange(0, YW)
+    valid = (oc >= C0) & (oc < C1)
+    yr = ranges_ptr + (XCOLS + oc).to(tl.int64) * 2
+    lo = tl.load(yr, mask=valid, other=0.0)[:, None]
+    hi = tl.load(yr + 1, mask=valid, other=0.0)[:, None]
+    s_begin = part * rows_per_program
+    s_end = tl.minimum(s_begin + rows_per_program, S)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        b0, b1, b2 = row_base(base_ptr, offs_s, S)
+        y_t = conv_response_t(seed, offs_s, b0, b1, b2, oc0, w_ptr, chan_ptr, noise_ptr, geo_ptr,
+                              COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
+        # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
+        codes = bin_code(y_t, lo, hi, bins, False)
+        m = valid[:, None] & (offs_s < s_end)[None, :]
+        store_codes(codes_ptr, oc - C0, offs_s, S, codes, m)

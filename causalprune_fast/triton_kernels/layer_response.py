@@ -9,8 +9,10 @@ response and the pass-1 range kernel (docs/method.md sections 2 and 4).
 * layer and response: ``y = act(scale * (u @ W^T + b) + shift)``: a per-output-channel affine
   (a folded eval BatchNorm, or none) and an elementwise activation (``SUPPORTED_ACTIVATIONS``).
 * pass 1 (``_range_kernel``): per-column min / max of ``u`` (over its S samples) and of ``y``,
-  as per-program partials ``[parts, Cin + Cout]`` reduced by torch (tiny); nothing of size
-  S x C is written.
+  as per-program partials ``[parts, Cin + Cout]`` reduced by torch (tiny);
+* pass 1b (``_code_kernel``): the y codes of a slab of output channels, ``[C1 - C0, S]``
+  uint8: y recomputed exactly as pass 1 computed it and binned on pass 1's ranges. Neither the
+  noise nor y itself is ever written.
 
 Argument layout shared by the kernels: ``noise_ptr`` is ``[2, Cin]`` float32 (lo, hi rows),
 ``chan_ptr`` is ``[3, Cout]`` float32 (bias, scale, shift rows; read only under ``HAS_BIAS``
@@ -26,18 +28,21 @@ pre-activation they equal torch's ``scale * (z + b) + shift`` bit for bit. relu,
 hardswish use torch's float32 formulas (exact); gelu (erf form), silu, sigmoid and tanh are
 evaluated in float64 and rounded to float32 (within an ulp of torch's float32 kernels).
 
-Pass 1 computes y ``YW`` channels at a time (:func:`range_response`), pass 2 the ``PY``
-channels of its tile, also ``YW`` at a time with the first ``PY`` kept (:func:`tile_response`).
-The summation order of a channel's pre-activation can depend on its row in the product (under
-the interpreter NumPy's BLAS picks a kernel per shape and row block), so the two passes agree
-to the last ulp or so, not necessarily bit for bit: a value of pass 2 may lie an ulp outside
-pass 1's range (binning clamps it into the edge bin) or cross a bin edge.
+Passes 1 and 1b compute y with the same helper (:func:`range_response`) on the same blocks:
+channels ``t * YW + [0, YW)``, rows ``i * BLOCK_S + [0, BLOCK_S)`` (both passes start every
+program's steps on multiples of BLOCK_S), inputs in chunks of BLOCK_K. So the value pass 1b
+bins is the value whose min / max pass 1 took, the same float32 operations on the same
+operands: on a GPU the same FMA chain per output, bit for bit; under the interpreter the same
+NumPy product of the same shapes (bit for bit as far as that BLAS is deterministic per shape;
+were it not, binning would clamp a value an ulp outside pass 1's range into the edge bin).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .mi_blocks import bin_code, store_codes
 
 SUPPORTED_ACTIVATIONS = (
     "identity",
@@ -156,18 +161,6 @@ def channel_epilogue(z, oc, chan_ptr, COUT, ACT: tl.constexpr, HAS_BIAS: tl.cons
 
 
 @triton.jit
-def first_rows(y_t, PY: tl.constexpr):
-    """The first PY rows of y_t [YW, BLOCK_S] (YW a multiple of PY), exactly."""
-    YW: tl.constexpr = y_t.shape[0]
-    R: tl.constexpr = YW // PY
-    if R > 1:
-        y3 = tl.reshape(y_t, [R, PY, y_t.shape[1]])
-        first = (tl.arange(0, R) == 0)[:, None, None]
-        y_t = tl.sum(tl.where(first, y3, 0.0), axis=0)  # exact: one term per sum
-    return y_t
-
-
-@triton.jit
 def minmax_step(mn, mx, nan, v, m):
     """Running per-row min / max (and NaN flag) of v [P, BLOCK_S] over the entries where m."""
     isnan = v != v
@@ -186,18 +179,6 @@ def range_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT
     oc = t_y * YW + tl.arange(0, YW)
     return response_t(seed, offs_s, oc, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT, HAS_BIAS,
                       HAS_AFFINE, BLOCK_K)  # fmt: skip
-
-
-@triton.jit
-def tile_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, PY: tl.constexpr,
-                  YW: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    """y^T [PY, BLOCK_S] of channels t_y * PY + [0, PY), as pass 2 computes it: YW >= 16
-    channels (the smallest tl.dot M), a multiple of PY, of which the first PY are kept."""
-    oc = t_y * PY + tl.arange(0, YW)
-    y_t = response_t(seed, offs_s, oc, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT, HAS_BIAS,
-                     HAS_AFFINE, BLOCK_K)  # fmt: skip
-    return first_rows(y_t, PY)
 
 
 # ----------------------------------------------------------------------------- pass 1
@@ -276,3 +257,47 @@ def _range_kernel(
     else:
         _u_ranges(noise_ptr, row_lo, row_hi, seed, s_begin, s_end, CIN, pid - TILES_Y, BLOCK_S,
                   BLOCK_K)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- pass 1b
+@triton.jit
+def _code_kernel(
+    w_ptr,  # [COUT, CIN] float32
+    chan_ptr,  # [3, COUT] float32: bias, scale, shift
+    noise_ptr,  # [2, CIN] float32: lo, hi
+    ranges_ptr,  # [CIN + COUT, 2] float64 binning ranges (pass 1)
+    codes_ptr,  # [C1 - C0, S] uint8 y codes of channels [C0, C1)
+    seed,
+    S,
+    CIN,
+    COUT,
+    bins,
+    C0,  # the slab's channels [C0, C1)
+    C1,
+    rows_per_program,  # multiple of BLOCK_S
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_AFFINE: tl.constexpr,
+    YW: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Pass 1b: program (part, t) bins the response of channel block C0 // YW + t (channels of
+    the slab only) over its part of the rows, y computed as pass 1 computes it."""
+    part = tl.program_id(0)
+    t_y = C0 // YW + tl.program_id(1)
+    oc = t_y * YW + tl.arange(0, YW)
+    valid = (oc >= C0) & (oc < C1)
+    yr = ranges_ptr + (CIN + oc).to(tl.int64) * 2
+    lo = tl.load(yr, mask=valid, other=0.0)[:, None]
+    hi = tl.load(yr + 1, mask=valid, other=0.0)[:, None]
+    s_begin = part * rows_per_program
+    s_end = tl.minimum(s_begin + rows_per_program, S)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        y_t = range_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
+                             HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
+        # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
+        codes = bin_code(y_t, lo, hi, bins, False)
+        m = valid[:, None] & (offs_s < s_end)[None, :]
+        store_codes(codes_ptr, oc - C0, offs_s, S, codes, m)

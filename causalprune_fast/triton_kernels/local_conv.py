@@ -41,15 +41,22 @@ import triton.language as tl
 from causalprune_fast.conv_geometry import ConvGeometry
 
 from ._local_linear_args import check_device, check_int, check_vector
-from .conv_response import GEO_FIELDS, _conv_range_kernel, conv_response_t, patch_noise, row_base
-from .layer_response import SUPPORTED_ACTIVATIONS, first_rows
+from .conv_response import (
+    GEO_FIELDS,
+    _conv_code_kernel,
+    _conv_range_kernel,
+    patch_noise,
+    row_base,
+)
+from .layer_response import SUPPORTED_ACTIVATIONS
 from .local_linear import LocalTileConfig, local_tile_config
+from .local_plan import channel_slabs, code_budget, row_parts
 from .mi_blocks import (
-    INTERPRET,
     add_block,
     add_rows,
     bin_code,
     count_pairs,
+    load_codes,
     store_mi,
     tile_mi,
     tile_sums,
@@ -90,12 +97,11 @@ def geo_values(geometry: ConvGeometry, cin: int, cout: int) -> list[int]:
 # ----------------------------------------------------------------------------- pass 2
 @triton.jit
 def _conv_mi_kernel(
-    w_ptr,  # [COUT, UG] float32
-    chan_ptr,  # [3, COUT] float32: bias, scale, shift
     noise_ptr,  # [2, CIN] float32: noise ranges lo, hi
     base_ptr,  # [3, S] int32
     geo_ptr,  # int32 geometry (conv_response.GEO_FIELDS)
     ranges_ptr,  # [XCOLS + COUT, 2] float64 binning ranges of x, then of y (pass 1)
+    codes_ptr,  # [C1 - C0, S] uint8 y codes of the slab's channels (pass 1b)
     out_ptr,  # [XCOLS, COUT] float32 MI matrix (unless SUMS)
     sums_ptr,  # [XCOLS + COUT] float64 row sums, then column sums (SUMS)
     seed,
@@ -106,40 +112,36 @@ def _conv_mi_kernel(
     XG,  # x columns per group
     COUT,
     bins,
-    TILES_Y,
-    ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    HAS_AFFINE: tl.constexpr,
+    C0,  # the slab's channels [C0, C1)
+    C1,
+    TILES_Y,  # pair tiles along the slab's channels: cdiv(C1 - C0, PY)
     MILLER_MADOW: tl.constexpr,
     SUMS: tl.constexpr,
     PX: tl.constexpr,
     PY: tl.constexpr,
     SB: tl.constexpr,
     K: tl.constexpr,  # sub-blocks per column
-    YW: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
     """Pass 2: joint counts and MI of PX x columns (of the groups of the tile's channels) and
-    PY output channels; pairs across groups are 0."""
+    PY output channels of the slab: x regenerated and binned, y codes loaded; pairs across
+    groups are 0."""
     pid = tl.program_id(0)
     t_y = pid % TILES_Y
     COUT_G = tl.load(geo_ptr + 12)
-    oc0 = t_y * PY
+    jy = t_y * PY + tl.arange(0, PY)  # rows of the slab's codes
+    oc0 = C0 + t_y * PY
     x_begin = (oc0 // COUT_G) * XG
-    x_end = ((tl.minimum(oc0 + PY, COUT) - 1) // COUT_G + 1) * XG
+    x_end = ((tl.minimum(oc0 + PY, C1) - 1) // COUT_G + 1) * XG
     ix = x_begin + (pid // TILES_Y) * PX + tl.arange(0, PX)
-    iy = oc0 + tl.arange(0, PY)
+    iy = C0 + jy
     valid_x = ix < x_end
-    valid_y = iy < COUT
+    valid_y = iy < C1
     unit_x = tl.where(valid_x, ix * XSTRIDE + XOFF, 2147483647)
 
     xr = ranges_ptr + ix.to(tl.int64) * 2
     xr_lo = tl.load(xr, mask=valid_x, other=0.0)[:, None]
     xr_hi = tl.load(xr + 1, mask=valid_x, other=0.0)[:, None]
-    yr = ranges_ptr + (XCOLS + iy).to(tl.int64) * 2
-    yr_lo = tl.load(yr, mask=valid_y, other=0.0)[:, None]
-    yr_hi = tl.load(yr + 1, mask=valid_y, other=0.0)[:, None]
 
     joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SB)
     for kx in tl.static_range(K):
@@ -153,12 +155,7 @@ def _conv_mi_kernel(
                 u_x = patch_noise(seed, offs_s, b0, b1, b2, unit_x, noise_ptr, geo_ptr)
                 cx = bin_code(u_x, xr_lo, xr_hi, bins, False)
                 cx = tl.where(valid_x[:, None] & in_s[None, :], cx, -1)
-                y_t = conv_response_t(seed, offs_s, b0, b1, b2, oc0, w_ptr, chan_ptr, noise_ptr,
-                                      geo_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE, YW,
-                                      BLOCK_K)  # fmt: skip
-                y_t = first_rows(y_t, PY)
-                cy = bin_code(y_t, yr_lo, yr_hi, bins, False)
-                cy = tl.where(valid_y[:, None] & in_s[None, :], cy, -1)
+                cy = load_codes(codes_ptr, jy, valid_y, offs_s, S)
                 acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
             joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
                                                          cols1, PX, PY)  # fmt: skip
@@ -183,6 +180,8 @@ class LocalConvRun:
     base: torch.Tensor  # [3, S] int32 base coordinates of the rows
     geo: torch.Tensor  # int32 geometry (conv_response.GEO_FIELDS)
     config: LocalTileConfig
+    slabs: list[tuple[int, int]]  # output channels [c0, c1) per slab (local_plan.channel_slabs)
+    y_codes: torch.Tensor | None = None  # [S, Cout] uint8 codes pass 2 counted (keep_codes)
 
 
 def _prepare(weight, bias, lo, hi, geometry, taps, samples, seed, bins, scale, shift, activation):
@@ -240,11 +239,14 @@ def run_local_conv(
     activation: str = "identity",
     miller_madow: bool = False,
     reduce: str | None = None,
+    memory_budget: int | None = None,
     config: LocalTileConfig | None = None,
+    keep_codes: bool = False,
 ) -> LocalConvRun:
     """:func:`local_conv_mi` with a given launch shape (``config``, default
     ``local_tile_config`` of the x columns and output channels), returning the ranges, the
-    rows' base coordinates and the shape used (tests, benchmarks)."""
+    rows' base coordinates, the slabs and the shape used (tests, benchmarks); ``keep_codes``
+    also returns the y codes pass 2 counted (tests: S x Cout bytes beyond the budget)."""
     if reduce not in (None, "sum"):
         raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
     if not isinstance(miller_madow, bool):
@@ -259,24 +261,23 @@ def run_local_conv(
     xcols, xstride, xoff = (cin * k, 1, 0) if taps == "all" else (cin, k, geometry.center)
     cfg = config or local_tile_config(xcols, cout, bins, S)
     assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
+    slabs = channel_slabs(cout, S, cfg.py, cfg.yw, code_budget(memory_budget))
     base = row_positions(geometry, S, seed, device)
     geo = torch.tensor(geo_values(geometry, cin, cout), dtype=torch.int32, device=device)
-    layer = dict(w_ptr=w, chan_ptr=chan, noise_ptr=noise_ranges, base_ptr=base, geo_ptr=geo,
-                 seed=seed, S=S, XCOLS=xcols, XSTRIDE=xstride, XOFF=xoff, COUT=cout, ACT=activation,
-                 HAS_BIAS=has_bias, HAS_AFFINE=has_affine, YW=cfg.yw, BLOCK_S=cfg.block_s,
-                 BLOCK_K=cfg.block_k, enable_fp_fusion=False)  # fmt: skip
+    common = dict(noise_ptr=noise_ranges, base_ptr=base, geo_ptr=geo, seed=seed, S=S,
+                  XCOLS=xcols, COUT=cout, BLOCK_S=cfg.block_s,
+                  enable_fp_fusion=False)  # fmt: skip
+    layer = dict(common, w_ptr=w, chan_ptr=chan, ACT=activation, HAS_BIAS=has_bias,
+                 HAS_AFFINE=has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
 
     # Pass 1: ranges, the rows split into `parts` so that there are enough programs.
     tiles_y1 = triton.cdiv(cout, cfg.yw)
-    tiles_k = triton.cdiv(xcols, cfg.block_k)
-    target = 4 if INTERPRET else 1024
-    parts = max(1, min(triton.cdiv(S, cfg.block_s), triton.cdiv(target, tiles_y1 + tiles_k)))
-    rows_per_program = triton.cdiv(triton.cdiv(S, parts), cfg.block_s) * cfg.block_s
-    parts = triton.cdiv(S, rows_per_program)
+    tiles_1 = tiles_y1 + triton.cdiv(xcols, cfg.block_k)
+    parts, rows_per_program = row_parts(S, cfg.block_s, tiles_1)
     partial = torch.empty((2, parts, xcols + cout), dtype=torch.float64, device=device)
-    _conv_range_kernel[(parts, tiles_y1 + tiles_k)](
-        part_ptr=partial, rows_per_program=rows_per_program, TILES_Y=tiles_y1, num_warps=4,
-        num_stages=1, **layer,
+    _conv_range_kernel[(parts, tiles_1)](
+        part_ptr=partial, XSTRIDE=xstride, XOFF=xoff, rows_per_program=rows_per_program,
+        TILES_Y=tiles_y1, num_warps=4, num_stages=1, **layer,
     )  # fmt: skip
     ranges = torch.stack([partial[0].amin(dim=0), partial[1].amax(dim=0)], dim=1).contiguous()
     bad = ~torch.isfinite(ranges[xcols:]).all(dim=1)
@@ -288,22 +289,35 @@ def run_local_conv(
             "shift and the noise range for overflow"
         )
 
-    # Pass 2: a y tile's programs cover the x columns of the groups of its channels.
-    tiles_y = triton.cdiv(cout, cfg.py)
-    cout_g, xg = cout // g, xcols // g
-    span = max(
-        ((min(t * cfg.py + cfg.py, cout) - 1) // cout_g - (t * cfg.py) // cout_g + 1) * xg
-        for t in range(tiles_y)
-    )
-    tiles_x = triton.cdiv(span, cfg.px)
+    # Per slab of output channels: pass 1b stores its y codes, pass 2 counts its pairs (a y
+    # tile's programs cover the x columns of the groups of its channels).
     sums = reduce == "sum"
     sums_t = torch.zeros(xcols + cout if sums else 1, dtype=torch.float64, device=device)
     out = sums_t if sums else torch.zeros((xcols, cout), dtype=torch.float32, device=device)
-    _conv_mi_kernel[(tiles_x * tiles_y,)](
-        ranges_ptr=ranges, out_ptr=out, sums_ptr=sums_t, XG=xg, bins=bins, TILES_Y=tiles_y,
-        MILLER_MADOW=miller_madow, SUMS=sums, PX=cfg.px, PY=cfg.py, SB=cfg.sbx, K=cfg.kx,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **layer,
-    )  # fmt: skip
+    cout_g, xg = cout // g, xcols // g
+    kept = []
+    for c0, c1 in slabs:
+        codes = torch.empty((c1 - c0, S), dtype=torch.uint8, device=device)
+        blocks = (c1 - 1) // cfg.yw - c0 // cfg.yw + 1
+        parts, rows_per_program = row_parts(S, cfg.block_s, blocks)
+        _conv_code_kernel[(parts, blocks)](
+            ranges_ptr=ranges, codes_ptr=codes, bins=bins, C0=c0, C1=c1,
+            rows_per_program=rows_per_program, num_warps=4, num_stages=1, **layer,
+        )  # fmt: skip
+        tiles_y = triton.cdiv(c1 - c0, cfg.py)
+        span = max(
+            ((min(t + cfg.py, c1) - 1) // cout_g - t // cout_g + 1) * xg
+            for t in range(c0, c1, cfg.py)
+        )
+        _conv_mi_kernel[(triton.cdiv(span, cfg.px) * tiles_y,)](
+            ranges_ptr=ranges, codes_ptr=codes, out_ptr=out, sums_ptr=sums_t, XSTRIDE=xstride,
+            XOFF=xoff, XG=xg, bins=bins, C0=c0, C1=c1, TILES_Y=tiles_y,
+            MILLER_MADOW=miller_madow, SUMS=sums, PX=cfg.px, PY=cfg.py, SB=cfg.sbx, K=cfg.kx,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+        )  # fmt: skip
+        if keep_codes:
+            kept.append(codes)
+        del codes
     return LocalConvRun(
         matrix=None if sums else out,
         per_x=sums_t[:xcols] if sums else None,
@@ -313,6 +327,8 @@ def run_local_conv(
         base=base,
         geo=geo,
         config=cfg,
+        slabs=slabs,
+        y_codes=torch.cat(kept).t() if keep_codes else None,
     )
 
 
@@ -333,6 +349,7 @@ def local_conv_mi(
     miller_madow: bool = False,
     reduce: str | None = None,
     return_ranges: bool = False,
+    memory_budget: int | None = None,
 ):
     """MI in bits between every input unit and every output channel of a convolution driven by
     uniform patch noise, fused (module docstring).
@@ -347,7 +364,7 @@ def local_conv_mi(
             channel-major; ``"center"``: the centre tap of each channel (``Cin`` units).
         samples: patch rows S, 1 <= S < 2^31.
         seed: seed of the Philox noise and of the rows' output positions, 0 <= seed < 2^63.
-        bins, scale, shift, activation, miller_madow, reduce, return_ranges: as
+        bins, scale, shift, activation, miller_madow, reduce, return_ranges, memory_budget: as
             :func:`~causalprune_fast.triton_kernels.local_linear.local_linear_mi`.
 
     Returns:
@@ -355,12 +372,14 @@ def local_conv_mi(
         per_y)``; with ``return_ranges``, ``(result, x_ranges, y_ranges)``.
 
     Raises:
-        ValueError: a bad argument (named), tensors on a device the kernels cannot use, or a
+        ValueError: a bad argument (named), tensors on a device the kernels cannot use, a
+            memory_budget too small for the codes of one tile of output channels, or a
             non-finite response.
     """
     run = run_local_conv(weight, bias, lo, hi, geometry=geometry, taps=taps, samples=samples,
                          seed=seed, bins=bins, scale=scale, shift=shift, activation=activation,
-                         miller_madow=miller_madow, reduce=reduce)  # fmt: skip
+                         miller_madow=miller_madow, reduce=reduce,
+                         memory_budget=memory_budget)  # fmt: skip
     result = (run.per_x, run.per_y) if reduce == "sum" else run.matrix
     return (result, run.x_ranges, run.y_ranges) if return_ranges else result
 

@@ -41,13 +41,15 @@ import triton
 import triton.language as tl
 
 from ._local_linear_args import prepare
-from .layer_response import SUPPORTED_ACTIVATIONS, _range_kernel, noise, tile_response
+from .layer_response import SUPPORTED_ACTIVATIONS, _code_kernel, _range_kernel, noise
+from .local_plan import channel_slabs, code_budget, row_parts
 from .mi_blocks import (
     INTERPRET,
     add_block,
     add_rows,
     bin_code,
     count_pairs,
+    load_codes,
     store_mi,
     tile_mi,
     tile_sums,
@@ -64,10 +66,9 @@ _INTERPRET_SIDE = 512  # rows / columns of an interpreted count tile
 # ----------------------------------------------------------------------------- pass 2
 @triton.jit
 def _mi_kernel(
-    w_ptr,  # [COUT, CIN] float32
-    chan_ptr,  # [3, COUT] float32: bias, scale, shift
     noise_ptr,  # [2, CIN] float32: noise ranges lo, hi
     ranges_ptr,  # [CIN + COUT, 2] float64 binning ranges of u, then of y (pass 1)
+    codes_ptr,  # [C1 - C0, S] uint8 y codes of the slab's channels (pass 1b)
     out_ptr,  # [CIN, COUT] float32 MI matrix (unless SUMS)
     sums_ptr,  # [CIN + COUT] float64 row sums, then column sums (SUMS)
     seed,
@@ -75,36 +76,32 @@ def _mi_kernel(
     CIN,
     COUT,
     bins,
-    TILES_Y,
-    ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    HAS_AFFINE: tl.constexpr,
+    C0,  # the slab's channels [C0, C1)
+    C1,
+    TILES_Y,  # pair tiles along the slab's channels: cdiv(C1 - C0, PY)
     MILLER_MADOW: tl.constexpr,
     SUMS: tl.constexpr,
     PX: tl.constexpr,
     PY: tl.constexpr,
     SB: tl.constexpr,  # padded bins per sub-block (x and y have the same bins)
     K: tl.constexpr,  # sub-blocks per column: padded bins = K * SB
-    YW: tl.constexpr,  # channels per y computation: max(PY, 16), a multiple of PY
     BLOCK_S: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
-    """Pass 2: joint counts and MI of a PX x PY tile of (input unit, output channel) pairs."""
+    """Pass 2: joint counts and MI of a PX x PY tile of (input unit, output channel) pairs of
+    the slab: x regenerated and binned, y codes loaded."""
     pid = tl.program_id(0)
     t_y = pid % TILES_Y
     ix = (pid // TILES_Y) * PX + tl.arange(0, PX)
-    iy = t_y * PY + tl.arange(0, PY)
+    jy = t_y * PY + tl.arange(0, PY)  # rows of the slab's codes
+    iy = C0 + jy
     valid_x = ix < CIN
-    valid_y = iy < COUT
+    valid_y = iy < C1
 
     lo_x = tl.load(noise_ptr + ix, mask=valid_x, other=0.0)[:, None]
     hi_x = tl.load(noise_ptr + CIN + ix, mask=valid_x, other=0.0)[:, None]
     xr = ranges_ptr + ix.to(tl.int64) * 2
     xr_lo = tl.load(xr, mask=valid_x, other=0.0)[:, None]
     xr_hi = tl.load(xr + 1, mask=valid_x, other=0.0)[:, None]
-    yr = ranges_ptr + (CIN + iy).to(tl.int64) * 2
-    yr_lo = tl.load(yr, mask=valid_y, other=0.0)[:, None]
-    yr_hi = tl.load(yr + 1, mask=valid_y, other=0.0)[:, None]
 
     joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SB)
     for kx in tl.static_range(K):
@@ -119,11 +116,8 @@ def _mi_kernel(
                 # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
                 cx = bin_code(u_x, xr_lo, xr_hi, bins, False)
                 cx = tl.where(valid_x[:, None] & in_s[None, :], cx, -1)
-                # y: all CIN inputs regenerated, the tile's PY channels computed and binned.
-                y_t = tile_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT,
-                                    ACT, HAS_BIAS, HAS_AFFINE, PY, YW, BLOCK_K)  # fmt: skip
-                cy = bin_code(y_t, yr_lo, yr_hi, bins, False)
-                cy = tl.where(valid_y[:, None] & in_s[None, :], cy, -1)
+                # y: the codes pass 1b stored.
+                cy = load_codes(codes_ptr, jy, valid_y, offs_s, S)
                 acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
             joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
                                                          cols1, PX, PY)  # fmt: skip
@@ -142,9 +136,9 @@ class LocalTileConfig:
     py: int  # output channels per pass-2 tile
     sby: int
     ky: int
-    yw: int  # channels per y computation (both passes): max(py, 16)
-    block_s: int  # samples per step (both passes)
-    block_k: int  # inputs per step of the layer's matrix product (both passes)
+    yw: int  # channels per y computation (passes 1 and 1b): max(py, 16)
+    block_s: int  # samples per step (every pass)
+    block_k: int  # inputs per step of the layer's matrix product (passes 1 and 1b)
     num_warps: int  # pass 2
     num_stages: int
 
@@ -152,13 +146,13 @@ class LocalTileConfig:
 def local_tile_config(
     cin: int, cout: int, bins: int, samples: int | None = None, interpret: bool = INTERPRET
 ) -> LocalTileConfig:
-    """Launch shapes of both passes.
+    """Launch shapes of the passes.
 
     GPU: pass-2 pair tiles as ``pairwise_mi.tile_config`` (about 128 x 128 int32 counts per
-    program, whole pairs), y computed ``max(py, 16)`` channels at a time (the smallest tl.dot
-    M), 64 samples x 32 inputs per step. Interpreter (NumPy, where every op costs Python
-    overhead): up to 512 x 512 count tiles and 1024-sample steps, so that few programs and
-    steps run (no more than ``samples`` needs); the kernels are the same, only their
+    program, whole pairs), y computed (passes 1 and 1b) ``max(py, 16)`` channels at a time
+    (the smallest tl.dot M), 64 samples x 32 inputs per step. Interpreter (NumPy, where every
+    op costs Python overhead): up to 512 x 512 count tiles and 1024-sample steps, so that few
+    programs and steps run (no more than ``samples`` needs); the kernels are the same, only their
     constexpr shapes differ.
     """
     if not interpret:
@@ -186,6 +180,8 @@ class LocalLinearRun:
     x_ranges: torch.Tensor  # [Cin, 2] float64: min, max of each input unit's noise
     y_ranges: torch.Tensor  # [Cout, 2] float64: min, max of each output channel's response
     config: LocalTileConfig
+    slabs: list[tuple[int, int]]  # output channels [c0, c1) per slab (local_plan.channel_slabs)
+    y_codes: torch.Tensor | None = None  # [S, Cout] uint8 codes pass 2 counted (keep_codes)
 
 
 def run_local_linear(
@@ -202,10 +198,14 @@ def run_local_linear(
     activation: str = "identity",
     miller_madow: bool = False,
     reduce: str | None = None,
+    memory_budget: int | None = None,
     config: LocalTileConfig | None = None,
+    keep_codes: bool = False,
 ) -> LocalLinearRun:
     """:func:`local_linear_mi` with a given launch shape (``config``, default
-    :func:`local_tile_config`), returning the ranges and the shape used (tests, benchmarks)."""
+    :func:`local_tile_config`), returning the ranges, the slabs and the shape used (tests,
+    benchmarks); ``keep_codes`` also returns the y codes pass 2 counted (tests: S x Cout bytes
+    beyond the budget)."""
     if reduce not in (None, "sum"):
         raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
     if not isinstance(miller_madow, bool):
@@ -217,26 +217,24 @@ def run_local_linear(
     device = w.device
     cfg = config or local_tile_config(cin, cout, bins, S)
     assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
+    slabs = channel_slabs(cout, S, cfg.py, cfg.yw, code_budget(memory_budget))
     # Per-channel parameters as one [3, Cout] tensor (bias, scale, shift; the rows the flags
     # switch off are never read) and the noise ranges as one [2, Cin] tensor (lo, hi).
     ones, zeros = torch.ones(cout, device=device), torch.zeros(cout, device=device)
     chan = torch.stack([zeros if b is None else b, ones if scale is None else scale,
                         zeros if shift is None else shift])  # fmt: skip
     noise_ranges = torch.stack([lo_t, hi_t])
-    layer = dict(w_ptr=w, chan_ptr=chan, noise_ptr=noise_ranges, seed=seed, S=S, CIN=cin,
-                 COUT=cout, ACT=activation, HAS_BIAS=b is not None, HAS_AFFINE=has_affine,
-                 YW=cfg.yw, BLOCK_S=cfg.block_s, BLOCK_K=cfg.block_k,
-                 enable_fp_fusion=False)  # fmt: skip
+    common = dict(noise_ptr=noise_ranges, seed=seed, S=S, CIN=cin, COUT=cout,
+                  BLOCK_S=cfg.block_s, enable_fp_fusion=False)  # fmt: skip
+    layer = dict(common, w_ptr=w, chan_ptr=chan, ACT=activation, HAS_BIAS=b is not None,
+                 HAS_AFFINE=has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
 
     # Pass 1: ranges. Samples are split into `parts` so that there are enough programs.
     tiles_y1 = triton.cdiv(cout, cfg.yw)
-    tiles_k = triton.cdiv(cin, cfg.block_k)
-    target = 4 if INTERPRET else 1024
-    parts = max(1, min(triton.cdiv(S, cfg.block_s), triton.cdiv(target, tiles_y1 + tiles_k)))
-    rows_per_program = triton.cdiv(triton.cdiv(S, parts), cfg.block_s) * cfg.block_s
-    parts = triton.cdiv(S, rows_per_program)
+    tiles_1 = tiles_y1 + triton.cdiv(cin, cfg.block_k)
+    parts, rows_per_program = row_parts(S, cfg.block_s, tiles_1)
     partial = torch.empty((2, parts, cin + cout), dtype=torch.float64, device=device)
-    _range_kernel[(parts, tiles_y1 + tiles_k)](
+    _range_kernel[(parts, tiles_1)](
         part_ptr=partial, rows_per_program=rows_per_program, TILES_Y=tiles_y1, num_warps=4,
         num_stages=1, **layer,
     )  # fmt: skip
@@ -251,16 +249,29 @@ def run_local_linear(
             "shift and the noise range for overflow"
         )
 
-    # Pass 2: joint counts and MI per tile of pairs. Unused outputs get a placeholder.
-    tiles_x, tiles_y = triton.cdiv(cin, cfg.px), triton.cdiv(cout, cfg.py)
+    # Per slab of output channels: pass 1b stores its y codes, pass 2 counts its pairs.
     sums = reduce == "sum"
     sums_t = torch.zeros(cin + cout if sums else 1, dtype=torch.float64, device=device)
     out = sums_t if sums else torch.zeros((cin, cout), dtype=torch.float32, device=device)
-    _mi_kernel[(tiles_x * tiles_y,)](
-        ranges_ptr=ranges, out_ptr=out, sums_ptr=sums_t, bins=bins, TILES_Y=tiles_y,
-        MILLER_MADOW=miller_madow, SUMS=sums, PX=cfg.px, PY=cfg.py, SB=cfg.sbx, K=cfg.kx,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **layer,
-    )  # fmt: skip
+    kept = []
+    for c0, c1 in slabs:
+        codes = torch.empty((c1 - c0, S), dtype=torch.uint8, device=device)
+        blocks = (c1 - 1) // cfg.yw - c0 // cfg.yw + 1
+        parts, rows_per_program = row_parts(S, cfg.block_s, blocks)
+        _code_kernel[(parts, blocks)](
+            ranges_ptr=ranges, codes_ptr=codes, bins=bins, C0=c0, C1=c1,
+            rows_per_program=rows_per_program, num_warps=4, num_stages=1, **layer,
+        )  # fmt: skip
+        tiles_y = triton.cdiv(c1 - c0, cfg.py)
+        _mi_kernel[(triton.cdiv(cin, cfg.px) * tiles_y,)](
+            ranges_ptr=ranges, codes_ptr=codes, out_ptr=out, sums_ptr=sums_t, bins=bins, C0=c0,
+            C1=c1, TILES_Y=tiles_y, MILLER_MADOW=miller_madow, SUMS=sums, PX=cfg.px,
+            PY=cfg.py, SB=cfg.sbx, K=cfg.kx, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, **common,
+        )  # fmt: skip
+        if keep_codes:
+            kept.append(codes)
+        del codes
     return LocalLinearRun(
         matrix=None if sums else out,
         per_x=sums_t[:cin] if sums else None,
@@ -268,6 +279,8 @@ def run_local_linear(
         x_ranges=ranges[:cin],
         y_ranges=ranges[cin:],
         config=cfg,
+        slabs=slabs,
+        y_codes=torch.cat(kept).t() if keep_codes else None,
     )
 
 
@@ -286,6 +299,7 @@ def local_linear_mi(
     miller_madow: bool = False,
     reduce: str | None = None,
     return_ranges: bool = False,
+    memory_budget: int | None = None,
 ):
     """MI in bits between every input unit and every output channel of a Linear layer driven
     by uniform noise, fused: noise, layer, response, binning and counts stay in registers.
@@ -306,17 +320,21 @@ def local_linear_mi(
             the tuple ``(per_x [Cin], per_y [Cout])`` in float64 (row and column sums).
         return_ranges: also return the binning ranges ``x_ranges [Cin, 2]``,
             ``y_ranges [Cout, 2]`` (float64 min, max over the S samples).
+        memory_budget: bytes for the stored y codes (S x Cout uint8, processed in slabs of
+            output channels when larger); default ``default_memory_budget()``.
 
     Returns:
         The matrix or the sums; with ``return_ranges``, ``(result, x_ranges, y_ranges)``.
 
     Raises:
-        ValueError: a bad argument (named), tensors on a device the kernels cannot use, or a
+        ValueError: a bad argument (named), tensors on a device the kernels cannot use, a
+            memory_budget too small for the codes of one tile of output channels, or a
             non-finite response.
     """
     run = run_local_linear(weight, bias, lo, hi, samples=samples, seed=seed, bins=bins,
                            scale=scale, shift=shift, activation=activation,
-                           miller_madow=miller_madow, reduce=reduce)  # fmt: skip
+                           miller_madow=miller_madow, reduce=reduce,
+                           memory_budget=memory_budget)  # fmt: skip
     result = (run.per_x, run.per_y) if reduce == "sum" else run.matrix
     return (result, run.x_ranges, run.y_ranges) if return_ranges else result
 

@@ -1,6 +1,7 @@
 """Building blocks shared by every Triton kernel of causalprune_fast, as ``mi_math.h`` is for
-the C++ and CUDA kernels: binning (docs/method.md section 4), joint counts of a tile of pairs as one
-int8 one-hot matrix product, and the float64 MI epilogue (docs/method.md section 5).
+the C++ and CUDA kernels: binning (docs/method.md section 4), stored uint8 codes, joint counts
+of a tile of pairs as one int8 one-hot matrix product, and the float64 MI epilogue
+(docs/method.md section 5).
 
 A tile holds ``PX`` x columns and ``PY`` y columns. Bins are padded to a power of two and split
 into sub-blocks of ``SBX`` (``SBY``) bins, ``KX`` (``KY``) of them per column (at most 2: more
@@ -59,6 +60,25 @@ def bin_code(v, lo, hi, bins, WIDE: tl.constexpr):
     code = tl.where(inner, t, 0.0).to(tl.int32)  # only in-range values reach the conversion
     code = tl.where(t >= bins - 1, bins - 1, code)
     return tl.where(hi > lo, code, tl.where(v > hi, bins - 1, 0))
+
+
+# ----------------------------------------------------------------------------- stored codes
+@triton.jit
+def store_codes(codes_ptr, rows, offs_s, S, codes, m):
+    """Store int32 codes [P, BLOCK_S] (each in [0, 256)) as uint8 at codes_ptr[rows, offs_s]
+    of a [*, S] row-major array (int64 offsets: rows * S may exceed 2^31) where m."""
+    ptr = codes_ptr + rows.to(tl.int64)[:, None] * S + offs_s[None, :]
+    tl.store(ptr, codes.to(tl.uint8), mask=m)
+
+
+@triton.jit
+def load_codes(codes_ptr, rows, valid, offs_s, S):
+    """int32 codes [P, BLOCK_S] of codes_ptr[rows, offs_s] ([*, S] uint8, as store_codes
+    writes them); -1 (no bin) where not valid or offs_s >= S."""
+    m = valid[:, None] & (offs_s < S)[None, :]
+    ptr = codes_ptr + rows.to(tl.int64)[:, None] * S + offs_s[None, :]
+    codes = tl.load(ptr, mask=m, other=0).to(tl.int32)
+    return tl.where(m, codes, -1)
 
 
 # ----------------------------------------------------------------------------- joint counts
