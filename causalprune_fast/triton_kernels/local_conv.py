@@ -9,22 +9,25 @@ tap) on the channel's range and 0 for taps in the padding. Then, like local_line
 
 * pass 1 (``conv_response._conv_range_kernel``): per-column min / max of the x columns (the
   padding zeros included) and of the response;
+* pass 1b (``conv_response._conv_code_kernel``): the response recomputed as pass 1 computed it,
+  binned on pass 1's ranges and stored as uint8 codes per slab of output channels (within
+  ``memory_budget``, ``local_plan.channel_slabs``);
 * pass 2 (``_conv_mi_kernel`` below): one program per tile of ``PX`` x columns x ``PY`` output
-  channels; for each chunk of rows it regenerates its x columns' noise and the y of its channels
-  (the units of their groups regenerated), bins both on the pass-1 ranges and adds the one-hot
-  product into int32 counts (``mi_blocks``), and ends with the same float64 MI epilogue.
+  channels of the slab; for each chunk of rows it regenerates only its x columns' noise, bins it
+  on the pass-1 ranges, loads its channels' stored codes and adds the one-hot product into int32
+  counts (``mi_blocks``), and ends with the same float64 MI epilogue.
 
 Input units (x columns) are ``(channel, tap)`` pairs, channel-major (``taps="all"``), or the
 centre tap of each channel (``taps="center"``), as on the unfused path. With ``groups > 1`` only
 pairs within a group are measured, the others are 0 (as ``pairwise_mi(groups=...)``): a y tile's
 programs cover only the x columns of the groups its channels belong to.
 
-Cost. As in local_linear.py, pass 2 stores nothing and regenerates instead: each of its
-``ceil(X / PX) * ceil(Cout / PY)`` programs (fewer with groups) draws the noise of every unit of
-the groups its ``YW`` channels belong to, ``S * Cin / groups * K`` Philox draws per group, and
-computes their product in float32 FMAs. For a wide ungrouped layer (Cin * K in the thousands)
-that duplication grows with ``Cin * K * Cout``; benchmarks/bench_local_conv.py measures it
-against the unfused path on a GPU.
+Cost. As in local_linear.py: the response (the noise of every unit of the groups of a block of
+``YW`` channels, ``S * Cin / groups * K`` Philox draws per group, and its product in float32
+FMAs) is computed twice, in passes 1 and 1b, and pass 2 draws ``S * PX`` noise values per
+program and reads ``S * PY`` code bytes: ``S * X * Cout / (groups * PY)`` draws in all (X x
+columns) where a tile's channels share a group, ``S * X`` for a depthwise layer (a tile spans
+PY groups). benchmarks/bench_local_conv.py measures it against the unfused path on a GPU.
 
 Scope: zero padding; ``S < 2^31``; ``Cin * K < 2^31``.
 """

@@ -2,30 +2,38 @@
 
 In ``local`` mode (docs/method.md section 2) a layer's input is replaced by fresh uniform noise on
 per-input-unit ranges ``[lo_i, hi_i]``. For a Linear layer the whole measurement (noise, layer,
-response, binning, joint histograms, MI; docs/method.md sections 3-5) fits in two kernels, so that
-neither the noise nor the activations ever touch global memory:
+response, binning, joint histograms, MI; docs/method.md sections 3-5) takes three kernels; the
+noise and the activations never touch global memory, only the response's uint8 codes do:
 
 * pass 1 (``layer_response._range_kernel``): per-column min / max of the noise ``u`` and of
   the response ``y = act(scale * (u @ W^T + b) + shift)``, with the noise regenerated from
   Philox counters (see layer_response.py for noise, response and their precision).
-* pass 2 (``_mi_kernel`` below): one program per tile of pairs (``PX`` input units x ``PY``
-  output channels, as ``pairwise_mi.tile_config`` picks them). For every chunk of samples it
-  regenerates the noise of all Cin units, computes the y chunk of its output channels, bins x
-  and y with ``mi_blocks.bin_code`` (quantize_value of mi_math.h) on the pass-1 ranges, and
-  adds the int8 one-hot product into an int32 count tile with the blocks ``pairwise_mi.py``
-  uses (``mi_blocks``); the float64 MI epilogue is the same too (plug-in MI in bits, optional
-  Miller-Madow, clamp at 0, exactly 0 for a constant column), storing the [Cin, Cout] float32
-  matrix or adding float64 per-row / per-column sums atomically.
+* pass 1b (``layer_response._code_kernel``): y recomputed with pass 1's helper on pass 1's
+  blocks, binned with ``mi_blocks.bin_code`` (quantize_value of mi_math.h) on pass 1's ranges
+  and stored as uint8 codes ``[C1 - C0, S]`` for a slab ``[C0, C1)`` of output channels.
+* pass 2 (``_mi_kernel`` below): one program per tile of pairs of the slab (``PX`` input units
+  x ``PY`` output channels, as ``pairwise_mi.tile_config`` picks them). For every chunk of
+  samples it regenerates the noise of its own PX units, bins it on the pass-1 ranges, loads the
+  stored codes of its PY channels and adds the int8 one-hot product into an int32 count tile
+  with the blocks ``pairwise_mi.py`` uses (``mi_blocks``); the float64 MI epilogue is the same
+  too (plug-in MI in bits, optional Miller-Madow, clamp at 0, exactly 0 for a constant column),
+  storing the [Cin, Cout] float32 matrix or adding float64 per-row / per-column sums
+  atomically.
 
-Pass 2 computes y with the helper and block shapes of pass 1 but its own channel rows, so it
-may differ from the y pass 1 measured in the last ulp (layer_response.py); a value outside
-pass 1's range is clamped into the edge bin. Code flips against the unfused path happen only
-where such a last-ulp difference straddles a bin edge.
+Codes. Pass 1b computes exactly the values whose min / max pass 1 took (same helper, same
+channel, row and input blocks: layer_response.py), so the y codes are those of the unfused
+estimator applied to the kernel's response on its own ranges; they differ from the unfused
+path on torch's response only where torch's float32 product rounds across a bin edge.
 
-Cost. Pass 2 regenerates the noise of all Cin inputs (and recomputes the y columns) in each of
-its ``ceil(Cin / PX) * ceil(Cout / PY)`` programs: ``S * Cin * Cin * Cout / (PX * PY)`` Philox
-draws in all (PX * PY = 64 pairs per program at 16 bins). That duplication is the price of
-storing neither noise nor activations; it grows with Cin and bins.
+Memory and slabs. The stored codes take ``(C1 - C0) * S`` bytes; the launcher picks the widest
+slabs that fit ``memory_budget`` (``local_plan.channel_slabs``), running pass 1b and pass 2 per
+slab, and refuses (ValueError, before any work) a budget too small for one tile of channels.
+Code offsets are int64 (``C * S`` may exceed 2^31).
+
+Cost. y (``S * Cin * Cout`` multiply-adds, its noise ``S * Cin`` draws per block of YW
+channels) is computed twice, in passes 1 and 1b. Pass 2 draws ``S * PX`` noise values per
+program, ``S * Cin * Cout / PY`` in all (``PY = 8`` channels per tile at 16 bins), and reads
+``S * PY`` code bytes per program.
 
 Scope: ``groups == 1`` only (a grouped 1x1 convolution's weight [Cout, Cin/groups, 1, 1] would
 be read as an ungrouped one with Cin/groups inputs); ``Cin, Cout < 2^31``; ``S < 2^31`` (exact
