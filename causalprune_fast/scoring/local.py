@@ -189,10 +189,13 @@ class LocalMode:
         return self._kernels[name]
 
     def _measure_fused(self, s: LayerState, kernel: Callable, epilogue: FusedEpilogue) -> None:
-        """Local mode of a Linear layer or convolution in one fused kernel: noise generated in
-        registers (twice, instead of stored), the layer, its response, binning and joint
-        counts, reduced to MI, on ``samples_per_layer`` rows like the unfused path (its own
-        counter-based noise; for a convolution, patch rows as on the ``patches`` path)."""
+        """Local mode of a Linear layer or convolution in the fused kernels: noise regenerated
+        in registers in each pass (never stored), the layer and its response computed for
+        the ranges and once more for the output codes (the only thing stored: ``C_out x
+        rows`` bytes, in slabs of output channels within ``memory_budget``), binning and
+        joint counts, reduced to MI, on ``samples_per_layer`` rows like the unfused path (its
+        own counter-based noise; for a convolution, patch rows as on the ``patches`` path;
+        docs/method.md section 2.2)."""
         t0 = clock(self.device)
         module = s.layer.module
         conv = {}
@@ -214,6 +217,7 @@ class LocalMode:
                 miller_madow=self.plan.miller_madow,
                 reduce=None if self.plan.return_matrices else "sum",
                 return_ranges=True,
+                memory_budget=self.plan.memory_budget,
                 **conv,
             )
         except ValueError as e:
