@@ -7,18 +7,19 @@ fine-tuning and after a short fine-tune (the same budget for every criterion). E
 goes through ``tp.pruner.MetaPruner`` with the same settings (local, per-layer ratio; the
 classifier ignored), so only the importance differs:
 
-- ``causal-<direction>-<mode>``: :class:`CausalImportance`, direction in/out/both, mode
-  propagated/local. The scores of the unpruned model do not depend on the ratio or direction
-  (one scoring gives ``incoming`` and ``outgoing``), so they are computed once per (seed, mode)
-  and handed to the importance as its cache; the script checks once that this prunes exactly
-  as a fresh ``CausalImportance`` does.
+- ``causal-<direction>-<variant>``: :class:`CausalImportance`, direction in/out/both, variant
+  ``propagated``, ``local`` (the package default) or ``local-mm`` (local with
+  ``correction="miller-madow"``, a candidate default). The scores of the unpruned model do not
+  depend on the ratio or direction (one scoring gives ``incoming`` and ``outgoing``), so they
+  are computed once per (seed, variant) and handed to the importance as its cache; the script
+  checks once that this prunes exactly as a fresh ``CausalImportance`` does.
 - ``causal-seq-<direction>``: ``causalprune_fast.prune(..., sequential=True)``, propagated:
   each group rescored on the network as already pruned upstream.
 - ``l1``, ``l2``, ``bn-scale``, ``random``: Torch-Pruning's ``MagnitudeImportance(p=1)``,
   ``MagnitudeImportance(p=2)``, ``BNScaleImportance()``, ``RandomImportance()`` (defaults).
 
     python benchmarks/quality/study.py --out benchmarks/quality/results
-    python benchmarks/quality/study.py --smoke --out /tmp/quality-smoke   # < 30 s, for CI
+    python benchmarks/quality/study.py --smoke --out /tmp/quality-smoke   # ~30 s, for CI
 
 Writes ``runs.csv`` (one row per seed x method x ratio), ``config.json`` (every setting,
 versions, machine, per-seed dense accuracy and per-layer samples), ``summary.csv``,
@@ -57,10 +58,17 @@ from causalprune_fast.integrations.torch_pruning import CausalImportance, model_
 INPUT_SHAPE = (1, 8, 8)
 DIRECTIONS = ("in", "out", "both")
 MODES = ("propagated", "local")
+# Score variants: (mode, correction). "local-mm" is local mode with the Miller-Madow
+# correction (docs/method.md section 5.2), a candidate default.
+VARIANTS = {
+    "propagated": ("propagated", None),
+    "local": ("local", None),
+    "local-mm": ("local", "miller-madow"),
+}
 BASELINES = ("l1", "l2", "bn-scale", "random")
 # Paired (same seed) differences are reported against these: L1, random, and the current default
-# of causalprune_fast (direction "in", mode "propagated").
-REFERENCES = ("l1", "random", "causal-in-propagated")
+# of causalprune_fast (direction "in", mode "local", no correction).
+REFERENCES = ("l1", "random", "causal-in-local")
 PROTOCOLS = {
     "acc": "no fine-tuning",
     "acc_ft": "after fine-tuning",
@@ -68,22 +76,30 @@ PROTOCOLS = {
 }
 SHORT = {"acc": "no fine-tune", "acc_ft": "fine-tuned", "acc_bn": "BN re-estimated"}
 
-# Causal scoring: every measured layer gets >= bins^2 = 256 samples. In propagated mode the
-# classifier after global pooling has one sample per noise example, hence samples=1024 (its
-# outgoing MI is the "out" score of conv3); conv1/conv2 (64 positions) and conv3 (16 positions)
-# hit the 16384 cap. (In local mode every layer now gets exactly max_samples_per_layer rows, the
-# old name of samples_per_layer; samples, the old name of examples, only calibrates. The
-# published results were measured before that change.)
+# Causal scoring. Local mode: the package defaults, examples=64 noise examples (they only
+# calibrate the per-channel noise ranges) and every layer, the classifier behind global pooling
+# included, measured on exactly samples_per_layer=16384 rows of its own. Propagated mode: a
+# layer gets examples x positions rows capped at samples_per_layer, so the classifier after
+# global pooling gets one row per example; examples=1024 gives it >= bins^2 = 256 (its outgoing
+# MI is the "out" score of conv3); conv1/conv2 (64 positions) and conv3 (16) hit the cap.
+EXAMPLES = {"propagated": 1024, "local": 64}
 CAUSAL = dict(
     input_range=(-1.0, 1.0),  # the data's range (pixels scaled to [-1, 1])
     bins=16,
-    samples=1024,
-    max_samples_per_layer=16384,
+    samples_per_layer=16384,
     taps="all",
     correction=None,
     reduction="sum",
     backend="cpu",
 )
+
+
+def causal_settings(variant: str) -> dict:
+    """``score_model`` keywords of a score variant (see ``VARIANTS``), without mode and seed."""
+    mode, correction = VARIANTS[variant]
+    return {**CAUSAL, "examples": EXAMPLES[mode], "correction": correction}
+
+
 CAUSAL_IMPORTANCE = dict(group_reduction="sum", normalizer=None)
 
 TRAIN = dict(epochs=30, batch_size=64, lr=3e-3, weight_decay=0.0, optimizer="Adam")
@@ -163,9 +179,22 @@ def accuracy(model, x, y) -> float:
 
 
 def method_names() -> list[str]:
-    names = [f"causal-{d}-{m}" for m in MODES for d in DIRECTIONS]
+    names = [f"causal-{d}-{v}" for v in VARIANTS for d in DIRECTIONS]
     names += [f"causal-seq-{d}" for d in DIRECTIONS]
     return names + list(BASELINES)
+
+
+def causal_method(name: str) -> tuple[str, str]:
+    """``(direction, variant)`` of a ``causal-<direction>-<variant>`` method name."""
+    _, direction, variant = name.split("-", 2)
+    if direction not in DIRECTIONS or variant not in VARIANTS:
+        raise ValueError(f"not a cached causal method: {name!r}")
+    return direction, variant
+
+
+def uncorrected(name: str) -> str | None:
+    """The same criterion without the Miller-Madow correction, for a ``-mm`` method."""
+    return name.removesuffix("-mm") if name.startswith("causal-") and name.endswith("-mm") else None
 
 
 def tp_importance(name: str):
@@ -180,15 +209,15 @@ def tp_importance(name: str):
     raise ValueError(name)
 
 
-def cached_causal_importance(model, scores, direction, mode, seed) -> CausalImportance:
+def cached_causal_importance(model, scores, direction, variant, seed) -> CausalImportance:
     """A CausalImportance whose cache already holds ``scores`` (computed on this very model)."""
     imp = CausalImportance(
         model,
         INPUT_SHAPE,
         direction=direction,
-        mode=mode,
+        mode=VARIANTS[variant][0],
         seed=seed,
-        **CAUSAL,
+        **causal_settings(variant),
         **CAUSAL_IMPORTANCE,
     )
     imp._scores, imp._key = scores, model_state_key(model)
@@ -222,13 +251,13 @@ def prune_with(name, model, ratio, seed, scores):
             direction=direction,
             mode="propagated",
             seed=seed,
-            **CAUSAL,
+            **causal_settings("propagated"),
             **CAUSAL_IMPORTANCE,
         )
         return model, report.rescored
     if name.startswith("causal-"):
-        _, direction, mode = name.split("-")
-        imp = cached_causal_importance(model, scores[mode], direction, mode, seed)
+        direction, variant = causal_method(name)
+        imp = cached_causal_importance(model, scores[variant], direction, variant, seed)
         meta_prune(model, imp, ratio)
         assert imp.rescored == 0
         return model, 0
@@ -239,21 +268,21 @@ def prune_with(name, model, ratio, seed, scores):
 def check_cache(model, scores, seed, configs) -> dict:
     """The cached importance prunes exactly as a fresh CausalImportance (which scores itself)."""
     out = {}
-    for mode, direction in configs:
+    for variant, direction in configs:
         # Each importance scores the copy it prunes; the copies have the model's weights.
         a_model, b_model = copy.deepcopy(model), copy.deepcopy(model)
         a = meta_prune(
             a_model,
-            cached_causal_importance(a_model, scores[mode], direction, mode, seed),
+            cached_causal_importance(a_model, scores[variant], direction, variant, seed),
             0.5,
         )
         fresh = CausalImportance(
             b_model,
             INPUT_SHAPE,
             direction=direction,
-            mode=mode,
+            mode=VARIANTS[variant][0],
             seed=seed,
-            **CAUSAL,
+            **causal_settings(variant),
             **CAUSAL_IMPORTANCE,
         )
         b = meta_prune(b_model, fresh, 0.5)
@@ -261,9 +290,9 @@ def check_cache(model, scores, seed, configs) -> dict:
             torch.equal(p, q)
             for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
         )
-        out[f"{direction}-{mode}"] = same
+        out[f"{direction}-{variant}"] = same
         if not same:
-            raise RuntimeError(f"cached scores prune differently ({direction}, {mode})")
+            raise RuntimeError(f"cached scores prune differently ({direction}, {variant})")
     return out
 
 
@@ -280,14 +309,14 @@ def run_seed(seed, ratios, methods, data, train_cfg, ft_cfg, writer, check=()) -
     dense = accuracy(model, xte, yte)
     dense_ft = accuracy(fit(copy.deepcopy(model), xtr, ytr, ft_cfg, 1000 + seed), xte, yte)
     scores, score_s = {}, {}
-    for mode in MODES:
+    for variant, (mode, _) in VARIANTS.items():
         t0 = time.perf_counter()
-        scores[mode] = cf.score_model(
-            model, INPUT_SHAPE, mode=mode, seed=seed, progress=False, **CAUSAL
+        scores[variant] = cf.score_model(
+            model, INPUT_SHAPE, mode=mode, seed=seed, progress=False, **causal_settings(variant)
         )
-        score_s[mode] = time.perf_counter() - t0
-    samples = {n: s.samples for n, s in scores["propagated"].layers.items()}
-    low = {n: k for n, k in samples.items() if k < CAUSAL["bins"] ** 2}
+        score_s[variant] = time.perf_counter() - t0
+    samples = {v: {n: s.samples for n, s in sc.layers.items()} for v, sc in scores.items()}
+    low = {(v, n): k for v in samples for n, k in samples[v].items() if k < CAUSAL["bins"] ** 2}
     if low:
         raise RuntimeError(f"layers with fewer than bins^2 samples: {low}")
     info = {
@@ -296,6 +325,7 @@ def run_seed(seed, ratios, methods, data, train_cfg, ft_cfg, writer, check=()) -
         "dense_accuracy": dense,
         "dense_finetuned_accuracy": dense_ft,
         "samples_per_layer": samples,
+        "paths": {v: {n: s.path for n, s in sc.layers.items()} for v, sc in scores.items()},
         "score_seconds": score_s,
         "response_points": {n: s.response for n, s in scores["propagated"].layers.items()},
     }
@@ -346,11 +376,12 @@ def summarise(rows, methods, ratios) -> list[dict]:
             if not runs:
                 continue
             rec = {"method": m, "ratio": ratio, "n": len(runs)}
+            refs = [*REFERENCES, *filter(None, [uncorrected(m)])]
             for key in PROTOCOLS:
                 vals = [r[key] for r in runs.values()]
                 rec[f"{key}_mean"] = statistics.fmean(vals)
                 rec[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                for ref in REFERENCES:
+                for ref in dict.fromkeys(refs):
                     if ref == m:
                         continue
                     ref_runs = by.get((ref, ratio), {})
@@ -364,6 +395,44 @@ def summarise(rows, methods, ratios) -> list[dict]:
                         rec[f"{key}_vs_{ref}_losses"] = sum(d < 0 for d in diffs)
             out.append(rec)
     return out
+
+
+def paired_cells(v, key, ref) -> tuple[str, float | None]:
+    """``"mean ± std [better/worse]"`` of a summary cell's paired difference to ``ref``."""
+    if v is None or f"{key}_vs_{ref}_mean" not in v:
+        return "", None
+    d = v[f"{key}_vs_{ref}_mean"]
+    txt = (
+        f"{100 * d:+.1f} ± {100 * v[f'{key}_vs_{ref}_std']:.1f} "
+        f"[{v[f'{key}_vs_{ref}_wins']}/{v[f'{key}_vs_{ref}_losses']}]"
+    )
+    return txt, d
+
+
+def correction_table(cell, methods, ratios) -> str:
+    """Miller-Madow minus the same criterion uncorrected, paired by seed, per protocol."""
+    pairs = [(m, uncorrected(m)) for m in methods if uncorrected(m) in methods]
+    if not pairs:
+        return ""
+    head = "| method | protocol | " + " | ".join(f"{r:.1f}" for r in ratios) + " | mean |"
+    lines = [
+        "Paired difference Miller-Madow minus uncorrected (same direction and mode, same seed), "
+        "accuracy points: mean ± std of the per-seed difference [seeds better/worse]",
+        "",
+        head,
+        "|---" * (len(ratios) + 3) + "|",
+    ]
+    for m, base in pairs:
+        for key in PROTOCOLS:
+            txt, avg = [], []
+            for r in ratios:
+                t, d = paired_cells(cell.get((m, r)), key, base)
+                txt.append(t)
+                if d is not None:
+                    avg.append(d)
+            mean = f"{100 * statistics.fmean(avg):+.1f}" if avg else ""
+            lines.append(f"| {m} vs {base} | {SHORT[key]} | " + " | ".join(txt) + f" | {mean} |")
+    return "\n".join(lines)
 
 
 def markdown_tables(summary, methods, ratios) -> str:
@@ -419,22 +488,17 @@ def markdown_tables(summary, methods, ratios) -> str:
             for m in methods:
                 if m == ref:
                     continue
-                vals = [cell.get((m, r)) for r in ratios]
                 txt, avg = [], []
-                for v in vals:
-                    if v is None or f"{key}_vs_{ref}_mean" not in v:
-                        txt.append("")
-                        continue
-                    d = v[f"{key}_vs_{ref}_mean"]
-                    avg.append(d)
-                    txt.append(
-                        f"{100 * d:+.1f} ± {100 * v[f'{key}_vs_{ref}_std']:.1f} "
-                        f"[{v[f'{key}_vs_{ref}_wins']}/{v[f'{key}_vs_{ref}_losses']}]"
-                    )
+                for r in ratios:
+                    t, d = paired_cells(cell.get((m, r)), key, ref)
+                    txt.append(t)
+                    if d is not None:
+                        avg.append(d)
                 mean = f"{100 * statistics.fmean(avg):+.1f}" if avg else ""
                 lines.append(f"| {m} | " + " | ".join(txt) + f" | {mean} |")
             parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    parts.append(correction_table(cell, methods, ratios))
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 STYLE = {
@@ -467,8 +531,9 @@ def plot(summary, methods, panels, path) -> None:
             if m.startswith("causal-seq-"):
                 color, ls, marker = STYLE[m.removeprefix("causal-seq-")], ":", "^"
             elif m.startswith("causal-"):
-                _, d, mode = m.split("-")
-                color, ls, marker = STYLE[d], "-" if mode == "propagated" else "--", "o"
+                d, variant = causal_method(m)
+                ls = {"propagated": "-", "local": "--", "local-mm": "-."}[variant]
+                color, marker = STYLE[d], "x" if variant.endswith("-mm") else "o"
             else:
                 color, ls, marker = STYLE[m], "-", "s"
             width = 2.2 if not m.startswith("causal") else 1.3
@@ -602,9 +667,10 @@ def main(argv=None) -> int:
             w.writerow(row)
             f.flush()
 
-        # The first seed checks the score cache: every (mode, direction), or one in a smoke run.
-        checks = [(m, d) for m in MODES for d in DIRECTIONS]
-        checks = checks[2:3] if args.smoke else checks
+        # The first seed checks the score cache: every (variant, direction), or two in a smoke
+        # run (propagated and Miller-Madow local, "both").
+        checks = [(v, d) for v in VARIANTS for d in DIRECTIONS]
+        checks = [("propagated", "both"), ("local-mm", "both")] if args.smoke else checks
         seeds_info = [
             run_seed(
                 s, args.ratios, methods, data, train_cfg, ft_cfg, writer, checks if i == 0 else ()
@@ -636,14 +702,18 @@ def main(argv=None) -> int:
         "split": SPLIT,
         "train": train_cfg,
         "finetune": ft_cfg,
-        "causal_score_model": {**CAUSAL, "input_shape": list(INPUT_SHAPE)},
+        "causal_score_model": {
+            v: {**causal_settings(v), "mode": VARIANTS[v][0], "input_shape": list(INPUT_SHAPE)}
+            for v in VARIANTS
+        },
         "causal_importance": CAUSAL_IMPORTANCE,
         "pruner": {
             "class": "tp.pruner.MetaPruner",
             "pruning_ratio": "per run",
             "global_pruning": False,
             "ignored_layers": ["fc"],
-            "sequential": "causalprune_fast.prune(sequential=True, mode='propagated')",
+            "sequential": "causalprune_fast.prune(sequential=True, mode='propagated'), "
+            "the propagated variant's settings",
         },
         "per_seed": seeds_info,
         "total_seconds": total_s,
