@@ -602,6 +602,42 @@ def read_runs(path) -> list[dict]:
         return [{k: types.get(k, str)(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def merge(dirs: list[str], out: str) -> None:
+    """One run's files in ``out`` from runs over disjoint seeds with otherwise equal settings."""
+    configs, rows = [], []
+    for d in dirs:
+        with open(os.path.join(d, "config.json")) as f:
+            configs.append(json.load(f))
+        rows += read_runs(os.path.join(d, "runs.csv"))
+    same = ("ratios", "methods", "split", "train", "finetune", "causal_score_model", "versions")
+    for c in configs[1:]:
+        diff = [k for k in same if c[k] != configs[0][k]]
+        if diff:
+            raise SystemExit(f"cannot merge runs that differ in {diff}")
+    seeds = [s for c in configs for s in c["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"seeds overlap between the runs: {seeds}")
+    config = {
+        **configs[0],
+        "command": "; ".join(c["command"] for c in configs)
+        + f"; python {os.path.relpath(sys.argv[0])} --merge {' '.join(dirs)} --out {out}",
+        "date": [c["date"] for c in configs],
+        "seeds": sorted(seeds),
+        "per_seed": sorted((i for c in configs for i in c["per_seed"]), key=lambda i: i["seed"]),
+        "total_seconds": [c["total_seconds"] for c in configs],
+        "merged_from": len(configs),
+    }
+    rows.sort(key=lambda r: r["seed"])  # stable: each seed's rows keep their order
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    write_reports(out, rows, config)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -624,7 +660,17 @@ def main(argv=None) -> int:
         action="store_true",
         help="rebuild summary.csv, tables.md and the plots from --out's runs.csv and config.json",
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="merge the runs.csv and config.json of runs over disjoint seeds (e.g. run in "
+        "parallel with --seeds) into --out, then write the reports there",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        return 0
     if args.report_only:
         with open(os.path.join(args.out, "config.json")) as f:
             config = json.load(f)
