@@ -39,19 +39,18 @@ def compare(previous: list[dict], current: list[dict]) -> str:
     methods_new = list(dict.fromkeys(m for m, _ in new))
     ratios = sorted({r for _, r in new} & {r for _, r in old})
     common = [m for m in methods_new if all((m, r) in old and (m, r) in new for r in ratios)]
-    head = "| method | " + " | ".join(
-        f"{study.SHORT[p]}: before | now | change" for p in study.PROTOCOLS
-    )
+    keys = [k for k in study.measured(current) if k in study.measured(previous)]
+    head = "| method | " + " | ".join(f"{study.SHORT[p]}: before | now | change" for p in keys)
     lines = [
         f"Test accuracy (%) averaged over seeds {seeds} and ratios "
         f"{', '.join(f'{r:.1f}' for r in ratios)}: previous run (before) and this one (now)",
         "",
         head + " |",
-        "|---" * (1 + 3 * len(study.PROTOCOLS)) + "|",
+        "|---" * (1 + 3 * len(keys)) + "|",
     ]
     for m in common:
         cells = []
-        for p in study.PROTOCOLS:
+        for p in keys:
             a = 100 * statistics.fmean(old[m, r][p] for r in ratios)
             b = 100 * statistics.fmean(new[m, r][p] for r in ratios)
             cells += [f"{a:.1f}", f"{b:.1f}", f"{b - a:+.1f}"]

@@ -138,16 +138,40 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="1 seed, the study's settings only")
     p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="which causal settings to correlate (study and miller-madow are always included "
+        "outside --smoke: the bias table needs both)",
+    )
+    p.add_argument(
         "--bias-resnet18",
         action="store_true",
         help="only the bias table of torchvision's resnet18 (random init, 224 x 224, defaults)",
     )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="with --bias-resnet18: measure only these layers (score_model's layers filter)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="merge the files of runs over disjoint seeds into --out",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
+    if args.merge:
+        merge(args.merge, args.out)
+        return 0
     if args.bias_resnet18:
-        return resnet18_bias(args.out)
-    variants = {"study": {}} if args.smoke else VARIANTS
+        return resnet18_bias(args.out, args.layers)
+    chosen = ["study"] if args.smoke else ["study", "miller-madow", *args.variants]
+    variants = {v: VARIANTS[v] for v in VARIANTS if v in chosen}
     seeds = [0] if args.smoke else args.seeds
     train_cfg = {**study.TRAIN, "epochs": 10} if args.smoke else study.TRAIN
     xtr, ytr, xte, yte = study.load_data()
@@ -202,7 +226,14 @@ def main(argv=None) -> int:
             f"config.json), done in {time.perf_counter() - t_start:.0f} s"
         )
 
-    with open(os.path.join(args.out, "diagnostics.csv"), "w", newline="") as f:
+        write_all(args.out, seeds[: seeds.index(seed) + 1], rows, rows_bias, rows_stab)
+    print(f"{time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+def write_all(out, seeds, rows, rows_bias, rows_stab) -> None:
+    """Every diagnostics file from the rows of the seeds done so far."""
+    with open(os.path.join(out, "diagnostics.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["seed", "criterion", "layer", "spearman"])
         w.writeheader()
         w.writerows(rows)
@@ -223,13 +254,29 @@ def main(argv=None) -> int:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{m:+.2f} ± {sd:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(means):+.2f} |")
-    with open(os.path.join(args.out, "diagnostics.md"), "w") as f:
+    with open(os.path.join(out, "diagnostics.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if not args.smoke:
-        write_bias_and_stability(args.out, seeds, rows_bias, rows_stab)
-    print(f"{time.perf_counter() - t_start:.0f} s")
-    return 0
+    if rows_stab:
+        write_bias_and_stability(out, seeds, rows_bias, rows_stab)
+
+
+def merge(dirs, out) -> None:
+    """The diagnostics files of runs over disjoint seeds (e.g. run in parallel), in ``out``."""
+    rows, rows_stab, rows_bias, seeds = [], [], {mode: [] for mode in study.MODES}, []
+    for d in dirs:
+        with open(os.path.join(d, "bias_digits.json")) as f:
+            b = json.load(f)
+        seeds += b["seeds"]
+        for mode in study.MODES:
+            rows_bias[mode] += b["per_seed"][mode]
+        for name, target in (("diagnostics.csv", rows), ("stability.csv", rows_stab)):
+            with open(os.path.join(d, name), newline="") as f:
+                for r in csv.DictReader(f):
+                    target.append({**r, "seed": int(r["seed"]), "spearman": float(r["spearman"])})
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"seeds overlap between the runs: {seeds}")
+    write_all(out, seeds, rows, rows_bias, rows_stab)
 
 
 def write_bias_and_stability(out, seeds, rows_bias, rows_stab) -> None:
@@ -277,7 +324,7 @@ def write_bias_and_stability(out, seeds, rows_bias, rows_stab) -> None:
     print("\n".join(lines))
 
 
-def resnet18_bias(out) -> int:
+def resnet18_bias(out, layers=None) -> int:
     """The bias table of torchvision's ResNet-18 (random init, seed 0) at 224 x 224 with the
     package defaults, uncorrected and with Miller-Madow: ``bias_resnet18.md`` / ``.json``."""
     import torchvision
@@ -285,7 +332,7 @@ def resnet18_bias(out) -> int:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     t0 = time.perf_counter()
-    plugin, corrected = bias.score_pair(model, (3, 224, 224))
+    plugin, corrected = bias.score_pair(model, (3, 224, 224), layers=layers)
     seconds = time.perf_counter() - t0
     cfg = plugin.config
     rows = bias.layer_rows(plugin, corrected, cfg["bins"])
@@ -293,7 +340,8 @@ def resnet18_bias(out) -> int:
         "torchvision `resnet18` (random init, `torch.manual_seed(0)`), 224 x 224, package "
         f"defaults (mode={cfg['mode']!r}, examples={cfg.get('examples')}, "
         f"samples_per_layer={cfg.get('samples_per_layer')}, bins={cfg['bins']}, "
-        f"taps={cfg['taps']!r}): plug-in bias against measured MI per pair; both scorings "
+        f"taps={cfg['taps']!r}{', layers ' + ', '.join(layers) if layers else ''}): plug-in "
+        "bias against measured MI per pair; both scorings "
         f"took {seconds:.0f} s on {torch.get_num_threads()} thread(s)"
     )
     with open(os.path.join(out, "bias_resnet18.md"), "w") as f:

@@ -37,6 +37,7 @@ import copy
 import csv
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -307,7 +308,11 @@ def run_seed(seed, ratios, methods, data, train_cfg, ft_cfg, writer, check=()) -
     model = fit(DigitsCNN(), xtr, ytr, train_cfg, seed)
     train_s = time.perf_counter() - t0
     dense = accuracy(model, xte, yte)
-    dense_ft = accuracy(fit(copy.deepcopy(model), xtr, ytr, ft_cfg, 1000 + seed), xte, yte)
+    dense_ft = (
+        accuracy(fit(copy.deepcopy(model), xtr, ytr, ft_cfg, 1000 + seed), xte, yte)
+        if ft_cfg
+        else None
+    )
     scores, score_s = {}, {}
     for variant, (mode, _) in VARIANTS.items():
         t0 = time.perf_counter()
@@ -331,7 +336,8 @@ def run_seed(seed, ratios, methods, data, train_cfg, ft_cfg, writer, check=()) -
     }
     if check:
         info["cache_check"] = check_cache(model, scores, seed, check)
-    print(f"seed {seed}: dense {dense:.4f} (fine-tuned {dense_ft:.4f}), trained {train_s:.1f} s")
+    ft = f"{dense_ft:.4f}" if dense_ft is not None else "not run"
+    print(f"seed {seed}: dense {dense:.4f} (fine-tuned {ft}), trained {train_s:.1f} s")
     for ratio in ratios:
         for name in methods:
             t0 = time.perf_counter()
@@ -341,8 +347,10 @@ def run_seed(seed, ratios, methods, data, train_cfg, ft_cfg, writer, check=()) -
             acc_bn = accuracy(recalibrate_bn(copy.deepcopy(pruned), xtr), xte, yte)
             params = sum(p.numel() for p in pruned.parameters())
             chans = channels(pruned)
-            fit(pruned, xtr, ytr, ft_cfg, 1000 + seed)  # same batches for every criterion
-            acc_ft = accuracy(pruned, xte, yte)
+            acc_ft = float("nan")  # --no-finetune
+            if ft_cfg:
+                fit(pruned, xtr, ytr, ft_cfg, 1000 + seed)  # same batches for every criterion
+                acc_ft = accuracy(pruned, xte, yte)
             writer(
                 dict(
                     seed=seed,
@@ -365,6 +373,11 @@ def run_seed(seed, ratios, methods, data, train_cfg, ft_cfg, writer, check=()) -
 # --------------------------------------------------------------------------- summaries
 
 
+def measured(rows) -> list[str]:
+    """The protocols the rows measured (``acc_ft`` is NaN with ``--no-finetune``)."""
+    return [k for k in PROTOCOLS if any(math.isfinite(r[k]) for r in rows)]
+
+
 def summarise(rows, methods, ratios) -> list[dict]:
     by = {}
     for r in rows:
@@ -377,7 +390,7 @@ def summarise(rows, methods, ratios) -> list[dict]:
                 continue
             rec = {"method": m, "ratio": ratio, "n": len(runs)}
             refs = [*REFERENCES, *filter(None, [uncorrected(m)])]
-            for key in PROTOCOLS:
+            for key in measured(rows):
                 vals = [r[key] for r in runs.values()]
                 rec[f"{key}_mean"] = statistics.fmean(vals)
                 rec[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -409,7 +422,7 @@ def paired_cells(v, key, ref) -> tuple[str, float | None]:
     return txt, d
 
 
-def correction_table(cell, methods, ratios) -> str:
+def correction_table(cell, methods, ratios, keys) -> str:
     """Miller-Madow minus the same criterion uncorrected, paired by seed, per protocol."""
     pairs = [(m, uncorrected(m)) for m in methods if uncorrected(m) in methods]
     if not pairs:
@@ -423,7 +436,7 @@ def correction_table(cell, methods, ratios) -> str:
         "|---" * (len(ratios) + 3) + "|",
     ]
     for m, base in pairs:
-        for key in PROTOCOLS:
+        for key in keys:
             txt, avg = [], []
             for r in ratios:
                 t, d = paired_cells(cell.get((m, r)), key, base)
@@ -437,6 +450,7 @@ def correction_table(cell, methods, ratios) -> str:
 
 def markdown_tables(summary, methods, ratios) -> str:
     cell = {(s["method"], s["ratio"]): s for s in summary}
+    keys = [k for k in PROTOCOLS if all(f"{k}_mean" in s for s in summary)]
     lines = [
         "Overview: test accuracy (%) averaged over the ratios "
         f"{', '.join(f'{r:.1f}' for r in ratios)} (mean over seeds), and the paired difference "
@@ -445,24 +459,25 @@ def markdown_tables(summary, methods, ratios) -> str:
         "re-estimated on the training set (no weight update)",
         "",
         "| method | "
-        + " | ".join(SHORT.values())
+        + " | ".join(SHORT[k] for k in keys)
         + " | "
-        + " | ".join(f"vs l1, {t}" for t in SHORT.values())
+        + " | ".join(f"vs l1, {SHORT[k]}" for k in keys)
         + " |",
-        "|---" * (1 + 2 * len(PROTOCOLS)) + "|",
+        "|---" * (1 + 2 * len(keys)) + "|",
     ]
     for m in methods:
         vals = [cell[(m, r)] for r in ratios if (m, r) in cell]
-        acc = [f"{100 * statistics.fmean(v[f'{k}_mean'] for v in vals):.1f}" for k in PROTOCOLS]
+        acc = [f"{100 * statistics.fmean(v[f'{k}_mean'] for v in vals):.1f}" for k in keys]
         diff = [
             f"{100 * statistics.fmean(v[f'{k}_vs_l1_mean'] for v in vals):+.1f}"
             if all(f"{k}_vs_l1_mean" in v for v in vals)
             else ""
-            for k in PROTOCOLS
+            for k in keys
         ]
         lines.append(f"| {m} | " + " | ".join(acc + diff) + " |")
     parts = ["\n".join(lines)]
-    for key, title in PROTOCOLS.items():
+    for key in keys:
+        title = PROTOCOLS[key]
         head = "| method | " + " | ".join(f"{r:.1f}" for r in ratios) + " | mean |"
         sep = "|---" * (len(ratios) + 2) + "|"
         lines = [f"Test accuracy (%), {title}: mean ± std over seeds", "", head, sep]
@@ -497,7 +512,7 @@ def markdown_tables(summary, methods, ratios) -> str:
                 mean = f"{100 * statistics.fmean(avg):+.1f}" if avg else ""
                 lines.append(f"| {m} | " + " | ".join(txt) + f" | {mean} |")
             parts.append("\n".join(lines))
-    parts.append(correction_table(cell, methods, ratios))
+    parts.append(correction_table(cell, methods, ratios, keys))
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -550,7 +565,8 @@ def plot(summary, methods, panels, path) -> None:
                 label=m,
                 alpha=0.9,
             )
-        ax.axhline(100 * dense, color="gray", lw=0.8, ls="-.", label="unpruned")
+        if dense is not None:
+            ax.axhline(100 * dense, color="gray", lw=0.8, ls="-.", label="unpruned")
         ax.set_title(f"digits CNN, {title}", fontsize=10)
         ax.set_xlabel("fraction of channels removed per layer")
         ax.grid(alpha=0.3)
@@ -573,18 +589,22 @@ def write_reports(out, rows, config) -> None:
         w.writerows(summary)
     dense = {
         "acc": statistics.fmean(i["dense_accuracy"] for i in seeds_info),
-        "acc_ft": statistics.fmean(i["dense_finetuned_accuracy"] for i in seeds_info),
+        "acc_ft": statistics.fmean(i["dense_finetuned_accuracy"] for i in seeds_info)
+        if all(i.get("dense_finetuned_accuracy") is not None for i in seeds_info)
+        else None,
     }
     with open(os.path.join(out, "tables.md"), "w") as f:
         f.write(
             f"Unpruned: {100 * dense['acc']:.1f}% (after the same fine-tune: "
-            f"{100 * dense['acc_ft']:.1f}%), mean over seeds {seeds}.\n\n"
+            + (f"{100 * dense['acc_ft']:.1f}%" if dense["acc_ft"] is not None else "not saved")
+            + f"), mean over seeds {seeds}.\n\n"
         )
         f.write(markdown_tables(summary, methods, ratios))
+    panels = [("acc", "no fine-tuning", dense["acc"]), ("acc_ft", "fine-tuned", dense["acc_ft"])]
     plot(
         summary,
         methods,
-        [("acc", "no fine-tuning", dense["acc"]), ("acc_ft", "fine-tuned", dense["acc_ft"])],
+        [pn for pn in panels if pn[0] in measured(rows)],
         os.path.join(out, "accuracy_vs_ratio.png"),
     )
     plot(
@@ -602,13 +622,50 @@ def read_runs(path) -> list[dict]:
         return [{k: types.get(k, str)(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def stopped_run_config(folder: str, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """For a run stopped before it wrote config.json (run with the defaults of this script):
+    its complete seeds' rows and a config rebuilt from this script's settings, with each seed's
+    dense accuracy from runs.csv (its fine-tuned dense accuracy, score samples and timings were
+    not saved)."""
+    methods, ratios = method_names(), [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    by_seed: dict[int, list[dict]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], []).append(r)
+    done = [s for s, rs in by_seed.items() if len(rs) == len(methods) * len(ratios)]
+    config = {
+        "command": f"python {os.path.relpath(sys.argv[0])} --out {folder} (stopped; the "
+        f"complete seeds {done} of it are kept)",
+        "date": None,
+        "versions": versions(),
+        "seeds": done,
+        "ratios": ratios,
+        "methods": methods,
+        "split": SPLIT,
+        "train": TRAIN,
+        "finetune": FINETUNE,
+        "causal_score_model": score_config(),
+        "per_seed": [
+            {"seed": s, "dense_accuracy": by_seed[s][0]["dense_acc"], "stopped_run": True}
+            for s in done
+        ],
+        "total_seconds": None,
+    }
+    return config, [r for r in rows if r["seed"] in done]
+
+
 def merge(dirs: list[str], out: str) -> None:
     """One run's files in ``out`` from runs over disjoint seeds with otherwise equal settings."""
     configs, rows = [], []
     for d in dirs:
-        with open(os.path.join(d, "config.json")) as f:
-            configs.append(json.load(f))
-        rows += read_runs(os.path.join(d, "runs.csv"))
+        runs = read_runs(os.path.join(d, "runs.csv"))
+        path = os.path.join(d, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                configs.append(json.load(f))
+        else:
+            config, runs = stopped_run_config(d, runs)
+            configs.append(config)
+        rows += runs
     same = ("ratios", "methods", "split", "train", "finetune", "causal_score_model", "versions")
     for c in configs[1:]:
         diff = [k for k in same if c[k] != configs[0][k]]
@@ -641,6 +698,24 @@ def merge(dirs: list[str], out: str) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_pruning": tp.__version__,
+        "scikit_learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "causalprune_fast": cf.__version__,
+    }
+
+
+def score_config() -> dict:
+    return {
+        v: {**causal_settings(v), "mode": VARIANTS[v][0], "input_shape": list(INPUT_SHAPE)}
+        for v in VARIANTS
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
@@ -648,6 +723,11 @@ def main(argv=None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     p.add_argument("--methods", nargs="+", default=None, help="subset of the criteria")
     p.add_argument("--ft-epochs", type=int, default=FINETUNE["epochs"])
+    p.add_argument(
+        "--no-finetune",
+        action="store_true",
+        help="skip the fine-tuned protocol (acc_ft is NaN): no fine-tune and BN re-estimated only",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -684,7 +764,7 @@ def main(argv=None) -> int:
     unknown = set(methods) - set(method_names())
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; known: {method_names()}")
-    ft_cfg = {**FINETUNE, "epochs": args.ft_epochs}
+    ft_cfg = None if args.no_finetune else {**FINETUNE, "epochs": args.ft_epochs}
     os.makedirs(args.out, exist_ok=True)
     data = load_data()
 
@@ -734,24 +814,14 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
         },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_pruning": tp.__version__,
-            "scikit_learn": sklearn.__version__,
-            "numpy": np.__version__,
-            "causalprune_fast": cf.__version__,
-        },
+        "versions": versions(),
         "seeds": args.seeds,
         "ratios": args.ratios,
         "methods": methods,
         "split": SPLIT,
         "train": train_cfg,
         "finetune": ft_cfg,
-        "causal_score_model": {
-            v: {**causal_settings(v), "mode": VARIANTS[v][0], "input_shape": list(INPUT_SHAPE)}
-            for v in VARIANTS
-        },
+        "causal_score_model": score_config(),
         "causal_importance": CAUSAL_IMPORTANCE,
         "pruner": {
             "class": "tp.pruner.MetaPruner",
