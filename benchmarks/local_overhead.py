@@ -7,8 +7,9 @@
 For each model (random init, 3 x 224 x 224, score_model's defaults), runs score_model once
 with the package of the ``--before`` checkout (a tree with its extension built) and once with
 this checkout, one after the other in this one run, each in its own process, and records
-what ``CausalScores`` says: total, forward (the calibration pass plus each layer's own noise
-and layer run), capture, binning, MI, and the rest. Only ratios measured in one run compare.
+what ``CausalScores`` says: total, forward (the calibration pass, recorded on its own too,
+plus each layer's own noise rows and layer run), capture, binning, MI, and the rest. Only
+ratios measured in one run compare.
 """
 
 from __future__ import annotations
@@ -21,26 +22,28 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("resnet18", "resnet50", "vit_base_patch16_224")
+MODELS = ("resnet18", "resnet50", "vit_b_16")
 STAGES = ("forward", "capture", "binning", "mi")
 
 
 def _model(name: str):
+    """torchvision's model ``name`` (timm's where torchvision has none), random init."""
     import torch
-
-    torch.manual_seed(0)
-    if name.startswith("vit"):
-        import timm
-
-        return timm.create_model(name, pretrained=False)
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None)
+    torch.manual_seed(0)
+    if name in torchvision.models.list_models():
+        return torchvision.models.get_model(name, weights=None)
+    import timm
+
+    return timm.create_model(name, pretrained=False)
 
 
 def measure(name: str) -> dict:
     """score_model on ``name`` at the defaults: the time of each stage, in seconds."""
     import warnings
+
+    import torch
 
     import causalprune_fast as cf
 
@@ -49,7 +52,8 @@ def measure(name: str) -> dict:
         warnings.simplefilter("ignore")
         scores = cf.score_model(model, (3, 224, 224), progress=False)
     stages = {k: sum(s.timings.get(k, 0.0) for s in scores.layers.values()) for k in STAGES}
-    stages["forward"] += scores.timings.get("forward", 0.0)
+    calibration = scores.timings.get("forward", 0.0)  # the calibration pass, hooks included
+    stages["forward"] += calibration
     total = scores.timings["total"]
     samples = [s.samples for s in scores.layers.values()]
     return {
@@ -57,6 +61,8 @@ def measure(name: str) -> dict:
         "package": cf.__file__,
         "total_s": total,
         "stages_s": stages,
+        "calibration_s": calibration,
+        "threads": torch.get_num_threads(),
         "other_s": total - sum(stages.values()),
         "layers": len(scores.layers),
         "samples_min": min(samples),

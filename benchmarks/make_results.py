@@ -189,6 +189,11 @@ def _loads(data: dict) -> str:
     return f" (load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""
 
 
+def _seconds(value: float | None) -> str:
+    """A time in seconds, or '-' where a run did not record it."""
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def local_overhead_section(data: dict) -> str:
     """Local mode's total time against its MI time, before and after, from
     local_overhead.py's JSON (one run, side by side)."""
@@ -200,9 +205,9 @@ def local_overhead_section(data: dict) -> str:
         "compare the ratios of one model's before and after rows, which ran one after the other",
         "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
         "",
-        "| model | code | total | forward | capture | binning | MI | other | total / MI "
-        "| samples per layer | paths |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | code | total | forward | of which calibration | capture | binning | MI "
+        "| other | total / MI | samples per layer | paths |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["runs"]:
         st = r["stages_s"]
@@ -211,7 +216,8 @@ def local_overhead_section(data: dict) -> str:
         )
         lines.append(
             f"| {r['model']} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
-            + " | ".join(f"{st[k]:.1f} s" for k in ("forward", "capture", "binning", "mi"))
+            f"{st['forward']:.1f} s | {_seconds(r.get('calibration_s'))} | "
+            + " | ".join(f"{st[k]:.1f} s" for k in ("capture", "binning", "mi"))
             + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | {samples} | "
             f"{', '.join(p for p in r['paths'] if p != 'None') or '-'} |"
         )
@@ -221,10 +227,9 @@ def local_overhead_section(data: dict) -> str:
         lines += ["", f"Not measured in this run (time ran out): {', '.join(missing)}."]
     lines += [
         "",
-        "forward: the calibration pass plus, after the change, each layer's own noise and "
-        "layer run (before, that run was not timed and falls in other); capture: the response "
-        "and the sample rows taken from full tensors; other: the probe pass, the channel "
-        "graph and what is not timed.",
+        "forward: the calibration pass (its forward passes and hooks) plus each layer's own "
+        "noise rows and layer run; capture: the response and the sample rows taken from full "
+        "tensors; other: the probe pass, the channel graph and what is not timed.",
         "",
     ]
     return "\n".join(lines)
