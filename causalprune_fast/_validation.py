@@ -80,8 +80,12 @@ def check_finite(t: torch.Tensor, name: str) -> None:
 
 
 def check_codes(t: torch.Tensor, bins: int, name: str, bins_name: str) -> torch.Tensor:
-    """Integer codes in ``[0, bins)``, returned as uint8."""
-    lo, hi = int(t.min()), int(t.max())
+    """Integer codes in ``[0, bins)``, returned as uint8 (one pass over them: unsigned codes
+    have no lower bound to check)."""
+    if t.dtype == torch.uint8:
+        lo, hi = 0, int(t.max())
+    else:
+        lo, hi = (int(v) for v in torch.aminmax(t))
     if lo < 0 or hi >= bins:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} holds code {bad}, but codes must be in [0, {bins_name}={bins})")
