@@ -204,6 +204,7 @@ def local_overhead_section(data: dict) -> str:
         f"running at the same time{_loads(data)}, so absolute times are inflated and noisy: "
         "compare the ratios of one model's before and after rows, which ran one after the other",
         "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
+        *([f"- {data['note']}"] if data.get("note") else []),
         "",
         "| model | code | total | forward | of which calibration | capture | binning | MI "
         "| other | total / MI | samples per layer | paths |",
@@ -235,6 +236,7 @@ def local_overhead_section(data: dict) -> str:
     return "\n".join(lines)
 
 
+LOCAL_TITLE = "## Local mode: whole-model time against MI time, before and after"
 ZOO_TITLE = "## Model zoo sweep: coverage, time, memory and prune(0.3)"
 
 
@@ -390,6 +392,16 @@ def write_zoo_section(out: str, json_dir: str) -> None:
         f.write(replace_section(text, ZOO_TITLE, zoo_section(zoo, path)))
 
 
+def write_local_section(out: str, json_dir: str) -> None:
+    """Put the local-mode overhead section from ``json_dir/local_overhead.json`` into the
+    markdown file ``out``."""
+    data = _load(os.path.join(json_dir, "local_overhead.json"))
+    with open(out) as f:
+        text = f.read()
+    with open(out, "w") as f:
+        f.write(replace_section(text, LOCAL_TITLE, local_overhead_section(data)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="markdown file to write")
@@ -410,7 +422,18 @@ def main(argv=None) -> int:
         help="only (re)write the model zoo section of --out from --json-dir/zoo.json "
         "(the sweep itself is `python benchmarks/zoo.py`); the other sections stay as they are",
     )
+    p.add_argument(
+        "--local-only",
+        action="store_true",
+        help="only (re)write the local-mode overhead section of --out from "
+        "--json-dir/local_overhead.json (`python benchmarks/local_overhead.py`); the other "
+        "sections stay as they are",
+    )
     args = p.parse_args(argv)
+    if args.local_only:
+        write_local_section(args.out, args.json_dir)
+        print(f"wrote the local-mode overhead section of {args.out}")
+        return 0
     if args.zoo_only:
         write_zoo_section(args.out, args.json_dir)
         print(f"wrote the zoo section of {args.out}")
@@ -464,7 +487,7 @@ def main(argv=None) -> int:
         "## Ceilings: how close the kernels get to the machine's limit",
         "",
         ceiling_section(_load(cj), ccmd),
-        "## Local mode: whole-model time against MI time, before and after",
+        LOCAL_TITLE,
         "",
         local_overhead_section(_load(lj)),
         "## Scaling: throughput as the work grows",
