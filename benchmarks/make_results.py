@@ -198,28 +198,36 @@ def local_overhead_section(data: dict) -> str:
     """Local mode's total time against its MI time, before and after, from
     local_overhead.py's JSON (one run, side by side)."""
     dates = sorted(r["date"] for r in data["runs"])
+    together = {bool(r.get("parallel")) for r in data["runs"]}
+    how = {True: "at the same time", False: "one after the other"}
+    how = (
+        how[together.pop()] if len(together) == 1 else f"{how[False]} ({how[True]} with --parallel)"
+    )
     lines = [
         f"- date: {dates[0]} to {dates[-1]}; machine: {data['cpu']}, {data['cores']} logical "
         f"cores, torch threads {data['torch_threads']}. The machine was shared with other jobs "
         f"running at the same time{_loads(data)}, so absolute times are inflated and noisy: "
-        "compare the ratios of one model's before and after rows, which ran one after the other",
+        f"compare the ratios of one model's before and after rows at the same settings, which "
+        f"ran {how}",
         "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
         *([f"- {data['note']}"] if data.get("note") else []),
         "",
-        "| model | code | total | forward | of which calibration | capture | binning | MI "
-        "| other | total / MI | samples per layer | paths |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | settings | code | total | forward | of which calibration | capture | binning "
+        "| MI | other | total / MI | (total - other) / MI | samples per layer | paths |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["runs"]:
         st = r["stages_s"]
         samples = f"{r['samples_min']}" + (
             f"-{r['samples_max']}" if r["samples_max"] != r["samples_min"] else ""
         )
+        settings = ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items()) or "defaults"
         lines.append(
-            f"| {r['model']} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
+            f"| {r['model']} | {settings} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
             f"{st['forward']:.1f} s | {_seconds(r.get('calibration_s'))} | "
             + " | ".join(f"{st[k]:.1f} s" for k in ("capture", "binning", "mi"))
-            + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | {samples} | "
+            + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | "
+            f"{(r['total_s'] - r['other_s']) / st['mi']:.2f} | {samples} | "
             f"{', '.join(p for p in r['paths'] if p != 'None') or '-'} |"
         )
     done = {(r["model"], r["tree"]) for r in data["runs"]}
@@ -230,7 +238,9 @@ def local_overhead_section(data: dict) -> str:
         "",
         "forward: the calibration pass (its forward passes and hooks) plus each layer's own "
         "noise rows and layer run; capture: the response and the sample rows taken from full "
-        "tensors; other: the probe pass, the channel graph and what is not timed.",
+        "tensors; other: the probe pass, the channel graph (with its imports) and what is not "
+        "timed, a fixed cost per call that weighs more where the settings are smaller than "
+        "the defaults; (total - other) / MI: the overhead of the per-layer work alone.",
         "",
     ]
     return "\n".join(lines)
