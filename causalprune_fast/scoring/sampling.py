@@ -163,17 +163,15 @@ def _respond(response: ResponsePoint, y: torch.Tensor, dims: int) -> torch.Tenso
 def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype) -> RowSource:
     c_in, c_out = layer.in_channels, layer.out_channels
     size = torch.finfo(dtype).bits // 8
-    lo2, span2 = lo.reshape(c_in, 1), (hi - lo).reshape(c_in, 1)
+    lo2, hi2 = lo.reshape(c_in, 1), hi.reshape(c_in, 1)
 
     def draw(gen: torch.Generator) -> list[torch.Tensor]:
-        """One block of rows, noise on the channel ranges (scaled while in cache)."""
-        u = torch.rand((c_in, BLOCK), generator=gen, device=device, dtype=dtype)
-        return [u.mul_(span2).add_(lo2)]
+        return [torch.rand((c_in, BLOCK), generator=gen, device=device, dtype=dtype)]
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         xt = torch.empty((c_in, b - a), device=device, dtype=dtype)
         _blocks(a, b, [xt], draw, index=index, seed=seed, device=device)
-        x = xt.t()  # [rows, c_in], column-major
+        x = xt.mul_(hi2 - lo2).add_(lo2).t()  # [rows, c_in], column-major
         with torch.no_grad():
             y = _respond(response, layer.forward(x), 0)
         return x, y
@@ -208,15 +206,12 @@ def _patch_source(
     taps_idx = torch.stack([t.reshape(-1) for t in grid]).to(device)  # [dims, k], row-major
     center = sum(((s - 1) // 2) * math.prod(ks[d + 1 :]) for d, s in enumerate(ks))
     weight = m.weight.detach().reshape(g, c_out // g, (c_in // g) * k)
-    lo3, span3 = lo.reshape(c_in, 1, 1), (hi - lo).reshape(c_in, 1, 1)
+    lo3, hi3 = lo.reshape(c_in, 1, 1), hi.reshape(c_in, 1, 1)
     size = torch.finfo(dtype).bits // 8
 
     def draw(gen: torch.Generator) -> list[torch.Tensor]:
-        """One block of rows: noise on the channel ranges, 0 in the padding (done here on
-        the block, while it is in cache, rather than in passes over the whole tile)."""
         pos = torch.randint(positions, (BLOCK,), generator=gen, device=device)
         u = torch.rand((c_in, k, BLOCK), generator=gen, device=device, dtype=dtype)
-        u.mul_(span3).add_(lo3).masked_fill_(~inside(pos).t()[None], 0)
         return [pos, u]
 
     def inside(pos: torch.Tensor) -> torch.Tensor:
@@ -236,6 +231,7 @@ def _patch_source(
         pos = torch.empty(n, device=device, dtype=torch.long)
         xt = torch.empty((c_in, k, n), device=device, dtype=dtype)  # the rows last
         _blocks(a, b, [pos, xt], draw, index=index, seed=seed, device=device)
+        xt.mul_(hi3 - lo3).add_(lo3).masked_fill_(~inside(pos).t()[None], 0)
         x = xt.reshape(c_in * k, n).t()  # [rows, c_in * k], column-major
         with torch.no_grad():
             if g == 1:
