@@ -2,13 +2,17 @@
 
     python benchmarks/local_overhead.py --before /tmp/before --json local_overhead.json
 
-(``--after``: another checkout for the code after the change; default this one.)
+(``--after``: another checkout for the code after the change; default this one;
+``--parallel``: a model's before and after at the same time, under the same load on a shared
+machine; ``--examples`` / ``--samples-per-layer``: other settings than score_model's defaults,
+where the defaults take too long.)
 
 For each model (random init, 3 x 224 x 224, score_model's defaults), runs score_model once
 with the package of the ``--before`` checkout (a tree with its extension built) and once with
 this checkout, one after the other in this one run, each in its own process, and records
-what ``CausalScores`` says: total, forward (the calibration pass plus each layer's own noise
-and layer run), capture, binning, MI, and the rest. Only ratios measured in one run compare.
+what ``CausalScores`` says: total, forward (the calibration pass, recorded on its own too,
+plus each layer's own noise rows and layer run), capture, binning, MI, and the rest. Only
+ratios measured in one run compare.
 """
 
 from __future__ import annotations
@@ -19,44 +23,53 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("resnet18", "resnet50", "vit_base_patch16_224")
+MODELS = ("resnet18", "resnet50", "vit_b_16")
 STAGES = ("forward", "capture", "binning", "mi")
+DATE = "%Y-%m-%d %H:%M UTC"
 
 
 def _model(name: str):
+    """torchvision's model ``name`` (timm's where torchvision has none), random init."""
     import torch
-
-    torch.manual_seed(0)
-    if name.startswith("vit"):
-        import timm
-
-        return timm.create_model(name, pretrained=False)
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None)
+    torch.manual_seed(0)
+    if name in torchvision.models.list_models():
+        return torchvision.models.get_model(name, weights=None)
+    import timm
+
+    return timm.create_model(name, pretrained=False)
 
 
-def measure(name: str) -> dict:
-    """score_model on ``name`` at the defaults: the time of each stage, in seconds."""
+def measure(name: str, settings: dict | None = None) -> dict:
+    """score_model on ``name`` at the defaults, or with ``settings`` (e.g. ``examples``,
+    ``samples_per_layer``) where given: the time of each stage, in seconds."""
     import warnings
+
+    import torch
 
     import causalprune_fast as cf
 
     model = _model(name).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scores = cf.score_model(model, (3, 224, 224), progress=False)
+        scores = cf.score_model(model, (3, 224, 224), progress=False, **(settings or {}))
     stages = {k: sum(s.timings.get(k, 0.0) for s in scores.layers.values()) for k in STAGES}
-    stages["forward"] += scores.timings.get("forward", 0.0)
+    calibration = scores.timings.get("forward", 0.0)  # the calibration pass, hooks included
+    stages["forward"] += calibration
     total = scores.timings["total"]
     samples = [s.samples for s in scores.layers.values()]
     return {
         "model": name,
+        "settings": settings or {},
         "package": cf.__file__,
         "total_s": total,
         "stages_s": stages,
+        "calibration_s": calibration,
+        "threads": torch.get_num_threads(),
         "other_s": total - sum(stages.values()),
         "layers": len(scores.layers),
         "samples_min": min(samples),
@@ -87,10 +100,25 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--append", action="store_true", help="add to the runs already in --json")
+    p.add_argument("--examples", type=int, help="score_model's examples (default: its own)")
+    p.add_argument(
+        "--samples-per-layer", type=int, help="score_model's samples_per_layer (default: its own)"
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run a model's before and after at the same time (the same load on a shared "
+        "machine) rather than one after the other",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    settings = {
+        k: v
+        for k, v in (("examples", args.examples), ("samples_per_layer", args.samples_per_layer))
+        if v is not None
+    }
     if args.worker:
-        print(json.dumps(measure(args.worker)))
+        print(json.dumps(measure(args.worker, settings)))
         return 0
     import torch
 
@@ -103,23 +131,35 @@ def main(argv=None) -> int:
         with open(args.json) as f:
             result = json.load(f)
     result["commands"].append(command)
+    extra = [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     for name in args.models.split(","):
-        for label, tree in trees:
-            env = dict(os.environ, PYTHONPATH=tree)
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--json", "-"]
-            print(f"+ {label}: {name}", flush=True)
-            out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr[-3000:], file=sys.stderr)
-                return 1
-            run = json.loads(out.stdout.strip().splitlines()[-1])
-            now = datetime.datetime.now(datetime.timezone.utc)
-            run.update(tree=label, commit=_commit(tree), date=now.strftime("%Y-%m-%d %H:%M UTC"))
-            run["load"] = os.getloadavg()[0]  # other jobs on the machine, after the run
-            result["runs"].append(run)
-            print(json.dumps(run), flush=True)
-            with open(args.json, "w") as f:  # after every run: a partial run still counts
-                json.dump(result, f, indent=1)
+        groups = [trees] if args.parallel else [[t] for t in trees]
+        for group in groups:
+            procs = []
+            for label, tree in group:
+                env = dict(os.environ, PYTHONPATH=tree)
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, *extra]
+                cmd += ["--json", "-"]
+                print(f"+ {label}: {name}", flush=True)
+                out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # not pipes
+                proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=err, text=True)
+                procs.append((label, tree, proc, out, err))
+            for label, tree, proc, out, err in procs:
+                proc.wait()
+                out.seek(0)
+                err.seek(0)
+                if proc.returncode != 0:
+                    print(err.read()[-3000:], file=sys.stderr)
+                    return 1
+                run = json.loads(out.read().strip().splitlines()[-1])
+                now = datetime.datetime.now(datetime.timezone.utc)
+                run.update(tree=label, commit=_commit(tree), date=now.strftime(DATE))
+                run["parallel"] = len(group) > 1
+                run["load"] = os.getloadavg()[0]  # other jobs on the machine, after the run
+                result["runs"].append(run)
+                print(json.dumps(run), flush=True)
+                with open(args.json, "w") as f:  # after every run: a partial run still counts
+                    json.dump(result, f, indent=1)
     return 0
 
 

@@ -189,30 +189,45 @@ def _loads(data: dict) -> str:
     return f" (load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""
 
 
+def _seconds(value: float | None) -> str:
+    """A time in seconds, or '-' where a run did not record it."""
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def local_overhead_section(data: dict) -> str:
     """Local mode's total time against its MI time, before and after, from
     local_overhead.py's JSON (one run, side by side)."""
     dates = sorted(r["date"] for r in data["runs"])
+    together = {bool(r.get("parallel")) for r in data["runs"]}
+    how = {True: "at the same time", False: "one after the other"}
+    how = (
+        how[together.pop()] if len(together) == 1 else f"{how[False]} ({how[True]} with --parallel)"
+    )
     lines = [
         f"- date: {dates[0]} to {dates[-1]}; machine: {data['cpu']}, {data['cores']} logical "
         f"cores, torch threads {data['torch_threads']}. The machine was shared with other jobs "
         f"running at the same time{_loads(data)}, so absolute times are inflated and noisy: "
-        "compare the ratios of one model's before and after rows, which ran one after the other",
+        f"compare the ratios of one model's before and after rows at the same settings, which "
+        f"ran {how}",
         "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
+        *([f"- {data['note']}"] if data.get("note") else []),
         "",
-        "| model | code | total | forward | capture | binning | MI | other | total / MI "
-        "| samples per layer | paths |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | settings | code | total | forward | of which calibration | capture | binning "
+        "| MI | other | total / MI | (total - other) / MI | samples per layer | paths |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["runs"]:
         st = r["stages_s"]
         samples = f"{r['samples_min']}" + (
             f"-{r['samples_max']}" if r["samples_max"] != r["samples_min"] else ""
         )
+        settings = ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items()) or "defaults"
         lines.append(
-            f"| {r['model']} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
-            + " | ".join(f"{st[k]:.1f} s" for k in ("forward", "capture", "binning", "mi"))
-            + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | {samples} | "
+            f"| {r['model']} | {settings} | {r['tree']} ({r['commit']}) | {r['total_s']:.1f} s | "
+            f"{st['forward']:.1f} s | {_seconds(r.get('calibration_s'))} | "
+            + " | ".join(f"{st[k]:.1f} s" for k in ("capture", "binning", "mi"))
+            + f" | {r['other_s']:.1f} s | {r['total_s'] / st['mi']:.2f} | "
+            f"{(r['total_s'] - r['other_s']) / st['mi']:.2f} | {samples} | "
             f"{', '.join(p for p in r['paths'] if p != 'None') or '-'} |"
         )
     done = {(r["model"], r["tree"]) for r in data["runs"]}
@@ -221,15 +236,17 @@ def local_overhead_section(data: dict) -> str:
         lines += ["", f"Not measured in this run (time ran out): {', '.join(missing)}."]
     lines += [
         "",
-        "forward: the calibration pass plus, after the change, each layer's own noise and "
-        "layer run (before, that run was not timed and falls in other); capture: the response "
-        "and the sample rows taken from full tensors; other: the probe pass, the channel "
-        "graph and what is not timed.",
+        "forward: the calibration pass (its forward passes and hooks) plus each layer's own "
+        "noise rows and layer run; capture: the response and the sample rows taken from full "
+        "tensors; other: the probe pass, the channel graph (with its imports) and what is not "
+        "timed, a fixed cost per call that weighs more where the settings are smaller than "
+        "the defaults; (total - other) / MI: the overhead of the per-layer work alone.",
         "",
     ]
     return "\n".join(lines)
 
 
+LOCAL_TITLE = "## Local mode: whole-model time against MI time, before and after"
 ZOO_TITLE = "## Model zoo sweep: coverage, time, memory and prune(0.3)"
 
 
@@ -385,6 +402,16 @@ def write_zoo_section(out: str, json_dir: str) -> None:
         f.write(replace_section(text, ZOO_TITLE, zoo_section(zoo, path)))
 
 
+def write_local_section(out: str, json_dir: str) -> None:
+    """Put the local-mode overhead section from ``json_dir/local_overhead.json`` into the
+    markdown file ``out``."""
+    data = _load(os.path.join(json_dir, "local_overhead.json"))
+    with open(out) as f:
+        text = f.read()
+    with open(out, "w") as f:
+        f.write(replace_section(text, LOCAL_TITLE, local_overhead_section(data)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="markdown file to write")
@@ -405,7 +432,18 @@ def main(argv=None) -> int:
         help="only (re)write the model zoo section of --out from --json-dir/zoo.json "
         "(the sweep itself is `python benchmarks/zoo.py`); the other sections stay as they are",
     )
+    p.add_argument(
+        "--local-only",
+        action="store_true",
+        help="only (re)write the local-mode overhead section of --out from "
+        "--json-dir/local_overhead.json (`python benchmarks/local_overhead.py`); the other "
+        "sections stay as they are",
+    )
     args = p.parse_args(argv)
+    if args.local_only:
+        write_local_section(args.out, args.json_dir)
+        print(f"wrote the local-mode overhead section of {args.out}")
+        return 0
     if args.zoo_only:
         write_zoo_section(args.out, args.json_dir)
         print(f"wrote the zoo section of {args.out}")
@@ -459,7 +497,7 @@ def main(argv=None) -> int:
         "## Ceilings: how close the kernels get to the machine's limit",
         "",
         ceiling_section(_load(cj), ccmd),
-        "## Local mode: whole-model time against MI time, before and after",
+        LOCAL_TITLE,
         "",
         local_overhead_section(_load(lj)),
         "## Scaling: throughput as the work grows",

@@ -67,6 +67,23 @@ def test_non_finite_activations_are_rejected_with_a_count(bad, given_ranges):
         cf.quantize(x, 8, None if not given_ranges else ranges[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_is_exact_where_the_sum_overflows(dtype):
+    """The one-pass finiteness test: exact for NaN and +-Inf anywhere (also +Inf and -Inf
+    together), and finite values whose sum overflows are still finite."""
+    from causalprune_fast._validation import all_finite
+
+    big = torch.full((64, 3), torch.finfo(dtype).max, dtype=dtype)
+    assert all_finite(big) and all_finite(-big) and all_finite(big.t())
+    assert all_finite(torch.zeros(0, 3, dtype=dtype))
+    assert all_finite(torch.arange(5)) and all_finite(torch.ones(2, dtype=torch.bool))
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        t = torch.randn(64, 3).to(dtype)
+        t.view(-1)[: len(bad)] = torch.tensor(bad, dtype=dtype)
+        assert not all_finite(t) and not all_finite(t.t())
+        assert not all_finite(torch.cat([big, t]))
+
+
 @pytest.mark.parametrize(
     "ranges,match",
     [

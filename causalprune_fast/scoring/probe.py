@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from causalprune_fast._validation import all_finite
 from causalprune_fast.distributed import DistContext
 from causalprune_fast.layers import output_positions
 from causalprune_fast.noise import INPUT, stream, uniform_examples
@@ -106,7 +107,7 @@ class _FirstNonFinite:
             if self.found is not None:
                 return
             for t in output if isinstance(output, tuple | list) else (output,):
-                if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
+                if isinstance(t, torch.Tensor) and not all_finite(t):
                     bad = int((~torch.isfinite(t)).sum())
                     if bad:
                         what = (

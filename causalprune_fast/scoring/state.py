@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from causalprune_fast._validation import all_finite
 from causalprune_fast.layers import Layer
 from causalprune_fast.response import ResponsePoint
 from causalprune_fast.results import LayerScores
@@ -50,7 +51,7 @@ def clock(device: torch.device) -> float:
 
 def check_finite(t: torch.Tensor, layer: str, what: str) -> None:
     """ValueError naming ``layer`` and ``what`` if ``t`` holds NaN or Inf."""
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
             f"layer '{layer}' produced {bad} non-finite value(s) (NaN/Inf) in its {what} "
