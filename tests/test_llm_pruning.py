@@ -277,3 +277,42 @@ def test_scores_get_torch_pruning_groups(arch):
         (m,) = [m for m in members if m.layer == consumer]
         assert set(m.idxs) == set(range(E))
         assert all(r % E == i for i, r in zip(m.idxs, m.root_idxs, strict=True))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_iterative_steps_refused_before_any_change(arch):
+    model = BUILD[arch]()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="iterative_steps=2 is not supported"):
+        cf.prune(
+            model,
+            0.3,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            iterative_steps=2,
+            **SCORING,
+        )
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_global_pruning_warns_when_the_config_cannot_describe_the_layers():
+    import warnings
+
+    model = llama()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cf.prune(
+            model,
+            0.4,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            global_pruning=True,
+            **SCORING,
+        )
+    warned = any("the pruned layers differ" in str(w.message) for w in caught)
+    layers = model.model.layers
+    attention = {layer.self_attn.q_proj.out_features for layer in layers}
+    mlp = {layer.mlp.gate_proj.out_features for layer in layers}
+    assert warned == (len(attention) > 1 or len(mlp) > 1)  # (global ranking: usually both)
+    for layer in layers:  # each attention module is consistent in itself
+        a = layer.self_attn
+        assert a.num_key_value_groups == a.q_proj.out_features // a.head_dim // KV_HEADS
+    runs_and_generates(model)

@@ -37,6 +37,7 @@ tensors for Torch-Pruning's tracer (:func:`output_tensors`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch.nn as nn
@@ -236,6 +237,20 @@ class AttentionPruning:
             config.num_attention_heads = a.q_proj.out_features // a.head_dim
             config.num_key_value_heads = a.k_proj.out_features // a.head_dim
             config.head_dim = a.head_dim
+        per_layer = {
+            "attention widths": [m.q_proj.out_features for m in llama]
+            + [m.c_attn.weight.shape[1] for m in gpt2],
+            "MLP widths": [_out_features(_mlp_input_layer(m)) for m in mlps],
+        }
+        differ = [f"{k} {v}" for k, v in per_layer.items() if len(set(v)) > 1]
+        if differ:
+            warnings.warn(
+                f"the pruned layers differ ({'; '.join(differ)}): the model runs, but its "
+                "config holds the first layer's numbers and cannot rebuild it "
+                "(save it with torch.save, not save_pretrained)",
+                UserWarning,
+                stacklevel=3,
+            )
         bert = [m for k, m in self.modules if k == "bert"]
         if bert:
             if emb is not None and hasattr(config, "hidden_size"):
