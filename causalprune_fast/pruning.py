@@ -353,16 +353,17 @@ def _prune(
         # One group at a time, in forward order, each pruned by a fresh pruner whose only
         # non-zero ratio is that group's: the importance is computed on the model as pruned
         # so far (CausalImportance rescores whenever the model has changed).
-        for root in _group_roots_in_forward_order(model, example_input, groups, dg):
-            if root in shared:
-                continue
+        roots = _group_roots_in_forward_order(model, example_input, groups, dg)
+        roots = [root for root in roots if root not in shared]
+        for i, root in enumerate(roots):
             pruner = make_pruner({root: ratio})
             pruner.step()
-            attention.sync(model, pruner)
+            attention.sync(model, pruner, warn=i == len(roots) - 1)
     else:
-        for _ in range(iterative_steps):
+        for step in range(iterative_steps):
             base.step()
-            attention.sync(model, base)  # before the next step rescores the model
+            # before the next step rescores the model
+            attention.sync(model, base, warn=step == iterative_steps - 1)
     macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
 
     group_widths = {n: (w, dg.get_out_channels(root)) for n, (root, w, _) in widths.items()}

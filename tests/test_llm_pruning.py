@@ -230,14 +230,20 @@ def test_model_untouched_when_prune_refuses_or_fails():
     runs_and_generates(model)
 
 
-def test_trace_changes_nothing_it_does_not_put_back():
+def test_trace_puts_everything_back():
+    from torch_pruning.dependency import index_mapping
+
     model = llama()
     mod = __import__(type(model.model.layers[0].self_attn).__module__, fromlist=["x"])
-    rotary, config = mod.apply_rotary_pos_emb, dict(vars(model.config))
-    with traceable(model):
+    rotary, split = mod.apply_rotary_pos_emb, index_mapping.update_split_index_mapping
+    config = dict(vars(model.config))
+    with pytest.raises(RuntimeError, match="inside"), traceable(model):
         assert mod.apply_rotary_pos_emb is not rotary
+        assert index_mapping.update_split_index_mapping is not split
         assert model.config._attn_implementation == "eager" and not model.config.use_cache
+        raise RuntimeError("inside")
     assert mod.apply_rotary_pos_emb is rotary and vars(model.config) == config
+    assert index_mapping.update_split_index_mapping is split
 
 
 def test_conv1d_pruner_keeps_the_function_of_kept_channels():

@@ -67,10 +67,11 @@ class AttentionPruning:
         """Whether whole heads are pruned (rotary attention) instead of head dims."""
         return any(kind == "llama" for kind, _ in self.modules)
 
-    def pruner_kwargs(self, ratio: float, roots: list[nn.Module] | None = None) -> dict:
+    def pruner_kwargs(self, ratio: float, ratios: dict[nn.Module, float] | None = None) -> dict:
         """Keyword arguments for ``tp.pruner.BasePruner``. Head dims are pruned and head counts
-        kept, but for rotary attention, where whole heads are pruned (``ratio`` of them; only
-        of the attention modules whose query projection is in ``roots``, when given) and head
+        kept, but for rotary attention, where whole heads are pruned (``ratio`` of them; with
+        per-layer ``ratios``, only in the attention modules whose query projection they name,
+        at its ratio) and head
         dims kept. Head counts are read from the modules as they are now."""
         import torch_pruning as tp
 
@@ -87,11 +88,11 @@ class AttentionPruning:
             output_transform=output_tensors,
         )
         if self.whole_heads:
-            if roots is None:
+            if ratios is None:
                 kwargs["head_pruning_ratio"] = ratio
             else:
                 queries = [m.q_proj for kind, m in self.modules if kind == "llama"]
-                kwargs["head_pruning_ratio_dict"] = {q: ratio for q in queries if q in roots}
+                kwargs["head_pruning_ratio_dict"] = {q: ratios[q] for q in queries if q in ratios}
         if self.extensions.get("customized_pruners"):
             kwargs["customized_pruners"] = dict(self.extensions["customized_pruners"])
             kwargs["root_module_types"] = [
@@ -128,14 +129,13 @@ class AttentionPruning:
         from causalprune_fast.integrations.llm_pruning import ratio_for_customized_root, traceable
 
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class
-        roots = None if pruning_ratio_dict is None else list(pruning_ratio_dict)
         with traceable(model):
             pruner = cls(
                 model,
                 example_inputs,
                 pruning_ratio=ratio if pruning_ratio_dict is None else 0.0,
                 pruning_ratio_dict=pruning_ratio_dict,
-                **self.pruner_kwargs(ratio, roots),
+                **self.pruner_kwargs(ratio, pruning_ratio_dict),
                 **kwargs,
             )
         self.keep_shared_key_value_heads(pruner)
@@ -181,9 +181,12 @@ class AttentionPruning:
 
         dg.check_pruning_group = check_pruning_group
 
-    def sync(self, model: nn.Module, pruner) -> None:
+    def sync(self, model: nn.Module, pruner, *, warn: bool = True) -> None:
         """Update the attributes that the modules' forward reads from the pruned weights
-        (``pruner.num_heads``: Torch-Pruning's head counts after pruning)."""
+        (``pruner.num_heads``: Torch-Pruning's head counts after pruning), and the model's
+        config. With ``warn``, a UserWarning when pruned layers of one kind differ, which a
+        Hugging Face config cannot describe (pass False between the steps of a pruning that
+        goes on)."""
         config = getattr(model, "config", None)
         heads_now = getattr(pruner, "num_heads", {})
         for kind, m in self.modules:
@@ -212,9 +215,9 @@ class AttentionPruning:
                 if hasattr(m, "hidden_size"):
                     m.hidden_size = _in_features(up)
         if config is not None:
-            self._sync_hf_config(model, config)
+            self._sync_hf_config(model, config, warn)
 
-    def _sync_hf_config(self, model: nn.Module, config) -> None:
+    def _sync_hf_config(self, model: nn.Module, config, warn: bool) -> None:
         """``config`` of a GPT-2 or Llama-style model after pruning (the first layer's counts)."""
         emb, out = _embeddings(model)
         width = None if emb is None else int(emb.weight.shape[1])
@@ -243,7 +246,7 @@ class AttentionPruning:
             "MLP widths": [_out_features(_mlp_input_layer(m)) for m in mlps],
         }
         differ = [f"{k} {v}" for k, v in per_layer.items() if len(set(v)) > 1]
-        if differ:
+        if differ and warn:
             warnings.warn(
                 f"the pruned layers differ ({'; '.join(differ)}): the model runs, but its "
                 "config holds the first layer's numbers and cannot rebuild it "

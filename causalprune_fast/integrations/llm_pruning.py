@@ -17,7 +17,9 @@ with rotary embeddings (docs/method.md section 9).
   pruned: whole heads (a rotation mixes channels only within a head) and the hidden size;
   Torch-Pruning's own LLM example (``examples/LLMs/prune_llm.py``) prunes these and keeps the
   head dims (``prune_head_dims=False``) "so that we don't need to prune the ROPE". Only the
-  trace sees the change; both are put back when it ends.
+  trace sees the change; both are put back when it ends. The stand-ins are module globals
+  (transformers' modeling module, Torch-Pruning's ``index_mapping``): another thread that runs
+  the same model class during a trace would see them too.
 - Splits along the last dimension of a Linear or ``Conv1D`` output (GPT-2's
   ``c_attn(x).split(E, dim=2)`` into q, k and v) are given Torch-Pruning's split index mapping,
   which Torch-Pruning 1.6 installs only for splits along dim 1.
