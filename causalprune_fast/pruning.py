@@ -297,14 +297,7 @@ def _prune(
 
     names = {m: n for n, m in model.named_modules()}
     attention = attention_pruning(model)  # may refuse the model: before anything changes
-    hf = sorted({kind for kind, _ in attention.modules if kind in ("gpt2", "llama")})
-    if iterative_steps > 1 and hf:
-        raise ValueError(
-            f"iterative_steps={iterative_steps} is not supported for {' and '.join(hf)} "
-            "attention: Torch-Pruning builds its graph once, and the index maps of the heads' "
-            "split (GPT-2's c_attn) and key/value repeat (grouped-query attention) keep the "
-            "sizes of the first step; call prune() several times instead"
-        )
+    attention.check_iterative_steps(iterative_steps)
     try:
         heads = model_output_layers(model, example_input)
     except Exception as e:

@@ -71,8 +71,8 @@ class AttentionPruning:
         """Keyword arguments for ``tp.pruner.BasePruner``. Head dims are pruned and head counts
         kept, but for rotary attention, where whole heads are pruned (``ratio`` of them; with
         per-layer ``ratios``, only in the attention modules whose query projection they name,
-        at its ratio) and head
-        dims kept. Head counts are read from the modules as they are now."""
+        at its ratio) and head dims kept. Head counts are read from the modules as they are
+        now."""
         import torch_pruning as tp
 
         num_heads = dict(self.num_heads)
@@ -122,12 +122,17 @@ class AttentionPruning:
         roots (:func:`~causalprune_fast.integrations.llm_pruning.ratio_for_customized_root`).
         With ``pruning_ratio_dict``, only its layers are pruned (``pruning_ratio`` 0; whole
         heads only of the attention whose query projection it names). ``kwargs`` go to the
-        pruner (``importance``, ``ignored_layers``, ``iterative_steps``, ...); call
-        :meth:`sync` after each step."""
+        pruner (``importance``, ``ignored_layers``, ...); call :meth:`sync` after each step.
+
+        Raises:
+            ValueError: ``iterative_steps > 1`` with GPT-2 or Llama-style attention
+                (:meth:`check_iterative_steps`).
+        """
         import torch_pruning as tp
 
         from causalprune_fast.integrations.llm_pruning import ratio_for_customized_root, traceable
 
+        self.check_iterative_steps(kwargs.get("iterative_steps", 1))
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class
         with traceable(model):
             pruner = cls(
@@ -142,6 +147,17 @@ class AttentionPruning:
         for root, r in (pruning_ratio_dict or {}).items():
             ratio_for_customized_root(pruner, root, r)
         return pruner
+
+    def check_iterative_steps(self, steps: int) -> None:
+        """Raise a ValueError for ``steps > 1`` with GPT-2 or Llama-style attention."""
+        hf = sorted({kind for kind, _ in self.modules if kind in ("gpt2", "llama")})
+        if steps > 1 and hf:
+            raise ValueError(
+                f"iterative_steps={steps} is not supported for {' and '.join(hf)} attention: "
+                "Torch-Pruning builds its graph once, and the index maps of the heads' split "
+                "(GPT-2's c_attn) and key/value repeat (grouped-query attention) keep the sizes "
+                "of the first step; prune again with a new pruner (or prune() call) instead"
+            )
 
     def shared_key_value_layers(self) -> set[nn.Module]:
         """The key and value projections of grouped-query attention: pruned only with their
