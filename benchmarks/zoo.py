@@ -51,6 +51,8 @@ if ROOT not in sys.path:  # this checkout's package, not whichever one is instal
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from causalprune_fast.integrations.hf import is_rmsnorm  # noqa: E402
+
 #: Scoring settings of the sweep (small: the sweep measures coverage, not quality).
 SETTINGS: dict[str, Any] = {
     "samples": 4,
@@ -259,12 +261,14 @@ def _jsonable(v: object) -> bool:
 # ----------------------------------------------------------------------------- measures
 def weighted_modules(model: nn.Module) -> tuple[list[str], list[str]]:
     """``(layers, norms)``: names of the modules with parameters of their own, split into
-    norm-like group members (:data:`NORM_TYPES`) and the rest ("layers with weights")."""
+    norm-like group members (:data:`NORM_TYPES` and transformers' ``*RMSNorm``) and the rest
+    ("layers with weights")."""
     layers, norms = [], []
     for name, module in model.named_modules():
         if next(iter(module.parameters(recurse=False)), None) is None:
             continue
-        (norms if isinstance(module, NORM_TYPES) else layers).append(name or "<root>")
+        norm = isinstance(module, NORM_TYPES) or is_rmsnorm(module)  # transformers' RMSNorms
+        (norms if norm else layers).append(name or "<root>")
     return layers, norms
 
 

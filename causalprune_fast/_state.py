@@ -50,8 +50,8 @@ def _refill(container, saved) -> None:
 
 class ModelSnapshot:
     """Every submodule's ``__dict__`` (containers by content, refilled into the same objects
-    so that hook handles held elsewhere keep working) and every parameter's
-    ``requires_grad``."""
+    so that hook handles held elsewhere keep working), every parameter's ``requires_grad``,
+    and the attributes of the configuration objects the modules hold as ``config``."""
 
     def __init__(self, model: nn.Module):
         self.modules = []
@@ -61,6 +61,13 @@ class ModelSnapshot:
             self.modules.append((m, attrs, contents))
         self.classes = [(m, type(m)) for m in model.modules()]  # parametrizations swap it
         self.requires_grad = {p: p.requires_grad for p in model.parameters()}
+        # Configuration objects the modules share (Hugging Face ``config``), updated in place
+        # by pruning: their attributes.
+        self.configs = {}
+        for m in model.modules():
+            c = m.__dict__.get("config")
+            if hasattr(c, "__dict__") and not isinstance(c, nn.Module | torch.Tensor):
+                self.configs.setdefault(id(c), (c, dict(vars(c))))
 
     def restore(self) -> None:
         """Put every module back as it was when the snapshot was taken."""
@@ -74,6 +81,9 @@ class ModelSnapshot:
                 _refill(attrs[k], saved)
         for p, flag in self.requires_grad.items():
             p.requires_grad_(flag)
+        for c, attributes in self.configs.values():
+            vars(c).clear()
+            vars(c).update(attributes)
 
     def restore_flags(self) -> None:
         """After a change that replaced parameters by new (pruned) ones: every module's

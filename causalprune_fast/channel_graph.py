@@ -68,12 +68,19 @@ def _members(items, module_names: Mapping[nn.Module, str]) -> list[Member]:
     """Members from ``(dependency, idxs, root_idxs)`` triples of a Torch-Pruning group."""
     import torch_pruning as tp
 
+    from causalprune_fast.integrations.llm_pruning import conv1d_pruner
+
     out_fns = {
         tp.prune_conv_out_channels,
         tp.prune_linear_out_channels,
         tp.prune_depthwise_conv_out_channels,
+        conv1d_pruner().prune_out_channels,
     }
-    in_fns = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
+    in_fns = {
+        tp.prune_conv_in_channels,
+        tp.prune_linear_in_channels,
+        conv1d_pruner().prune_in_channels,
+    }
     members = []
     for dep, idxs, root_idxs in items:
         name = module_names.get(dep.target.module)
@@ -133,10 +140,16 @@ def build_groups(
         return _alone(model, layer_names), note
     import torch_pruning as tp
 
+    from causalprune_fast.integrations.llm_pruning import torch_pruning_extensions, traceable
+
     try:
-        with torch.enable_grad():
+        # GPT-2's Conv1D gets its pruner; rotary attention is traced as llm_pruning says.
+        with torch.enable_grad(), traceable(model):
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, verbose=False
+                model,
+                example_inputs=example_input,
+                customized_pruners=torch_pruning_extensions(model)["customized_pruners"],
+                verbose=False,
             )  # its last step maps indices (update_index_mapping), as get_pruning_group does
     except Exception as e:  # tracing arbitrary models can fail in many ways
         note = f"Torch-Pruning could not build the dependency graph ({type(e).__name__}: {e})"

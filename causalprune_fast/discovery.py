@@ -3,7 +3,7 @@
 Measured: ConvNd (1-3 d) and Linear modules (:mod:`causalprune_fast.layers`), plus the layers
 that :func:`causalprune_fast.attention.special_layers` adds (transformers ``Conv1D``, the virtual
 projections of ``nn.MultiheadAttention``). Every other module with parameters of its own (but
-the norms and PReLUs that belong to a channel's group) is listed with the reason it is not
+the norms, RMSNorms and PReLUs that belong to a channel's group) is listed with the reason it is not
 scored, so nothing is dropped silently.
 """
 
@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 import torch.nn as nn
 
 from causalprune_fast.attention import special_layers
+from causalprune_fast.integrations.hf import is_rmsnorm
 from causalprune_fast.layers import MEASURED_TYPES, Layer
 
-# Modules with weights that are parts of a channel's group, not layers of their own.
+# Modules with weights that are parts of a channel's group, not layers of their own (and
+# RMSNorms, see integrations.hf.is_rmsnorm: Torch-Pruning prunes their weights with their
+# channels as unwrapped parameters).
 _GROUP_MEMBERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
 
 
@@ -95,7 +98,7 @@ def find_layers(
             found.append(Layer(name, module))
             continue
         own = [n for n, _ in module.named_parameters(recurse=False)]
-        if own and not isinstance(module, _GROUP_MEMBERS):
+        if own and not isinstance(module, _GROUP_MEMBERS) and not is_rmsnorm(module):
             label = name or "<root>"
             unsupported[label] = (
                 f"{type(module).__name__} is not a measured layer type (ConvNd, Linear); its "

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from causalprune_fast import _validation as v
 from causalprune_fast.integrations.attention_pruning import attention_pruning
+from causalprune_fast.integrations.hf import is_conv1d
 from causalprune_fast.layers import MEASURED_TYPES
 from causalprune_fast.outputs import output_tensors
 from causalprune_fast.prune_report import PruneReport, shortfall_message, wanted_removals
@@ -26,7 +27,14 @@ from causalprune_fast.score import score_model_keywords
 
 
 def _out_channels(m: nn.Module) -> int:
+    if is_conv1d(m):
+        return int(m.weight.shape[1])
     return m.out_channels if hasattr(m, "out_channels") else m.out_features
+
+
+def _is_layer(m: nn.Module) -> bool:
+    """A prunable measured layer: ConvNd, Linear or transformers Conv1D."""
+    return isinstance(m, MEASURED_TYPES) or is_conv1d(m)
 
 
 def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -39,7 +47,7 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
     hooks = [
         m.register_forward_hook(lambda mod, a, out: outputs.__setitem__(mod, out))
         for m in model.modules()
-        if isinstance(m, MEASURED_TYPES)
+        if _is_layer(m)
     ]
     try:
         with torch.no_grad():
@@ -70,9 +78,7 @@ def _group_roots_in_forward_order(model, example, groups, dg) -> list[nn.Module]
     def record(mod, args, out) -> None:  # a forward hook must return None
         order.setdefault(mod, len(order))
 
-    hooks = [
-        m.register_forward_hook(record) for m in model.modules() if isinstance(m, MEASURED_TYPES)
-    ]
+    hooks = [m.register_forward_hook(record) for m in model.modules() if _is_layer(m)]
     try:
         with torch.no_grad():
             model(example)
@@ -290,6 +296,8 @@ def _prune(
     import torch_pruning as tp
 
     names = {m: n for n, m in model.named_modules()}
+    attention = attention_pruning(model)  # may refuse the model: before anything changes
+    attention.check_iterative_steps(iterative_steps)
     try:
         heads = model_output_layers(model, example_input)
     except Exception as e:
@@ -298,22 +306,23 @@ def _prune(
             f"{type(e).__name__}: {e}"
         ) from e
     ignored = heads if ignored is None else ignored
-    before = {names[m]: _out_channels(m) for m in model.modules() if isinstance(m, MEASURED_TYPES)}
+    before = {names[m]: _out_channels(m) for m in model.modules() if _is_layer(m)}
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
-    attention = attention_pruning(model)  # heads and attributes (integrations/attention_pruning)
 
     def make_pruner(ratio_dict=None):
-        return tp.pruner.BasePruner(
+        # heads, Conv1D, RMSNorm, output_transform (any output structure) and the trace: see
+        # integrations/attention_pruning.py and integrations/llm_pruning.py.
+        return attention.pruner(
             model,
             example_input,
-            importance=importance,
-            pruning_ratio=0.0 if ratio_dict is not None else ratio,
+            ratio,
+            pruner_class=tp.pruner.BasePruner,
             pruning_ratio_dict=ratio_dict,
+            importance=importance,
             global_pruning=global_pruning,
             ignored_layers=list(ignored),
             round_to=round_to,
             iterative_steps=iterative_steps,
-            **attention.pruner_kwargs(),  # includes output_transform: any output structure
         )
 
     base = make_pruner()
@@ -324,9 +333,10 @@ def _prune(
         )
     )
     widths: dict[str, tuple[nn.Module, int, int]] = {}  # root name: (root, width, channel groups)
+    shared = attention.shared_key_value_layers()  # pruned with their query heads only
     for group in groups:
         root = group[0].dep.target.module
-        if root in names and names[root] not in widths:
+        if root in names and names[root] not in widths and root not in shared:
             g = max(base.out_channel_groups.get(dep.target.module, 1) for dep, _ in group)
             widths[names[root]] = (root, dg.get_out_channels(root), g)
     order = {n: i for i, n in enumerate(names.values())}
@@ -336,14 +346,17 @@ def _prune(
         # One group at a time, in forward order, each pruned by a fresh pruner whose only
         # non-zero ratio is that group's: the importance is computed on the model as pruned
         # so far (CausalImportance rescores whenever the model has changed).
-        for root in _group_roots_in_forward_order(model, example_input, groups, dg):
+        roots = _group_roots_in_forward_order(model, example_input, groups, dg)
+        roots = [root for root in roots if root not in shared]
+        for i, root in enumerate(roots):
             pruner = make_pruner({root: ratio})
             pruner.step()
-            attention.sync(model, pruner)
+            attention.sync(model, pruner, warn=i == len(roots) - 1)
     else:
-        for _ in range(iterative_steps):
+        for step in range(iterative_steps):
             base.step()
-        attention.sync(model, base)
+            # before the next step rescores the model
+            attention.sync(model, base, warn=step == iterative_steps - 1)
     macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
 
     group_widths = {n: (w, dg.get_out_channels(root)) for n, (root, w, _) in widths.items()}

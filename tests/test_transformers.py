@@ -1,7 +1,7 @@
 """Hugging Face transformers built from tiny configs (random weights, no hub): token-id noise
 in both modes, GPT-2's Conv1D measured as a Linear layer, attention-head scores for GPT-2's
 fused c_attn, BERT's query/key/value and Llama's grouped-query q/k/v projections (issue 10,
-items 3 and 4; issue 11's token-id crash)."""
+items 3 and 4; issue 11's token-id crash). Pruning them: tests/test_llm_pruning.py."""
 
 from __future__ import annotations
 
@@ -125,10 +125,10 @@ def test_token_inputs_score_every_projection_and_head(arch, mode):
             assert torch.isfinite(s).all() and (s >= 0).all() and s.sum() > 0, name_b
             # propagated: every (example, token) is a sample; local: samples_per_layer rows
             assert scores.layers[name_b].samples == (8 * T if mode == "propagated" else 512)
-    # Nothing of the blocks is left unscored but Llama's RMSNorm weights (norms are parts of
+    # Nothing of the blocks is left unscored (norms, Llama's RMSNorms included, are parts of
     # their channels' groups, not layers).
     in_blocks = [n for n in scores.unsupported if ".0." in n or ".1." in n]
-    assert all(n.endswith("layernorm") for n in in_blocks), in_blocks
+    assert not in_blocks, in_blocks
     heads = scores.heads
     assert set(heads) == {attn, attn.replace(".0.", ".1.")}
     h = heads[attn]
@@ -212,19 +212,3 @@ def test_prune_bert_keeps_heads_and_config_consistent():
     assert out.last_hidden_state.shape == (2, T, config.hidden_size)
     assert torch.isfinite(out.last_hidden_state).all()
     assert report.params_after < report.params_before
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_prune_says_what_it_cannot_prune(arch):
-    pytest.importorskip("torch_pruning")
-    model = EXPECTED[arch][0]()
-    match = "Conv1D" if arch == "gpt2" else "rotary"
-    with pytest.raises(ValueError, match=match):
-        cf.prune(
-            model,
-            0.25,
-            example_input=torch.zeros(1, T, dtype=torch.long),
-            input_range=(0, VOCAB),
-            samples=4,
-            ignored_layers=[model.lm_head],
-        )

@@ -47,9 +47,8 @@ class TransposedLinearLayer(Layer):
     def out_channels(self) -> int:
         return int(self.module.weight.shape[1])
 
-    @property
-    def in_dependency_graph(self) -> bool:
-        return False  # Torch-Pruning 1.6.1 has no pruner for Conv1D
+    # in_dependency_graph: True (inherited); Torch-Pruning learns Conv1D from
+    # integrations.llm_pruning.Conv1DPruner.
 
 
 def _features(m: nn.Module | None) -> int | None:
@@ -127,3 +126,13 @@ def _separate(
     if kv_heads != q_heads:
         spec["num_key_value_heads"] = kv_heads
     return spec
+
+
+def is_rmsnorm(m: nn.Module) -> bool:
+    """An RMSNorm (``torch.nn.RMSNorm`` or a transformers ``*RMSNorm``) with a 1-D ``weight`` and
+    no other parameters of its own: scales each hidden channel, like a LayerNorm's weight."""
+    if not (isinstance(m, nn.RMSNorm) or type(m).__name__.endswith("RMSNorm")):
+        return False
+    own = dict(m.named_parameters(recurse=False))
+    w = own.get("weight")
+    return set(own) == {"weight"} and w is not None and w.dim() == 1

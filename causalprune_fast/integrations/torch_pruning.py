@@ -34,6 +34,7 @@ from causalprune_fast import _validation as v
 from causalprune_fast._state import preserved
 from causalprune_fast.channel_graph import members_of_group
 from causalprune_fast.channel_scores import channel_scores
+from causalprune_fast.integrations.llm_pruning import torch_pruning_extensions, traceable
 from causalprune_fast.outputs import output_tensors
 from causalprune_fast.results import CausalScores
 from causalprune_fast.score import check_score_arguments, score_model, score_model_keywords
@@ -153,12 +154,14 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
                 p = next(self.model.parameters())
                 dtype = p.dtype if p.dtype.is_floating_point else torch.float32
                 example = torch.zeros((1, *self.input_shape), dtype=dtype, device=p.device)
-            with preserved(self.model), torch.enable_grad():
+            extensions = torch_pruning_extensions(self.model)
+            with preserved(self.model), torch.enable_grad(), traceable(self.model):
                 self.model.eval()
                 self._graph = tp.DependencyGraph().build_dependency(
                     self.model,
                     example_inputs=example,
                     output_transform=output_tensors,
+                    customized_pruners=extensions["customized_pruners"],
                     verbose=False,
                 )
             self._graph_key = model_state_key(self.model)
