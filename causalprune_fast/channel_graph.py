@@ -103,6 +103,74 @@ class _GroupTooLarge(Exception):
         self.used = used
 
 
+@dataclass
+class GroupSearch:
+    """What :func:`find_groups` found: every layer's members, the layers whose group could not
+    be found within the bounds (and why), and why the graph itself could not be built."""
+
+    groups: dict[str, list[Member]]
+    uncoupled: dict[str, str]  # layer -> why its group was not found
+    graph_error: str = ""  # Torch-Pruning could not build the dependency graph: why
+    bounded: bool = True  # whether the walks were bounded (Torch-Pruning 1.6 internals)
+
+
+def find_groups(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    layer_names: list[str],
+    *,
+    index_budget: int | None = None,
+    time_limit: float | None = None,
+) -> GroupSearch:
+    """The members of the output-channel group of every layer in ``layer_names``, walked
+    within the bounds that :func:`build_groups` describes; a layer whose group cannot be
+    found keeps only itself as producer and is listed in ``uncoupled`` with the reason. No
+    warning: :func:`build_groups` (scoring) and ``prune()``'s checks say what it means."""
+    if not torch_pruning_available():
+        return GroupSearch(_alone(model, layer_names), {}, "torch-pruning is not installed")
+    import torch_pruning as tp
+
+    from causalprune_fast.outputs import output_tensors
+
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, output_transform=output_tensors, verbose=False
+            )  # its last step maps indices (update_index_mapping), as get_pruning_group does
+    except Exception as e:  # tracing arbitrary models can fail in many ways
+        return GroupSearch(_alone(model, layer_names), {}, f"{type(e).__name__}: {e}")
+    if index_budget is None:
+        from causalprune_fast.estimator import default_memory_budget
+
+        index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
+    time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
+    names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
+    bounded = _walk_supported()
+    groups: dict[str, list[Member]] = {}
+    uncoupled: dict[str, str] = {}
+    for name in layer_names:
+        module = model.get_submodule(name)
+        if module not in dg.module2node:
+            groups[name] = _alone(model, [name])[name]
+            continue
+        try:
+            if bounded:
+                members, why = _bounded_group(dg, module, names, index_budget, time_limit)
+            else:
+                members, why = _unbounded_group(dg, module, names), ""
+        except Exception as e:  # an index mapping that fails on this graph
+            members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
+        if members is None:
+            uncoupled[name] = why
+            groups[name] = _alone(model, [name])[name]
+            continue
+        if not any(m.layer == name and m.role == "producer" for m in members):
+            members.insert(0, _alone(model, [name])[name][0])
+        groups[name] = members
+    del dg  # its nodes hold the traced autograd graph and its saved activations
+    return GroupSearch(groups, uncoupled, "", bounded)
+
+
 def build_groups(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -128,50 +196,22 @@ def build_groups(
     ``time_limit`` seconds (``GROUP_TIME_LIMIT_S``) or raise, keeps only itself as producer
     and no consumer (no coupling); a warning and the returned note name those layers and why.
     """
-    if not torch_pruning_available():
-        note = "torch-pruning not installed: no coupled channels, no consumers"
-        return _alone(model, layer_names), note
-    import torch_pruning as tp
-
-    try:
-        with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, verbose=False
-            )  # its last step maps indices (update_index_mapping), as get_pruning_group does
-    except Exception as e:  # tracing arbitrary models can fail in many ways
-        note = f"Torch-Pruning could not build the dependency graph ({type(e).__name__}: {e})"
-        return _alone(model, layer_names), note
     if index_budget is None:
         from causalprune_fast.estimator import default_memory_budget
 
         index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
     time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
-    names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
-    bounded = _walk_supported()
-    groups: dict[str, list[Member]] = {}
-    uncoupled: dict[str, str] = {}  # layer -> why its group was not found
-    for name in layer_names:
-        module = model.get_submodule(name)
-        if module not in dg.module2node:
-            groups[name] = _alone(model, [name])[name]
-            continue
-        try:
-            if bounded:
-                members, why = _bounded_group(dg, module, names, index_budget, time_limit)
-            else:
-                members, why = _unbounded_group(dg, module, names), ""
-        except Exception as e:  # an index mapping that fails on this graph
-            members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
-        if members is None:
-            uncoupled[name] = why
-            groups[name] = _alone(model, [name])[name]
-            continue
-        if not any(m.layer == name and m.role == "producer" for m in members):
-            members.insert(0, _alone(model, [name])[name][0])
-        groups[name] = members
-    del dg  # its nodes hold the traced autograd graph and its saved activations
+    found = find_groups(
+        model, example_input, layer_names, index_budget=index_budget, time_limit=time_limit
+    )
+    if found.graph_error == "torch-pruning is not installed":
+        return found.groups, "torch-pruning not installed: no coupled channels, no consumers"
+    if found.graph_error:
+        note = f"Torch-Pruning could not build the dependency graph ({found.graph_error})"
+        return found.groups, note
+    uncoupled = found.uncoupled
     note = "Torch-Pruning dependency graph"
-    if not bounded:
+    if not found.bounded:
         note += " (groups unbounded: this Torch-Pruning lacks the 1.6 internals the bound needs)"
     if uncoupled:
         by_reason: dict[str, list[str]] = {}
@@ -190,7 +230,7 @@ def build_groups(
             f"consumers; config['graph'] says why): {shown}",
             stacklevel=2,
         )
-    return groups, note
+    return found.groups, note
 
 
 def _walk_supported() -> bool:
