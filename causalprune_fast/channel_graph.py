@@ -165,6 +165,11 @@ def build_groups(
         return found.groups, "torch-pruning not installed: no coupled channels, no consumers"
     if found.graph_error:
         note = f"Torch-Pruning could not build the dependency graph ({found.graph_error})"
+        warnings.warn(
+            f"channel graph: {note}; every layer is scored alone (own channels, no coupled "
+            "producers, no consumers; config['graph'] says why)",
+            stacklevel=2,
+        )
         return found.groups, note
     uncoupled = found.uncoupled
     note = "Torch-Pruning dependency graph"

@@ -359,3 +359,24 @@ def test_multihead_attention_projections_join_the_residual_stream_group():
         layers=lambda n: not n.endswith(("in_proj", "out_proj")),
     )
     assert bool((without["conv_proj"] < scores["conv_proj"]).all())
+
+
+def test_a_graph_torch_pruning_cannot_build_warns_and_scores_every_layer_alone(monkeypatch):
+    """(ShuffleNetV2's channel shuffle, CoaT's concat: Torch-Pruning raises while it maps the
+    indices of its graph.)"""
+    tp = pytest.importorskip("torch_pruning")
+    from nets import pooled_cnn
+
+    def untraceable(self, model, example_inputs, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", untraceable)
+    net = pooled_cnn().eval()
+    with pytest.warns(UserWarning, match="could not build the dependency graph") as record:
+        scores = cf.score_model(net, (3, 8, 8), samples=16, progress=False)
+    message = next(str(w.message) for w in record if "dependency graph" in str(w.message))
+    assert "ZeroDivisionError" in message and "scored alone" in message
+    assert "ZeroDivisionError" in scores.config["graph"]
+    for name in ("0", "3", "7"):
+        assert [(m.layer, m.role) for m in scores.groups[name]] == [(name, "producer")]
+        assert bool(torch.isfinite(scores[name]).all())
