@@ -503,9 +503,17 @@ def run_isolated(
             record["status"] = "ok, but the pruned model's output shape changed"
     elif unfinished in record and record[unfinished].get("memory"):
         record["status"] = f"out of memory ({memory_gb:g} GB cap) in {unfinished}"
+    elif unfinished == "prune" and is_prune_refusal(record["prune"].get("error", "")):
+        record["status"] = "scored; prune refused (unsupported by Torch-Pruning: see prune error)"
     else:
         record["status"] = f"{unfinished} failed"
     return record
+
+
+def is_prune_refusal(error: str) -> bool:
+    """Whether a prune error is prune()'s by-design refusal of a model Torch-Pruning cannot
+    prune (raised before any change), not a failure."""
+    return error.startswith("ValueError: prune(): ") and "pruned model fails" not in error
 
 
 def _running_stage(record: dict) -> str:

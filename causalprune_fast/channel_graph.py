@@ -20,81 +20,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-
-@dataclass(frozen=True)
-class Member:
-    """One measured layer coupled to a root layer's output channels.
-
-    ``role`` is "producer" (the channels are its outputs) or "consumer" (its inputs);
-    ``idxs[k]`` is the member's channel that carries root channel ``root_idxs[k]``.
-    """
-
-    layer: str
-    role: str
-    idxs: tuple[int, ...]
-    root_idxs: tuple[int, ...]
-
-    def to_json(self) -> dict:
-        d = {"layer": self.layer, "role": self.role}
-        if self.idxs == self.root_idxs == tuple(range(len(self.idxs))):
-            d["identity"] = len(self.idxs)
-        else:
-            d["idxs"], d["root_idxs"] = list(self.idxs), list(self.root_idxs)
-        return d
-
-    @staticmethod
-    def from_json(d: dict) -> Member:
-        if "identity" in d:
-            r = tuple(range(d["identity"]))
-            return Member(d["layer"], d["role"], r, r)
-        return Member(d["layer"], d["role"], tuple(d["idxs"]), tuple(d["root_idxs"]))
-
-
-def torch_pruning_available() -> bool:
-    try:
-        import torch_pruning  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def members_of_group(group, module_names: Mapping[nn.Module, str]) -> list[Member]:
-    """The measured members of a Torch-Pruning group (layers not in ``module_names`` are
-    skipped: norms, activations, unmeasured layers)."""
-    return _members(((item.dep, item.idxs, item.root_idxs) for item in group), module_names)
-
-
-def _members(items, module_names: Mapping[nn.Module, str]) -> list[Member]:
-    """Members from ``(dependency, idxs, root_idxs)`` triples of a Torch-Pruning group."""
-    import torch_pruning as tp
-
-    from causalprune_fast.integrations.llm_pruning import conv1d_pruner
-
-    out_fns = {
-        tp.prune_conv_out_channels,
-        tp.prune_linear_out_channels,
-        tp.prune_depthwise_conv_out_channels,
-        conv1d_pruner().prune_out_channels,
-    }
-    in_fns = {
-        tp.prune_conv_in_channels,
-        tp.prune_linear_in_channels,
-        conv1d_pruner().prune_in_channels,
-    }
-    members = []
-    for dep, idxs, root_idxs in items:
-        name = module_names.get(dep.target.module)
-        if name is None or any(r is None for r in root_idxs):
-            continue
-        if dep.handler in out_fns:
-            members.append(Member(name, "producer", tuple(idxs), tuple(root_idxs)))
-            if dep.handler is tp.prune_depthwise_conv_out_channels:
-                # A depthwise conv's input and output channels are the same channels.
-                members.append(Member(name, "consumer", tuple(idxs), tuple(root_idxs)))
-        elif dep.handler in in_fns:
-            members.append(Member(name, "consumer", tuple(idxs), tuple(root_idxs)))
-    return members
-
+from causalprune_fast.channel_members import (  # noqa: F401 (re-exported)
+    Attention,
+    Member,
+    _alone,
+    _members,
+    _out_proj_groups,
+    attention_layers,
+    members_of_group,
+    torch_pruning_available,
+)
 
 # Bounds on the walk that finds one layer's group (see ``build_groups``).
 BYTES_PER_INDEX = 128  # one Torch-Pruning (idx, root_idx) entry: namedtuple, ints, list slot
@@ -110,11 +45,95 @@ class _GroupTooLarge(Exception):
         self.used = used
 
 
+@dataclass
+class GroupSearch:
+    """What :func:`find_groups` found: every layer's members, the layers whose group could not
+    be found within the bounds (and why), and why the graph itself could not be built."""
+
+    groups: dict[str, list[Member]]
+    uncoupled: dict[str, str]  # layer -> why its group was not found
+    graph_error: str = ""  # Torch-Pruning could not build the dependency graph: why
+    bounded: bool = True  # whether the walks were bounded (Torch-Pruning 1.6 internals)
+
+
+def find_groups(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    layer_names: list[str],
+    *,
+    virtual: list[str] = (),
+    index_budget: int | None = None,
+    time_limit: float | None = None,
+) -> GroupSearch:
+    """The members of the output-channel group of every layer in ``layer_names``, walked
+    within the bounds that :func:`build_groups` describes; a layer whose group cannot be
+    found keeps only itself as producer and is listed in ``uncoupled`` with the reason. No
+    warning: :func:`build_groups` (scoring) and ``prune()``'s checks say what it means.
+
+    ``virtual``: measured virtual layers of ``nn.MultiheadAttention`` (``<mha>.in_proj``,
+    ``<mha>.out_proj``); they join the groups Torch-Pruning couples their module to (see
+    :func:`_members`), and each ``out_proj`` gets the group of the stream it writes into."""
+    if not torch_pruning_available():
+        return GroupSearch(_alone(model, layer_names), {}, "torch-pruning is not installed")
+    import torch_pruning as tp
+
+    from causalprune_fast.integrations.llm_pruning import torch_pruning_extensions, traceable
+    from causalprune_fast.outputs import output_tensors
+
+    try:
+        # GPT-2's Conv1D gets its pruner; rotary attention is traced as llm_pruning says.
+        with torch.enable_grad(), traceable(model):
+            dg = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example_input,
+                output_transform=output_tensors,
+                customized_pruners=torch_pruning_extensions(model)["customized_pruners"],
+                verbose=False,
+            )  # its last step maps indices (update_index_mapping), as get_pruning_group does
+    except Exception as e:  # tracing arbitrary models can fail in many ways
+        return GroupSearch(_alone(model, layer_names), {}, f"{type(e).__name__}: {e}")
+    if index_budget is None:
+        from causalprune_fast.estimator import default_memory_budget
+
+        index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
+    time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
+    names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
+    attention = attention_layers(model, virtual)
+    bounded = _walk_supported()
+    groups: dict[str, list[Member]] = {}
+    uncoupled: dict[str, str] = {}
+    for name in layer_names:
+        module = model.get_submodule(name)
+        if module not in dg.module2node:
+            groups[name] = _alone(model, [name])[name]
+            continue
+        try:
+            if bounded:
+                members, why = _bounded_group(
+                    dg, module, names, index_budget, time_limit, attention
+                )
+            else:
+                members, why = _unbounded_group(dg, module, names, attention), ""
+        except Exception as e:  # an index mapping that fails on this graph
+            members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
+        if members is None:
+            uncoupled[name] = why
+            groups[name] = _alone(model, [name])[name]
+            continue
+        if not any(m.layer == name and m.role == "producer" for m in members):
+            members.insert(0, _alone(model, [name])[name][0])
+        groups[name] = members
+    del dg  # its nodes hold the traced autograd graph and its saved activations
+    groups.update(_out_proj_groups(groups, [out for _, out in attention.values() if out]))
+    return GroupSearch(groups, uncoupled, "", bounded)
+
+
 def build_groups(
     model: nn.Module,
     example_input: torch.Tensor,
     layer_names: list[str],
     *,
+    virtual: list[str] = (),
     index_budget: int | None = None,
     time_limit: float | None = None,
 ) -> tuple[dict[str, list[Member]], str]:
@@ -135,56 +154,32 @@ def build_groups(
     ``time_limit`` seconds (``GROUP_TIME_LIMIT_S``) or raise, keeps only itself as producer
     and no consumer (no coupling); a warning and the returned note name those layers and why.
     """
-    if not torch_pruning_available():
-        note = "torch-pruning not installed: no coupled channels, no consumers"
-        return _alone(model, layer_names), note
-    import torch_pruning as tp
-
-    from causalprune_fast.integrations.llm_pruning import torch_pruning_extensions, traceable
-
-    try:
-        # GPT-2's Conv1D gets its pruner; rotary attention is traced as llm_pruning says.
-        with torch.enable_grad(), traceable(model):
-            dg = tp.DependencyGraph().build_dependency(
-                model,
-                example_inputs=example_input,
-                customized_pruners=torch_pruning_extensions(model)["customized_pruners"],
-                verbose=False,
-            )  # its last step maps indices (update_index_mapping), as get_pruning_group does
-    except Exception as e:  # tracing arbitrary models can fail in many ways
-        note = f"Torch-Pruning could not build the dependency graph ({type(e).__name__}: {e})"
-        return _alone(model, layer_names), note
     if index_budget is None:
         from causalprune_fast.estimator import default_memory_budget
 
         index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
     time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
-    names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
-    bounded = _walk_supported()
-    groups: dict[str, list[Member]] = {}
-    uncoupled: dict[str, str] = {}  # layer -> why its group was not found
-    for name in layer_names:
-        module = model.get_submodule(name)
-        if module not in dg.module2node:
-            groups[name] = _alone(model, [name])[name]
-            continue
-        try:
-            if bounded:
-                members, why = _bounded_group(dg, module, names, index_budget, time_limit)
-            else:
-                members, why = _unbounded_group(dg, module, names), ""
-        except Exception as e:  # an index mapping that fails on this graph
-            members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
-        if members is None:
-            uncoupled[name] = why
-            groups[name] = _alone(model, [name])[name]
-            continue
-        if not any(m.layer == name and m.role == "producer" for m in members):
-            members.insert(0, _alone(model, [name])[name][0])
-        groups[name] = members
-    del dg  # its nodes hold the traced autograd graph and its saved activations
+    found = find_groups(
+        model,
+        example_input,
+        layer_names,
+        virtual=virtual,
+        index_budget=index_budget,
+        time_limit=time_limit,
+    )
+    if found.graph_error == "torch-pruning is not installed":
+        return found.groups, "torch-pruning not installed: no coupled channels, no consumers"
+    if found.graph_error:
+        note = f"Torch-Pruning could not build the dependency graph ({found.graph_error})"
+        warnings.warn(
+            f"channel graph: {note}; every layer is scored alone (own channels, no coupled "
+            "producers, no consumers; config['graph'] says why)",
+            stacklevel=2,
+        )
+        return found.groups, note
+    uncoupled = found.uncoupled
     note = "Torch-Pruning dependency graph"
-    if not bounded:
+    if not found.bounded:
         note += " (groups unbounded: this Torch-Pruning lacks the 1.6 internals the bound needs)"
     if uncoupled:
         by_reason: dict[str, list[str]] = {}
@@ -203,7 +198,7 @@ def build_groups(
             f"consumers; config['graph'] says why): {shown}",
             stacklevel=2,
         )
-    return groups, note
+    return found.groups, note
 
 
 def _walk_supported() -> bool:
@@ -217,16 +212,23 @@ def _walk_supported() -> bool:
     return hasattr(_helpers, "_HybridIndex") and hasattr(_FlattenIndexMapping(2), "_stride")
 
 
-def _unbounded_group(dg, module: nn.Module, names: Mapping[nn.Module, str]) -> list[Member]:
+def _unbounded_group(
+    dg, module: nn.Module, names: Mapping[nn.Module, str], attention: Attention | None = None
+) -> list[Member]:
     """Torch-Pruning's own ``get_pruning_group`` (no bound on its memory)."""
     pruner = dg.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
     group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
-    return members_of_group(group, names)
+    return members_of_group(group, names, attention)
 
 
 def _bounded_group(
-    dg, module: nn.Module, names: Mapping[nn.Module, str], budget: int, time_limit: float
+    dg,
+    module: nn.Module,
+    names: Mapping[nn.Module, str],
+    budget: int,
+    time_limit: float,
+    attention: Attention | None = None,
 ) -> tuple[list[Member] | None, str]:
     """The measured members of ``module``'s output-channel group, or None and the reason where
     it cannot be found within the bounds.
@@ -266,7 +268,7 @@ def _bounded_group(
 
     def merge(items: list) -> None:
         for dep, idxs in items:
-            if dep.target.module not in names:
+            if dep.target.module not in names and dep.target.module not in (attention or {}):
                 continue  # norms, activations, reshapes: not members
             key = (dep.target, dep.handler)
             deps.setdefault(key, dep)
@@ -297,7 +299,7 @@ def _bounded_group(
         spent += used
         merge(items)
     triples = ((deps[key], tuple(m), tuple(m.values())) for key, m in merged.items())
-    return _members(triples, names), ""
+    return _members(triples, names, attention), ""
 
 
 def _walk(dg, root_node, fn, channels: range, budget: int, deadline: float) -> tuple[list, int]:
@@ -343,12 +345,3 @@ def _walk(dg, root_node, fn, channels: range, budget: int, deadline: float) -> t
             items.append((new_dep, new))
             stack.append((new_dep, new))
     return items, used
-
-
-def _alone(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
-    out = {}
-    for name in layer_names:
-        m = model.get_submodule(name)
-        c = m.out_channels if hasattr(m, "out_channels") else m.out_features
-        out[name] = [Member(name, "producer", tuple(range(c)), tuple(range(c)))]
-    return out

@@ -23,9 +23,14 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, module: torch.nn.Module, input_shape: Sequence[int]) -> ConvGeometry:
-        """The geometry of ConvNd ``module`` on inputs of shape ``(C, *spatial)``."""
+        """The geometry of ConvNd ``module`` on inputs of shape ``(C, *spatial)``, with the
+        padding its forward really applies (``layers.conv_padding``)."""
+        from causalprune_fast.layers import conv_padding
+
         dims = len(module.kernel_size)
-        pad = module._reversed_padding_repeated_twice  # last dim first: (left, right) pairs
+        # last dim first: (left, right) pairs; for timm's dynamic "SAME" convolutions the
+        # padding their forward adds on this input size (their padding attribute is 0)
+        pad = conv_padding(module, tuple(int(v) for v in input_shape[1:]))
         padding = tuple((pad[2 * (dims - 1 - d)], pad[2 * (dims - 1 - d) + 1]) for d in range(dims))
         return cls(tuple(int(v) for v in input_shape[1:]), tuple(module.kernel_size),
                    tuple(module.stride), padding, tuple(module.dilation),

@@ -91,9 +91,31 @@ def output_positions(layer: Layer, output: torch.Tensor) -> int:
     return math.prod(output.shape[1:-1])
 
 
+#: Convolutions whose forward pads the input itself, TensorFlow "SAME" style, and then
+#: convolves without padding (timm's ``Conv2dSame``, used by its ``tf_`` models such as
+#: ``maxvit_tiny_tf_224`` and ``tf_efficientnet_*``): their ``padding`` attribute is 0.
+DYNAMIC_SAME_CONVS = frozenset({"Conv2dSame", "Conv2dSameExport"})
+
+
+def conv_padding(m: nn.Module, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """The padding convolution ``m`` applies to an input of spatial size ``spatial``, in
+    ``F.pad`` order (last dimension first, ``(left, right)`` pairs), like
+    ``m._reversed_padding_repeated_twice``; for the dynamic "SAME" convolutions
+    (:data:`DYNAMIC_SAME_CONVS`) the padding their forward adds: ``max((ceil(n / s) - 1) * s
+    + (k - 1) * d + 1 - n, 0)`` per dimension, half (rounded down) on the left."""
+    if type(m).__name__ not in DYNAMIC_SAME_CONVS:
+        return tuple(m._reversed_padding_repeated_twice)
+    pad: list[int] = []
+    for d in reversed(range(len(m.kernel_size))):
+        n, s, k, dil = spatial[d], m.stride[d], m.kernel_size[d], m.dilation[d]
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * dil + 1 - n, 0)
+        pad += [total // 2, total - total // 2]
+    return tuple(pad)
+
+
 def _pad(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     m = layer.module
-    pad = m._reversed_padding_repeated_twice
+    pad = conv_padding(m, tuple(x.shape[2:]))
     if not any(pad):
         return x
     mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
@@ -117,6 +139,13 @@ def input_rows(layer: Layer, x: torch.Tensor, rows: torch.Tensor, taps: str) -> 
         (padded[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1) // m.stride[d] + 1
         for d in range(dims)
     ]
+    if rows.numel() and int(rows.max()) >= x.shape[0] * math.prod(out):
+        raise ValueError(
+            f"layer '{layer.name}' ({layer.kind}): its output has more positions than its "
+            f"kernel, stride, dilation and padding give for an input of shape "
+            f"{tuple(x.shape)} ({out}): its forward changes the input in a way that is not "
+            "modelled here"
+        )
     # Decompose the flat rows into (example, o_1, ..., o_D).
     coords, rest = [], rows
     for d in reversed(range(dims)):

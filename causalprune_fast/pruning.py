@@ -23,6 +23,7 @@ from causalprune_fast.integrations.hf import is_conv1d
 from causalprune_fast.layers import MEASURED_TYPES
 from causalprune_fast.outputs import output_tensors
 from causalprune_fast.prune_report import PruneReport, shortfall_message, wanted_removals
+from causalprune_fast.prune_support import check_groups, check_structures
 from causalprune_fast.score import score_model_keywords
 
 
@@ -227,11 +228,14 @@ def prune(
         ``(model, report)``: the pruned model and a :class:`PruneReport`.
 
     Raises:
-        ValueError: a bad argument (naming it), a model that fails on the example input, or
-            a shortfall with ``on_shortfall="raise"``.
+        ValueError: a bad argument (naming it), a model that fails on the example input, a
+            model Torch-Pruning cannot prune (naming the modules and why, before any change;
+            :mod:`causalprune_fast.prune_support`), a pruned model that fails on the example
+            input (put back as it was), or a shortfall with ``on_shortfall="raise"``.
         TypeError: a keyword argument that neither prune() nor score_model takes.
     """
     shape, ignored = _check_arguments(**locals())  # first: locals() holds only the arguments
+    check_structures(model)  # what Torch-Pruning cannot prune, before any work
 
     from causalprune_fast._state import ModelSnapshot, rng_forked
     from causalprune_fast.integrations.torch_pruning import CausalImportance
@@ -306,7 +310,12 @@ def _prune(
             f"{type(e).__name__}: {e}"
         ) from e
     ignored = heads if ignored is None else ignored
-    before = {names[m]: _out_channels(m) for m in model.modules() if _is_layer(m)}
+    measured = [m for m in model.modules() if _is_layer(m)]
+    # Before Torch-Pruning's own (unbounded) group search: every group it will walk must be
+    # found within bounded memory and time.
+    skip = set(map(id, ignored))
+    check_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
+    before = {names[m]: _out_channels(m) for m in measured}
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
 
     def make_pruner(ratio_dict=None):
@@ -357,6 +366,15 @@ def _prune(
             base.step()
             # before the next step rescores the model
             attention.sync(model, base, warn=step == iterative_steps - 1)
+    try:
+        with torch.no_grad():
+            model(example_input)
+    except Exception as e:  # prune() puts the model back as it was
+        raise ValueError(
+            "prune(): the pruned model fails on the example input "
+            f"({type(e).__name__}: {e}): Torch-Pruning's groups do not cover a structure of "
+            "this model; the model was left as it was"
+        ) from e
     macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
 
     group_widths = {n: (w, dg.get_out_channels(root)) for n, (root, w, _) in widths.items()}

@@ -212,8 +212,10 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
 
     t0 = time.perf_counter()
     graph_layers = [s.layer.name for s in states if s.layer.in_dependency_graph]
-    channel_groups, graph_note = build_groups(model, example, graph_layers)
-    channel_groups.update(own_groups([s.layer for s in states if not s.layer.in_dependency_graph]))
+    virtual = [s.layer.name for s in states if not s.layer.in_dependency_graph]
+    channel_groups, graph_note = build_groups(model, example, graph_layers, virtual=virtual)
+    alone = [s.layer for s in states if s.layer.name not in channel_groups]
+    channel_groups.update(own_groups(alone))
     heads = find_heads(model, {s.layer.name for s in states})
     timings["graph"] = time.perf_counter() - t0
 

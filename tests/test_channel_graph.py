@@ -297,3 +297,86 @@ def test_window_attention_groups_fall_back_per_layer(monkeypatch):
     # The first stage's stream is still coupled: the patch embedding and the MLP writing
     # into it share one score.
     torch.testing.assert_close(scores["features.0.0"], scores["features.1.0.mlp.3"])
+
+
+def tiny_vit() -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
+    ).eval()
+
+
+def test_multihead_attention_projections_join_the_residual_stream_group():
+    """Torch-Pruning prunes an nn.MultiheadAttention's embedding channels with the residual
+    stream it reads and writes (in_proj's input columns, out_proj's output rows): its virtual
+    layers join that group, out_proj as a producer and in_proj as a consumer, and out_proj
+    shares the stream's score."""
+    pytest.importorskip("torchvision")
+    import torch_pruning as tp
+
+    from causalprune_fast.integrations.torch_pruning import CausalImportance
+
+    net = tiny_vit()
+    scores = cf.score_model(net, (3, 32, 32), examples=4, samples_per_layer=512, progress=False)
+    stream = tuple(range(32))
+    members = {(m.layer, m.role): m for m in scores.groups["conv_proj"]}
+    for i in range(2):
+        mha = f"encoder.layers.encoder_layer_{i}.self_attention"
+        for layer, role in ((f"{mha}.out_proj", "producer"), (f"{mha}.in_proj", "consumer")):
+            assert members[(layer, role)].idxs == members[(layer, role)].root_idxs == stream
+        out_proj = f"{mha}.out_proj"
+        assert out_proj not in scores.fallbacks  # it has measured consumers now
+        # Its group is the stream's, and so is its score, in every direction.
+        assert sorted(scores.groups[out_proj], key=repr) == sorted(members.values(), key=repr)
+        for direction in ("in", "out", "both"):
+            s = scores.with_direction(direction)
+            torch.testing.assert_close(s[out_proj], s["conv_proj"])
+    # In-projection outputs (q, k, v) stay a group of their own.
+    in_proj = "encoder.layers.encoder_layer_0.self_attention.in_proj"
+    assert [(m.layer, m.role) for m in scores.groups[in_proj]] == [(in_proj, "producer")]
+    # The pruning importance of the stream counts the projections too: it is the score.
+    imp = CausalImportance(net, (3, 32, 32), examples=4, samples_per_layer=512)
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(net, example_inputs=torch.rand(1, 3, 32, 32))
+    group = dg.get_pruning_group(net.conv_proj, tp.prune_conv_out_channels, list(stream))
+    assert any(isinstance(item.dep.target.module, nn.MultiheadAttention) for item in group)
+    torch.testing.assert_close(imp(group), imp.scores()["conv_proj"].float())
+    # Without the projections measured the stream's score is another one (they were counted).
+    without = cf.score_model(
+        net,
+        (3, 32, 32),
+        examples=4,
+        samples_per_layer=512,
+        progress=False,
+        layers=lambda n: not n.endswith(("in_proj", "out_proj")),
+    )
+    assert bool((without["conv_proj"] < scores["conv_proj"]).all())
+
+
+def test_a_graph_torch_pruning_cannot_build_warns_and_scores_every_layer_alone(monkeypatch):
+    """(ShuffleNetV2's channel shuffle, CoaT's concat: Torch-Pruning raises while it maps the
+    indices of its graph.)"""
+    tp = pytest.importorskip("torch_pruning")
+    from nets import pooled_cnn
+
+    def untraceable(self, model, example_inputs, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", untraceable)
+    net = pooled_cnn().eval()
+    with pytest.warns(UserWarning, match="could not build the dependency graph") as record:
+        scores = cf.score_model(net, (3, 8, 8), samples=16, progress=False)
+    message = next(str(w.message) for w in record if "dependency graph" in str(w.message))
+    assert "ZeroDivisionError" in message and "scored alone" in message
+    assert "ZeroDivisionError" in scores.config["graph"]
+    for name in ("0", "3", "7"):
+        assert [(m.layer, m.role) for m in scores.groups[name]] == [(name, "producer")]
+        assert bool(torch.isfinite(scores[name]).all())

@@ -48,6 +48,12 @@ def pooled_net() -> nn.Sequential:
     ).eval()
 
 
+def _timm_same_conv(*args, **kwargs) -> nn.Module:
+    """timm's TensorFlow-"SAME" conv: padding 0, its forward pads (asymmetrically)."""
+    timm_layers = pytest.importorskip("timm.layers")
+    return timm_layers.Conv2dSame(*args, **kwargs)
+
+
 def source(layer: nn.Module, shape, lo, hi, rows: int, full_tensor: bool, response=None):
     """The local-mode rows of ``layer`` alone, by the patch or the full-tensor path."""
     with torch.no_grad():
@@ -102,6 +108,7 @@ def test_layers_the_patch_path_cannot_take_use_the_full_tensor_path():
         (lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 9, 9)),
         (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), (4, 9, 9)),
         (lambda: nn.Conv1d(2, 3, 5, padding=2), (2, 9)),
+        (lambda: _timm_same_conv(3, 4, 3, 2), (3, 8, 8)),  # right/bottom padding only
     ],
 )
 def test_patch_path_equals_full_tensor_path_in_distribution(make, shape):

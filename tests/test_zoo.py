@@ -72,6 +72,16 @@ def test_torchvision_squeezenet_small_input():
     assert record["pruned"]["output_shape_kept"], record["pruned"]
 
 
+def test_prune_refusals_are_told_from_failures():
+    """A by-design refusal (raised before any change; tests/test_prune_support.py) is not a
+    failure in the sweep's status."""
+    assert zoo.is_prune_refusal("ValueError: prune(): 16 module(s) ('stage2.0' ...): why")
+    assert not zoo.is_prune_refusal(
+        "ValueError: prune(): the pruned model fails on the example input (IndexError: ...)"
+    )
+    assert not zoo.is_prune_refusal("ZeroDivisionError: integer division or modulo by zero")
+
+
 def test_hf_gpt2_tiny_config():
     """GPT-2's Conv1D layers are scored; prune either works or refuses them by name."""
     pytest.importorskip("transformers", reason="the Hugging Face case needs transformers")

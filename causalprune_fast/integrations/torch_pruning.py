@@ -32,7 +32,7 @@ import torch_pruning as tp
 
 from causalprune_fast import _validation as v
 from causalprune_fast._state import preserved
-from causalprune_fast.channel_graph import members_of_group
+from causalprune_fast.channel_graph import attention_layers, members_of_group
 from causalprune_fast.channel_scores import channel_scores
 from causalprune_fast.integrations.llm_pruning import torch_pruning_extensions, traceable
 from causalprune_fast.outputs import output_tensors
@@ -193,7 +193,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             return None if full is None else full[idxs]
         scores = self.scores()
         measured = {m: n for m, n in names.items() if n in scores.layers}
-        members = members_of_group(group, measured)
+        members = members_of_group(group, measured, attention_layers(self.model, scores.layers))
         position = {r: k for k, r in enumerate(root_idxs)}
         # Re-express the members' root indices as positions in this group's channel list.
         remapped = []

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from causalprune_fast.layers import Layer, input_rows, output_rows
+from causalprune_fast.layers import Layer, conv_padding, input_rows, output_rows
 from causalprune_fast.noise import LOCAL, ROWS, example_seed, stream, uniform_examples
 from causalprune_fast.response import (
     ACTIVATION_FUNCTIONS,
@@ -183,7 +183,7 @@ def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype)
 def _conv_geometry(m: nn.Module, input_shape: tuple[int, ...]):
     """Per spatial dim: (input size, left padding, output size) of convolution ``m``."""
     dims = len(m.kernel_size)
-    pad = m._reversed_padding_repeated_twice  # last dim first: (left, right) pairs
+    pad = conv_padding(m, tuple(input_shape[1:]))  # last dim first: (left, right) pairs
     geometry = []
     for d in range(dims):
         left, right = pad[2 * (dims - 1 - d)], pad[2 * (dims - 1 - d) + 1]
