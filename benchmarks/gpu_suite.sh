@@ -64,7 +64,7 @@ if [ $rc -ne 0 ]; then stamp "build FAILED (see build.log)"; exit $rc; fi
 GPU_TESTS="tests/test_local_conv_fused.py tests/test_local_linear_fused.py tests/test_cuda_kernels.py tests/test_triton_kernels.py"
 stamp "GPU kernel tests"
 # shellcheck disable=SC2086
-CAUSALPRUNE_EXPECT_CUDA=1 timeout "$(limit 120 130)" "$PY" -m pytest -q -p no:cacheprovider \
+CAUSALPRUNE_EXPECT_CUDA=1 CAUSALPRUNE_EXPECT_GPU=1 timeout "$(limit 120 130)" "$PY" -m pytest -q -p no:cacheprovider \
   $GPU_TESTS --junitxml="$OUT/tests_gpu.xml" > "$OUT/tests_gpu.log" 2>&1
 test_rc=$?
 tail -n 15 "$OUT/tests_gpu.log"
@@ -87,7 +87,7 @@ tail -n 3 "$OUT/models.log"
 stamp "rest of the tests (the time left)"
 rest_args=()
 for f in $GPU_TESTS; do rest_args+=(--ignore="$f"); done
-CAUSALPRUNE_EXPECT_CUDA=1 timeout "$(limit 420 0)" "$PY" -m pytest -q -p no:cacheprovider tests \
+CAUSALPRUNE_EXPECT_CUDA=1 CAUSALPRUNE_EXPECT_GPU=1 timeout "$(limit 420 0)" "$PY" -m pytest -q -p no:cacheprovider tests \
   "${rest_args[@]}" --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
 rest_rc=$?
 tail -n 15 "$OUT/tests.log"

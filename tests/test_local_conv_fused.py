@@ -38,16 +38,17 @@ from causalprune_fast.scoring.sampling import row_source  # noqa: E402
 from causalprune_fast.triton_kernels import local_conv as lc  # noqa: E402
 
 _OK, _WHY = tk.is_available()
-# On a CUDA build (CAUSALPRUNE_EXPECT_CUDA=1, benchmarks/gpu_suite.sh) the kernels must run on
-# the GPU: no silent skip, and test_runs_on_the_gpu_where_expected checks the device.
-_EXPECT_CUDA = os.environ.get("CAUSALPRUNE_EXPECT_CUDA") == "1"
-pytestmark = pytest.mark.skipif(not _OK and not _EXPECT_CUDA, reason=_WHY)
+# On a machine with a GPU (CAUSALPRUNE_EXPECT_GPU=1, set by benchmarks/gpu_suite.sh) the kernels
+# must run on it: no silent skip, and test_runs_on_the_gpu_where_expected checks the device.
+# (CAUSALPRUNE_EXPECT_CUDA=1 only says that the CUDA kernels were compiled: CI has nvcc, no GPU.)
+_EXPECT_GPU = os.environ.get("CAUSALPRUNE_EXPECT_GPU") == "1"
+pytestmark = pytest.mark.skipif(not _OK and not _EXPECT_GPU, reason=_WHY)
 DEVICE = "cpu" if tk.INTERPRET else "cuda"
 
 
 def test_runs_on_the_gpu_where_expected():
-    if not _EXPECT_CUDA:
-        pytest.skip("CAUSALPRUNE_EXPECT_CUDA=1 is not set")
+    if not _EXPECT_GPU:
+        pytest.skip("CAUSALPRUNE_EXPECT_GPU=1 is not set (benchmarks/gpu_suite.sh sets it)")
     assert _OK, _WHY
     assert torch.cuda.is_available() and not tk.INTERPRET and DEVICE == "cuda"
 
