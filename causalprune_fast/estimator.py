@@ -163,8 +163,24 @@ def pairwise_mi(
     impl = resolve(backend, x.device)
     xc = _codes(impl, x, bins_x, ranges[0], "x", "bins_x")
     yc = _codes(impl, y, bins_y, ranges[1], "y", "bins_y")
+    return pairwise_mi_of_codes(impl, xc, yc, bins_x, bins_y, groups, miller_madow, reduce, budget)
 
-    samples, cx, cy = x.shape[0], x.shape[1], y.shape[1]
+
+def pairwise_mi_of_codes(
+    impl: Backend,
+    xc: torch.Tensor,
+    yc: torch.Tensor,
+    bins_x: int,
+    bins_y: int,
+    groups: int,
+    miller_madow: bool,
+    reduce: str | None,
+    budget: int,
+) -> torch.Tensor | PairwiseMISums:
+    """:func:`pairwise_mi` of uint8 codes already known to be valid (made by :func:`quantize`
+    at these bins, as the scoring runner's are: checked arguments, no second pass over the
+    codes), split into column chunks that fit ``budget`` bytes of workspace."""
+    samples, cx, cy = xc.shape[0], xc.shape[1], yc.shape[1]
 
     def fits(ncx: int, ncy: int) -> bool:
         return workspace_bytes(impl.name, samples, bins_x, bins_y, ncx, ncy) <= budget
@@ -180,7 +196,7 @@ def pairwise_mi(
     if reduce is None:
         if whole:
             return impl.pairwise_mi(xc, yc, bins_x, bins_y, groups, miller_madow)
-        out = torch.zeros(cx, cy, dtype=torch.float32, device=x.device)
+        out = torch.zeros(cx, cy, dtype=torch.float32, device=xc.device)
         for c in chunks:
             out[c.x0 : c.x1, c.y0 : c.y1] = impl.pairwise_mi(
                 xc[:, c.x0 : c.x1], yc[:, c.y0 : c.y1], bins_x, bins_y, c.groups, miller_madow
@@ -188,8 +204,8 @@ def pairwise_mi(
         return out
     if whole:
         return PairwiseMISums(*impl.pairwise_mi_sums(xc, yc, bins_x, bins_y, groups, miller_madow))
-    per_x = torch.zeros(cx, dtype=torch.float64, device=x.device)
-    per_y = torch.zeros(cy, dtype=torch.float64, device=x.device)
+    per_x = torch.zeros(cx, dtype=torch.float64, device=xc.device)
+    per_y = torch.zeros(cy, dtype=torch.float64, device=xc.device)
     for c in chunks:
         px, py = impl.pairwise_mi_sums(
             xc[:, c.x0 : c.x1], yc[:, c.y0 : c.y1], bins_x, bins_y, c.groups, miller_madow

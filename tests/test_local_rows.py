@@ -162,6 +162,30 @@ def test_padding_taps_are_zero_and_the_others_uniform_on_the_channel_range():
     torch.testing.assert_close(y, ref)
 
 
+@pytest.mark.parametrize("tile", [None, (BLOCK + 7, 5 * BLOCK + 3)])
+def test_rows_do_not_depend_on_the_threads_that_draw_them(tile):
+    """On the CPU the noise blocks are drawn by several threads, each block from its own
+    generator: the rows (noise, positions, padding zeros) are those of one thread, exactly
+    (elementwise ops only: no BLAS between the draw and these rows)."""
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    lo, hi = torch.tensor([0.0, -2.0, 1.0]), torch.tensor([1.0, 2.0, 1.5])
+    rows = 7 * BLOCK + 11
+    a, b = tile or (0, rows)
+    threads = torch.get_num_threads()
+    made = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            made.append(source(conv, (3, 9, 9), lo, hi, rows, full_tensor=False).make(a, b)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert made[0].shape == (b - a, 27)
+    assert torch.equal(made[0], made[1])
+    # and a tile's rows are those rows of the whole layer
+    whole = source(conv, (3, 9, 9), lo, hi, rows, full_tensor=False).make(0, rows)[0]
+    assert torch.equal(whole[a:b], made[0])
+
+
 def test_response_is_applied_per_output_channel():
     conv, bn = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3).eval()
     with torch.no_grad():

@@ -15,7 +15,7 @@ import torch
 from causalprune_fast import reference
 from causalprune_fast.backends import Backend
 from causalprune_fast.distributed import DistContext
-from causalprune_fast.estimator import pairwise_mi
+from causalprune_fast.estimator import pairwise_mi_of_codes
 from causalprune_fast.results import LayerScores
 from causalprune_fast.scoring.state import LayerState
 
@@ -41,15 +41,12 @@ class MISettings:
     return_matrices: bool
 
     def pairwise(self, xc: torch.Tensor, yc: torch.Tensor, conv_groups: int, reduce=None):
-        return pairwise_mi(
-            xc,
-            yc,
-            bins=self.bins,
-            correction=self.correction,
-            backend=self.backend.name,
-            memory_budget=self.memory_budget,
-            groups=conv_groups,
-            reduce=reduce,
+        """MI of the uint8 codes this run's binning made (valid by construction: no second
+        pass over them to check)."""
+        miller_madow = self.correction == "miller-madow"
+        bins, budget = self.bins, self.memory_budget
+        return pairwise_mi_of_codes(
+            self.backend, xc, yc, bins, bins, conv_groups, miller_madow, reduce, budget
         )
 
 

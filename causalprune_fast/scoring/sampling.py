@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -138,13 +139,29 @@ def _blocks(
     column-major, as the binning and MI kernels read them fastest) with rows ``[a, b)`` of
     the blocks drawn by ``draw(generator)`` (each ``[..., BLOCK]``). Block ``j`` has its own
     generator, seeded from ``(seed, (LOCAL, layer), j)``, so a row does not depend on the
-    tile that makes it."""
-    gen = torch.Generator(device=kw["device"])
-    for j in range(a // BLOCK, (b - 1) // BLOCK + 1):
-        gen.manual_seed(example_seed(kw["seed"], stream(LOCAL, kw["index"]), j))
-        r0, r1 = max(a, j * BLOCK), min(b, (j + 1) * BLOCK)
-        for out, block in zip(outs, draw(gen), strict=True):
-            out[..., r0 - a : r1 - a] = block[..., r0 - j * BLOCK : r1 - j * BLOCK]
+    tile that makes it, nor on the thread that draws it: on the CPU, where drawing from one
+    generator is serial, the blocks are drawn by up to ``torch.get_num_threads()`` threads,
+    each a contiguous run of blocks with a generator of its own (the copies go to disjoint
+    rows), which gives the same rows as one thread."""
+    first, last = a // BLOCK, (b - 1) // BLOCK
+
+    def fill(js: range) -> None:
+        gen = torch.Generator(device=kw["device"])
+        for j in js:
+            gen.manual_seed(example_seed(kw["seed"], stream(LOCAL, kw["index"]), j))
+            r0, r1 = max(a, j * BLOCK), min(b, (j + 1) * BLOCK)
+            for out, block in zip(outs, draw(gen), strict=True):
+                out[..., r0 - a : r1 - a] = block[..., r0 - j * BLOCK : r1 - j * BLOCK]
+
+    count = last - first + 1
+    workers = 1 if torch.device(kw["device"]).type != "cpu" else torch.get_num_threads()
+    workers = max(1, min(workers, count))
+    if workers == 1:
+        fill(range(first, last + 1))
+        return
+    bounds = [first + count * w // workers for w in range(workers + 1)]
+    with ThreadPoolExecutor(workers) as pool:  # torch's kernels release the GIL
+        list(pool.map(fill, [range(bounds[w], bounds[w + 1]) for w in range(workers)]))
 
 
 def _column_major(t: torch.Tensor) -> torch.Tensor:
@@ -231,7 +248,12 @@ def _patch_source(
         pos = torch.empty(n, device=device, dtype=torch.long)
         xt = torch.empty((c_in, k, n), device=device, dtype=dtype)  # the rows last
         _blocks(a, b, [pos, xt], draw, index=index, seed=seed, device=device)
-        xt.mul_(hi3 - lo3).add_(lo3).masked_fill_(~inside(pos).t()[None], 0)
+        xt.mul_(hi3 - lo3).add_(lo3)
+        # 0 for every tap in the padding: a few percent of the (tap, row) columns, so zero
+        # those columns by index rather than pass over the whole tile with a mask
+        outside = (~inside(pos).t()).reshape(-1).nonzero().squeeze(1)
+        if len(outside):
+            xt.view(c_in, k * n).index_fill_(1, outside, 0)
         x = xt.reshape(c_in * k, n).t()  # [rows, c_in * k], column-major
         with torch.no_grad():
             if g == 1:
