@@ -6,7 +6,9 @@ CausalImportance (issue 10, item 4)."""
 from __future__ import annotations
 
 import copy
+from functools import partial
 
+import hf_models
 import pytest
 import torch
 
@@ -25,37 +27,8 @@ VOCAB, T, E, HEADS, KV_HEADS, INNER = 64, 6, 64, 4, 2, 128
 SCORING = dict(input_range=(0, VOCAB), samples=4, mode="propagated")
 
 
-def gpt2(**kw):
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=E,
-        n_head=HEADS,
-        vocab_size=VOCAB,
-        n_positions=16,
-        bos_token_id=0,
-        eos_token_id=0,
-        **kw,
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-def llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=E,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=INNER,
-        vocab_size=VOCAB,
-        max_position_embeddings=16,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
+gpt2 = partial(hf_models.gpt2, E, HEADS, VOCAB)
+llama = partial(hf_models.llama, E, HEADS, KV_HEADS, INNER, VOCAB)
 
 BUILD = {"gpt2": gpt2, "llama": llama}
 

@@ -28,6 +28,7 @@ from fused_debug import (  # noqa: E402
     local_conv_debug,
     reference_conv_response,
 )
+from sm90_build import compile_check, nvidia_tooling  # noqa: E402
 
 import causalprune_fast as cf  # noqa: E402
 from causalprune_fast import triton_kernels as tk  # noqa: E402
@@ -42,7 +43,10 @@ _OK, _WHY = tk.is_available()
 # must run on it: no silent skip, and test_runs_on_the_gpu_where_expected checks the device.
 # (CAUSALPRUNE_EXPECT_CUDA=1 only says that the CUDA kernels were compiled: CI has nvcc, no GPU.)
 _EXPECT_GPU = os.environ.get("CAUSALPRUNE_EXPECT_GPU") == "1"
-pytestmark = pytest.mark.skipif(not _OK and not _EXPECT_GPU, reason=_WHY)
+pytestmark = [
+    pytest.mark.skipif(not _OK and not _EXPECT_GPU, reason=_WHY),
+    pytest.mark.usefixtures("no_tf32"),  # tests/conftest.py
+]
 DEVICE = "cpu" if tk.INTERPRET else "cuda"
 
 
@@ -56,14 +60,6 @@ def test_runs_on_the_gpu_where_expected():
 TOL = 1e-5  # bits
 EPS = torch.finfo(torch.float32).eps
 ULPS = 16
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _ranges(cin, g):
@@ -356,30 +352,8 @@ def test_bad_arguments_are_named(kwargs, match):
         lc.local_conv_mi(conv.weight.detach(), None, lo, hi, **args)
 
 
-def _nvidia_tooling() -> bool:
-    try:
-        import triton
-        import triton.backends
-
-        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-        return "nvidia" in triton.backends.backends and os.access(ptxas, os.X_OK)
-    except Exception:  # pragma: no cover
-        return False
-
-
-@pytest.mark.skipif(not _nvidia_tooling(), reason="no Triton NVIDIA backend with ptxas")
+@pytest.mark.skipif(not nvidia_tooling(), reason="no Triton NVIDIA backend with ptxas")
 def test_local_conv_kernels_compile_for_sm90():
-    # The interpreter does not run the GPU compiler: compile both passes for an H100 (sm_90)
-    # ahead of time, in a process without TRITON_INTERPRET (compile_check.py).
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
-    cmd = [sys.executable, "-m", "causalprune_fast.triton_kernels.compile_check",
-           "--local-conv", "--smoke"]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-    assert "local_conv ranges" in res.stdout and "local_conv mi_sums" in res.stdout
-    assert "wgmma" in res.stdout
+    out = compile_check("--local-conv", "--smoke")
+    assert "local_conv ranges" in out and "local_conv mi_sums" in out
+    assert "wgmma" in out

@@ -31,13 +31,14 @@ from fused_debug import (  # noqa: E402
     materialize_noise,
     reference_response,
 )
+from sm90_build import compile_check, nvidia_tooling  # noqa: E402
 
 import causalprune_fast as cf  # noqa: E402
 from causalprune_fast import triton_kernels as tk  # noqa: E402
 from causalprune_fast.triton_kernels import local_linear as ll  # noqa: E402
 
 _OK, _WHY = tk.is_available()
-pytestmark = pytest.mark.skipif(not _OK, reason=_WHY)
+pytestmark = [pytest.mark.skipif(not _OK, reason=_WHY), pytest.mark.usefixtures("no_tf32")]
 DEVICE = "cpu" if tk.INTERPRET else "cuda"
 TOL = 1e-5  # bits (docs/method.md section 5)
 EPS = torch.finfo(torch.float32).eps
@@ -45,14 +46,6 @@ EPS = torch.finfo(torch.float32).eps
 # the interpreter (all activations, Cin <= 40); a GPU's FMA chain may round a little differently.
 ULPS = 16
 MAX_FLIP_FRACTION = 2e-3
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def make_layer(cin, cout, bias=True, affine=False, seed=0, device=DEVICE):
@@ -405,30 +398,7 @@ def test_non_finite_response():
 
 
 # ----------------------------------------------------------------------------- sm_90 build
-def _nvidia_tooling() -> bool:
-    """Triton's NVIDIA backend with its bundled ptxas (what compile_check needs)."""
-    try:
-        import triton
-        import triton.backends
-
-        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-        return "nvidia" in triton.backends.backends and os.access(ptxas, os.X_OK)
-    except Exception:  # pragma: no cover
-        return False
-
-
-@pytest.mark.skipif(not _nvidia_tooling(), reason="no Triton NVIDIA backend with ptxas")
+@pytest.mark.skipif(not nvidia_tooling(), reason="no Triton NVIDIA backend with ptxas")
 def test_local_linear_kernels_compile_for_sm90():
-    # The interpreter does not run the GPU compiler: compile the kernels for an H100 (sm_90)
-    # ahead of time, in a process without TRITON_INTERPRET (compile_check.py).
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
-    cmd = [sys.executable, "-m", "causalprune_fast.triton_kernels.compile_check",
-           "--local-linear", "--smoke"]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-    assert "local_linear mi" in res.stdout and "wgmma" in res.stdout
+    out = compile_check("--local-linear", "--smoke")
+    assert "local_linear mi" in out and "wgmma" in out

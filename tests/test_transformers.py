@@ -5,6 +5,9 @@ items 3 and 4; issue 11's token-id crash). Pruning them: tests/test_llm_pruning.
 
 from __future__ import annotations
 
+from functools import partial
+
+import hf_models
 import pytest
 import torch
 
@@ -17,48 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 VOCAB, T, E, HEADS, KV_HEADS = 64, 6, 32, 4, 2
 
 
-def gpt2():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=E,
-        n_head=HEADS,
-        vocab_size=VOCAB,
-        n_positions=16,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-def bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        num_hidden_layers=2,
-        hidden_size=E,
-        num_attention_heads=HEADS,
-        intermediate_size=48,
-        vocab_size=VOCAB,
-        max_position_embeddings=16,
-    )
-    return transformers.BertModel(config).eval()
-
-
-def llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=E,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=48,
-        vocab_size=VOCAB,
-        max_position_embeddings=16,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+gpt2 = partial(hf_models.gpt2, E, HEADS, VOCAB)
+bert = partial(hf_models.bert, E, HEADS, 48, VOCAB)
+llama = partial(hf_models.llama, E, HEADS, KV_HEADS, 48, VOCAB)
 
 
 # Per model: every projection and MLP layer of block 0 with its output channels, and the

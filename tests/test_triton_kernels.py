@@ -17,6 +17,7 @@ import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from sm90_build import compile_check  # noqa: E402
 
 from causalprune_fast import triton_kernels as tk  # noqa: E402
 
@@ -325,15 +326,5 @@ def _nvidia_backend() -> bool:
 
 @pytest.mark.skipif(not _nvidia_backend(), reason="triton has no NVIDIA backend")
 def test_kernels_compile_for_sm90():
-    # The interpreter runs the kernels' arithmetic but not the GPU compiler: compile the real
-    # configurations for an H100 (sm_90) ahead of time, in a process without TRITON_INTERPRET.
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
-    cmd = [sys.executable, "-m", "causalprune_fast.triton_kernels.compile_check", "--smoke"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-    assert "wgmma" in res.stdout  # int8 tensor-core products on Hopper
+    # The real configurations, compiled for an H100 (sm_90) ahead of time (tests/sm90_build.py).
+    assert "wgmma" in compile_check("--smoke")  # int8 tensor-core products on Hopper

@@ -39,8 +39,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .layer_response import channel_epilogue, minmax_step, noise
-from .mi_blocks import bin_code, store_codes
+from .layer_response import (
+    channel_epilogue,
+    minmax_init,
+    minmax_step,
+    noise,
+    part_rows,
+    part_span,
+    slab_block,
+    store_y_codes,
+    store_y_ranges,
+)
 
 # Layout of the int32 geometry vector the kernels read (geo_ptr).
 GEO_FIELDS = ("CIN", "UNITS", "K", "KS1", "KS2", "E0", "E1", "E2", "D0", "D1", "D2", "UG",
@@ -123,9 +132,7 @@ def _conv_y_ranges(w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, row_lo, row_hi
     stored at row_lo / row_hi + channel (NaN for a channel that produced a NaN)."""
     oc = t_y * YW + tl.arange(0, YW)
     valid = oc < COUT
-    mn = tl.full([YW], float("inf"), tl.float32)
-    mx = tl.full([YW], float("-inf"), tl.float32)
-    nan = tl.zeros([YW], tl.int32)
+    mn, mx, nan = minmax_init(YW)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         b0, b1, b2 = row_base(base_ptr, offs_s, S)
@@ -133,10 +140,7 @@ def _conv_y_ranges(w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, row_lo, row_hi
                               geo_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
         m = valid[:, None] & (offs_s < s_end)[None, :]
         mn, mx, nan = minmax_step(mn, mx, nan, y_t, m)
-    lo = tl.where(nan > 0, float("nan"), mn.to(tl.float64))
-    hi = tl.where(nan > 0, float("nan"), mx.to(tl.float64))
-    tl.store(row_lo + oc, lo, mask=valid)
-    tl.store(row_hi + oc, hi, mask=valid)
+    store_y_ranges(row_lo, row_hi, oc, valid, mn, mx, nan)
 
 
 @triton.jit
@@ -147,9 +151,7 @@ def _conv_x_ranges(noise_ptr, base_ptr, geo_ptr, row_lo, row_hi, seed, S, s_begi
     cols = t_k * BLOCK_K + tl.arange(0, BLOCK_K)
     in_k = cols < XCOLS
     unit = tl.where(in_k, cols * XSTRIDE + XOFF, 2147483647)  # invalid: above UNITS
-    mn = tl.full([BLOCK_K], float("inf"), tl.float32)
-    mx = tl.full([BLOCK_K], float("-inf"), tl.float32)
-    nan = tl.zeros([BLOCK_K], tl.int32)
+    mn, mx, nan = minmax_init(BLOCK_K)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         b0, b1, b2 = row_base(base_ptr, offs_s, S)
@@ -187,10 +189,7 @@ def _conv_range_kernel(
     padding zeros included) per part of the rows."""
     part = tl.program_id(0)
     pid = tl.program_id(1)
-    s_begin = part * rows_per_program
-    s_end = tl.minimum(s_begin + rows_per_program, S)
-    row_lo = part_ptr + part.to(tl.int64) * (XCOLS + COUT)
-    row_hi = row_lo + tl.num_programs(0).to(tl.int64) * (XCOLS + COUT)
+    s_begin, s_end, row_lo, row_hi = part_rows(part_ptr, part, rows_per_program, S, XCOLS + COUT)
     if pid < TILES_Y:
         _conv_y_ranges(w_ptr, chan_ptr, noise_ptr, base_ptr, geo_ptr, row_lo + XCOLS,
                        row_hi + XCOLS, seed, S, s_begin, s_end, COUT, pid, ACT, HAS_BIAS,
@@ -225,23 +224,13 @@ def _conv_code_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Pass 1b: program (part, t) bins the response of channel block C0 // YW + t (channels of
-    the slab only) over its part of the rows, y computed as pass 1 computes it."""
-    part = tl.program_id(0)
-    oc0 = (C0 // YW + tl.program_id(1)) * YW
-    oc = oc0 + tl.arange(0, YW)
-    valid = (oc >= C0) & (oc < C1)
-    yr = ranges_ptr + (XCOLS + oc).to(tl.int64) * 2
-    lo = tl.load(yr, mask=valid, other=0.0)[:, None]
-    hi = tl.load(yr + 1, mask=valid, other=0.0)[:, None]
-    s_begin = part * rows_per_program
-    s_end = tl.minimum(s_begin + rows_per_program, S)
+    """Pass 1b, as layer_response._code_kernel: the codes of the slab's channels of block
+    C0 // YW + tl.program_id(1) in part tl.program_id(0) of the rows (patch rows here)."""
+    t_y, oc, valid, lo, hi = slab_block(ranges_ptr, XCOLS, C0, C1, YW)
+    s_begin, s_end = part_span(rows_per_program, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         b0, b1, b2 = row_base(base_ptr, offs_s, S)
-        y_t = conv_response_t(seed, offs_s, b0, b1, b2, oc0, w_ptr, chan_ptr, noise_ptr, geo_ptr,
-                              COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
-        # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
-        codes = bin_code(y_t, lo, hi, bins, False)
-        m = valid[:, None] & (offs_s < s_end)[None, :]
-        store_codes(codes_ptr, oc - C0, offs_s, S, codes, m)
+        y_t = conv_response_t(seed, offs_s, b0, b1, b2, t_y * YW, w_ptr, chan_ptr, noise_ptr,
+                              geo_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
+        store_y_codes(codes_ptr, y_t, lo, hi, bins, oc, valid, C0, offs_s, s_end, S)

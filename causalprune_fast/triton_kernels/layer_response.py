@@ -172,6 +172,65 @@ def minmax_step(mn, mx, nan, v, m):
 
 
 @triton.jit
+def minmax_init(P: tl.constexpr):
+    """The start of :func:`minmax_step` for P rows: min +inf, max -inf, no NaN."""
+    mn = tl.full([P], float("inf"), tl.float32)
+    mx = tl.full([P], float("-inf"), tl.float32)
+    return mn, mx, tl.zeros([P], tl.int32)
+
+
+@triton.jit
+def store_y_ranges(row_lo, row_hi, oc, valid, mn, mx, nan):
+    """Store the min / max of channels oc at row_lo / row_hi + oc, NaN where a NaN was seen."""
+    lo = tl.where(nan > 0, float("nan"), mn.to(tl.float64))
+    hi = tl.where(nan > 0, float("nan"), mx.to(tl.float64))
+    tl.store(row_lo + oc, lo, mask=valid)
+    tl.store(row_hi + oc, hi, mask=valid)
+
+
+@triton.jit
+def part_span(rows_per_program, S):
+    """This program's rows [s_begin, s_end): part tl.program_id(0) of the rows (passes 1, 1b)."""
+    s_begin = tl.program_id(0) * rows_per_program
+    return s_begin, tl.minimum(s_begin + rows_per_program, S)
+
+
+@triton.jit
+def part_rows(part_ptr, part, rows_per_program, S, NCOLS):
+    """Pass 1: the rows [s_begin, s_end) of part ``part`` (tl.program_id(0)) and its rows
+    row_lo, row_hi of the partial minima / maxima ``part_ptr`` ([2, parts, NCOLS])."""
+    s_begin = part * rows_per_program
+    s_end = tl.minimum(s_begin + rows_per_program, S)
+    row_lo = part_ptr + part.to(tl.int64) * NCOLS
+    row_hi = row_lo + tl.num_programs(0).to(tl.int64) * NCOLS
+    return s_begin, s_end, row_lo, row_hi
+
+
+@triton.jit
+def slab_block(ranges_ptr, YOFF, C0, C1, YW: tl.constexpr):
+    """Pass 1b: the channel block t_y = C0 // YW + tl.program_id(1), its channels oc, those of
+    the slab [C0, C1) (valid) and their binning ranges lo, hi [YW, 1] (rows YOFF + oc of
+    ``ranges_ptr``)."""
+    t_y = C0 // YW + tl.program_id(1)
+    oc = t_y * YW + tl.arange(0, YW)
+    valid = (oc >= C0) & (oc < C1)
+    yr = ranges_ptr + (YOFF + oc).to(tl.int64) * 2
+    lo = tl.load(yr, mask=valid, other=0.0)[:, None]
+    hi = tl.load(yr + 1, mask=valid, other=0.0)[:, None]
+    return t_y, oc, valid, lo, hi
+
+
+@triton.jit
+def store_y_codes(codes_ptr, y_t, lo, hi, bins, oc, valid, C0, offs_s, s_end, S):
+    """Pass 1b: bin y^T [YW, BLOCK_S] of channels oc on [lo, hi] and store the codes of the
+    slab's channels (rows oc - C0 of ``codes_ptr``) for rows offs_s < s_end."""
+    # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
+    codes = bin_code(y_t, lo, hi, bins, False)
+    m = valid[:, None] & (offs_s < s_end)[None, :]
+    store_codes(codes_ptr, oc - C0, offs_s, S, codes, m)
+
+
+@triton.jit
 def range_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT: tl.constexpr,
                    HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, YW: tl.constexpr,
                    BLOCK_K: tl.constexpr):  # fmt: skip
@@ -190,19 +249,14 @@ def _y_ranges(w_ptr, chan_ptr, noise_ptr, row_lo, row_hi, seed, s_begin, s_end, 
     stored at row_lo / row_hi + CIN + channel (NaN for a channel that produced a NaN)."""
     oc = t_y * YW + tl.arange(0, YW)
     valid = oc < COUT
-    mn = tl.full([YW], float("inf"), tl.float32)
-    mx = tl.full([YW], float("-inf"), tl.float32)
-    nan = tl.zeros([YW], tl.int32)
+    mn, mx, nan = minmax_init(YW)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         y_t = range_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
                              HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
         m = valid[:, None] & (offs_s < s_end)[None, :]
         mn, mx, nan = minmax_step(mn, mx, nan, y_t, m)
-    lo = tl.where(nan > 0, float("nan"), mn.to(tl.float64))
-    hi = tl.where(nan > 0, float("nan"), mx.to(tl.float64))
-    tl.store(row_lo + CIN + oc, lo, mask=valid)
-    tl.store(row_hi + CIN + oc, hi, mask=valid)
+    store_y_ranges(row_lo + CIN, row_hi + CIN, oc, valid, mn, mx, nan)
 
 
 @triton.jit
@@ -247,10 +301,7 @@ def _range_kernel(
     """Pass 1: partial min / max of y (YW channels) or of u (BLOCK_K inputs) per sample part."""
     part = tl.program_id(0)
     pid = tl.program_id(1)
-    s_begin = part * rows_per_program
-    s_end = tl.minimum(s_begin + rows_per_program, S)
-    row_lo = part_ptr + part.to(tl.int64) * (CIN + COUT)
-    row_hi = row_lo + tl.num_programs(0).to(tl.int64) * (CIN + COUT)
+    s_begin, s_end, row_lo, row_hi = part_rows(part_ptr, part, rows_per_program, S, CIN + COUT)
     if pid < TILES_Y:
         _y_ranges(w_ptr, chan_ptr, noise_ptr, row_lo, row_hi, seed, s_begin, s_end, CIN, COUT,
                   pid, ACT, HAS_BIAS, HAS_AFFINE, YW, BLOCK_S, BLOCK_K)  # fmt: skip
@@ -284,20 +335,10 @@ def _code_kernel(
 ):
     """Pass 1b: program (part, t) bins the response of channel block C0 // YW + t (channels of
     the slab only) over its part of the rows, y computed as pass 1 computes it."""
-    part = tl.program_id(0)
-    t_y = C0 // YW + tl.program_id(1)
-    oc = t_y * YW + tl.arange(0, YW)
-    valid = (oc >= C0) & (oc < C1)
-    yr = ranges_ptr + (CIN + oc).to(tl.int64) * 2
-    lo = tl.load(yr, mask=valid, other=0.0)[:, None]
-    hi = tl.load(yr + 1, mask=valid, other=0.0)[:, None]
-    s_begin = part * rows_per_program
-    s_end = tl.minimum(s_begin + rows_per_program, S)
+    t_y, oc, valid, lo, hi = slab_block(ranges_ptr, CIN, C0, C1, YW)
+    s_begin, s_end = part_span(rows_per_program, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         y_t = range_response(seed, offs_s, t_y, w_ptr, chan_ptr, noise_ptr, CIN, COUT, ACT,
                              HAS_BIAS, HAS_AFFINE, YW, BLOCK_K)  # fmt: skip
-        # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
-        codes = bin_code(y_t, lo, hi, bins, False)
-        m = valid[:, None] & (offs_s < s_end)[None, :]
-        store_codes(codes_ptr, oc - C0, offs_s, S, codes, m)
+        store_y_codes(codes_ptr, y_t, lo, hi, bins, oc, valid, C0, offs_s, s_end, S)

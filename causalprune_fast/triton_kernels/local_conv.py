@@ -35,7 +35,7 @@ Scope: zero padding; ``S < 2^31``; ``Cin * K < 2^31``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -43,7 +43,7 @@ import triton.language as tl
 
 from causalprune_fast.conv_geometry import ConvGeometry
 
-from ._local_linear_args import check_device, check_int, check_vector
+from ._local_args import check_device, check_layer_args, check_options
 from .conv_response import (
     GEO_FIELDS,
     _conv_code_kernel,
@@ -51,9 +51,9 @@ from .conv_response import (
     patch_noise,
     row_base,
 )
-from .layer_response import SUPPORTED_ACTIVATIONS
 from .local_linear import LocalTileConfig, local_tile_config
-from .local_plan import channel_slabs, code_budget, row_parts
+from .local_plan import channel_slabs, code_budget
+from .local_run import LocalRun, pass1_ranges, run_slabs
 from .mi_blocks import (
     add_block,
     add_rows,
@@ -172,22 +172,16 @@ def _conv_mi_kernel(
 
 # ----------------------------------------------------------------------------- launcher
 @dataclass
-class LocalConvRun:
-    """Everything one fused convolution run computed (see :func:`run_local_conv`)."""
+class LocalConvRun(LocalRun):
+    """Everything one fused convolution run computed (see :func:`run_local_conv`): X x columns
+    (their ranges include the padding zeros), and the rows' coordinates."""
 
-    matrix: torch.Tensor | None  # [X, Cout] float32 (reduce=None)
-    per_x: torch.Tensor | None  # [X] float64 (reduce="sum")
-    per_y: torch.Tensor | None  # [Cout] float64 (reduce="sum")
-    x_ranges: torch.Tensor  # [X, 2] float64: min, max of each x column (padding zeros included)
-    y_ranges: torch.Tensor  # [Cout, 2] float64
-    base: torch.Tensor  # [3, S] int32 base coordinates of the rows
-    geo: torch.Tensor  # int32 geometry (conv_response.GEO_FIELDS)
-    config: LocalTileConfig
-    slabs: list[tuple[int, int]]  # output channels [c0, c1) per slab (local_plan.channel_slabs)
-    y_codes: torch.Tensor | None = None  # [S, Cout] uint8 codes pass 2 counted (keep_codes)
+    base: torch.Tensor = field(kw_only=True)  # [3, S] int32 base coordinates of the rows
+    geo: torch.Tensor = field(kw_only=True)  # int32 geometry (conv_response.GEO_FIELDS)
 
 
-def _prepare(weight, bias, lo, hi, geometry, taps, samples, seed, bins, scale, shift, activation):
+def _check_weight(weight, geometry, taps) -> torch.Tensor:
+    """The checked weight as float32 ``[Cout, Cin / groups * K]``; also checks geometry, taps."""
     if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
         raise ValueError(f"weight must be a float tensor [Cout, Cin / groups, *kernel], got "
                          f"{getattr(weight, 'dtype', type(weight).__name__)}")  # fmt: skip
@@ -202,28 +196,11 @@ def _prepare(weight, bias, lo, hi, geometry, taps, samples, seed, bins, scale, s
     cout, cin = weight.shape[0], weight.shape[1] * geometry.groups
     if cin * geometry.taps >= 2**31 or cout >= 2**31 or min(cout, cin) < 1:
         raise ValueError(f"weight is too large or empty: shape {tuple(weight.shape)}")
-    device = weight.device
     check_device(weight, "weight")
     w = weight.detach().reshape(cout, -1).to(torch.float32).contiguous()
     if not bool(torch.isfinite(w).all()):
         raise ValueError("weight must be finite")
-    b = None if bias is None else check_vector(bias, cout, "bias", device)
-    lo_t = check_vector(lo, cin, "lo", device, allow_scalar=True)
-    hi_t = check_vector(hi, cin, "hi", device, allow_scalar=True)
-    if bool((hi_t < lo_t).any()):
-        i = int(torch.nonzero(hi_t < lo_t)[0, 0])
-        raise ValueError(f"hi must be >= lo for every input channel, got lo[{i}] > hi[{i}]")
-    samples = check_int(samples, "samples", 1, 2**31)
-    seed = check_int(seed, "seed", 0, 2**63)
-    bins = check_int(bins, "bins", 2, 257)
-    if activation not in SUPPORTED_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {SUPPORTED_ACTIVATIONS}, got {activation!r}")
-    ones, zeros = torch.ones(cout, device=device), torch.zeros(cout, device=device)
-    has_affine = scale is not None or shift is not None
-    scale = ones if scale is None else check_vector(scale, cout, "scale", device)
-    shift = zeros if shift is None else check_vector(shift, cout, "shift", device)
-    chan = torch.stack([zeros if b is None else b, scale, shift]).contiguous()
-    return w, b is not None, chan, torch.stack([lo_t, hi_t]), samples, seed, bins, has_affine
+    return w
 
 
 def run_local_conv(
@@ -250,89 +227,41 @@ def run_local_conv(
     ``local_tile_config`` of the x columns and output channels), returning the ranges, the
     rows' base coordinates, the slabs and the shape used (tests, benchmarks); ``keep_codes``
     also returns the y codes pass 2 counted (tests: S x Cout bytes beyond the budget)."""
-    if reduce not in (None, "sum"):
-        raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
-    if not isinstance(miller_madow, bool):
-        raise ValueError(f"miller_madow must be a bool, got {miller_madow!r}")
-    w, has_bias, chan, noise_ranges, S, seed, bins, has_affine = _prepare(
-        weight, bias, lo, hi, geometry, taps, samples, seed, bins, scale, shift, activation
-    )
+    check_options(reduce, miller_madow)
+    w = _check_weight(weight, geometry, taps)
     device = w.device
-    cout = w.shape[0]
-    cin = noise_ranges.shape[1]
+    cout, cin = w.shape[0], weight.shape[1] * geometry.groups
+    a = check_layer_args(cout, cin, device, bias, lo, hi, samples, seed, bins, scale, shift,
+                         activation, unit="input channel")  # fmt: skip
     k, g = geometry.taps, geometry.groups
     xcols, xstride, xoff = (cin * k, 1, 0) if taps == "all" else (cin, k, geometry.center)
-    cfg = config or local_tile_config(xcols, cout, bins, S)
+    cfg = config or local_tile_config(xcols, cout, a.bins, a.samples)
     assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
-    slabs = channel_slabs(cout, S, cfg.py, cfg.yw, code_budget(memory_budget))
-    base = row_positions(geometry, S, seed, device)
+    slabs = channel_slabs(cout, a.samples, cfg.py, cfg.yw, code_budget(memory_budget))
+    base = row_positions(geometry, a.samples, a.seed, device)
     geo = torch.tensor(geo_values(geometry, cin, cout), dtype=torch.int32, device=device)
-    common = dict(noise_ptr=noise_ranges, base_ptr=base, geo_ptr=geo, seed=seed, S=S,
+    common = dict(noise_ptr=a.noise, base_ptr=base, geo_ptr=geo, seed=a.seed, S=a.samples,
                   XCOLS=xcols, COUT=cout, BLOCK_S=cfg.block_s,
                   enable_fp_fusion=False)  # fmt: skip
-    layer = dict(common, w_ptr=w, chan_ptr=chan, ACT=activation, HAS_BIAS=has_bias,
-                 HAS_AFFINE=has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
+    layer = dict(common, w_ptr=w, chan_ptr=a.chan, ACT=activation, HAS_BIAS=a.has_bias,
+                 HAS_AFFINE=a.has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
+    ranges = pass1_ranges(_conv_range_kernel, layer, xcols=xcols, cout=cout, cfg=cfg,
+                          activation=activation, XSTRIDE=xstride, XOFF=xoff)  # fmt: skip
 
-    # Pass 1: ranges, the rows split into `parts` so that there are enough programs.
-    tiles_y1 = triton.cdiv(cout, cfg.yw)
-    tiles_1 = tiles_y1 + triton.cdiv(xcols, cfg.block_k)
-    parts, rows_per_program = row_parts(S, cfg.block_s, tiles_1)
-    partial = torch.empty((2, parts, xcols + cout), dtype=torch.float64, device=device)
-    _conv_range_kernel[(parts, tiles_1)](
-        part_ptr=partial, XSTRIDE=xstride, XOFF=xoff, rows_per_program=rows_per_program,
-        TILES_Y=tiles_y1, num_warps=4, num_stages=1, **layer,
-    )  # fmt: skip
-    ranges = torch.stack([partial[0].amin(dim=0), partial[1].amax(dim=0)], dim=1).contiguous()
-    bad = ~torch.isfinite(ranges[xcols:]).all(dim=1)
-    if bool(bad.any()):
-        chans = torch.nonzero(bad)[:, 0].tolist()
-        raise ValueError(
-            f"the layer's response ({activation}) is non-finite (NaN/Inf) in {len(chans)} "
-            f"output channel(s) under the noise, e.g. {chans[:8]}; check weight, bias, scale, "
-            "shift and the noise range for overflow"
-        )
-
-    # Per slab of output channels: pass 1b stores its y codes, pass 2 counts its pairs (a y
-    # tile's programs cover the x columns of the groups of its channels).
-    sums = reduce == "sum"
-    sums_t = torch.zeros(xcols + cout if sums else 1, dtype=torch.float64, device=device)
-    out = sums_t if sums else torch.zeros((xcols, cout), dtype=torch.float32, device=device)
+    # A y tile's programs cover the x columns of the groups of its channels.
     cout_g, xg = cout // g, xcols // g
-    kept = []
-    for c0, c1 in slabs:
-        codes = torch.empty((c1 - c0, S), dtype=torch.uint8, device=device)
-        blocks = (c1 - 1) // cfg.yw - c0 // cfg.yw + 1
-        parts, rows_per_program = row_parts(S, cfg.block_s, blocks)
-        _conv_code_kernel[(parts, blocks)](
-            ranges_ptr=ranges, codes_ptr=codes, bins=bins, C0=c0, C1=c1,
-            rows_per_program=rows_per_program, num_warps=4, num_stages=1, **layer,
-        )  # fmt: skip
-        tiles_y = triton.cdiv(c1 - c0, cfg.py)
-        span = max(
+
+    def x_span(c0: int, c1: int) -> int:
+        return max(
             ((min(t + cfg.py, c1) - 1) // cout_g - t // cout_g + 1) * xg
             for t in range(c0, c1, cfg.py)
         )
-        _conv_mi_kernel[(triton.cdiv(span, cfg.px) * tiles_y,)](
-            ranges_ptr=ranges, codes_ptr=codes, out_ptr=out, sums_ptr=sums_t, XSTRIDE=xstride,
-            XOFF=xoff, XG=xg, bins=bins, C0=c0, C1=c1, TILES_Y=tiles_y,
-            MILLER_MADOW=miller_madow, SUMS=sums, PX=cfg.px, PY=cfg.py, SB=cfg.sbx, K=cfg.kx,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
-        )  # fmt: skip
-        if keep_codes:
-            kept.append(codes)
-        del codes
-    return LocalConvRun(
-        matrix=None if sums else out,
-        per_x=sums_t[:xcols] if sums else None,
-        per_y=sums_t[xcols:] if sums else None,
-        x_ranges=ranges[:xcols],
-        y_ranges=ranges[xcols:],
-        base=base,
-        geo=geo,
-        config=cfg,
-        slabs=slabs,
-        y_codes=torch.cat(kept).t() if keep_codes else None,
-    )
+
+    return run_slabs(_conv_code_kernel, _conv_mi_kernel, layer, common, ranges, xcols=xcols,
+                     cout=cout, cfg=cfg, slabs=slabs, bins=a.bins, miller_madow=miller_madow,
+                     sums=reduce == "sum", keep_codes=keep_codes, x_span=x_span,
+                     mi_args=dict(XSTRIDE=xstride, XOFF=xoff, XG=xg), run_type=LocalConvRun,
+                     base=base, geo=geo)  # fmt: skip
 
 
 def local_conv_mi(
@@ -383,8 +312,7 @@ def local_conv_mi(
                          seed=seed, bins=bins, scale=scale, shift=shift, activation=activation,
                          miller_madow=miller_madow, reduce=reduce,
                          memory_budget=memory_budget)  # fmt: skip
-    result = (run.per_x, run.per_y) if reduce == "sum" else run.matrix
-    return (result, run.x_ranges, run.y_ranges) if return_ranges else result
+    return run.result(return_ranges)
 
 
 __all__ = ["ConvGeometry", "LocalConvRun", "local_conv_mi", "row_positions", "run_local_conv"]

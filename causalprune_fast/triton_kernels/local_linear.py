@@ -48,9 +48,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._local_linear_args import prepare
+from ._local_args import check_device, check_layer_args, check_options, check_weight
 from .layer_response import SUPPORTED_ACTIVATIONS, _code_kernel, _range_kernel, noise
-from .local_plan import channel_slabs, code_budget, row_parts
+from .local_plan import channel_slabs, code_budget
+from .local_run import LocalRun, pass1_ranges, run_slabs
 from .mi_blocks import (
     INTERPRET,
     add_block,
@@ -179,17 +180,8 @@ def local_tile_config(
 
 # ----------------------------------------------------------------------------- launcher
 @dataclass
-class LocalLinearRun:
-    """Everything one fused run computed (see :func:`run_local_linear`)."""
-
-    matrix: torch.Tensor | None  # [Cin, Cout] float32 (reduce=None)
-    per_x: torch.Tensor | None  # [Cin] float64 (reduce="sum")
-    per_y: torch.Tensor | None  # [Cout] float64 (reduce="sum")
-    x_ranges: torch.Tensor  # [Cin, 2] float64: min, max of each input unit's noise
-    y_ranges: torch.Tensor  # [Cout, 2] float64: min, max of each output channel's response
-    config: LocalTileConfig
-    slabs: list[tuple[int, int]]  # output channels [c0, c1) per slab (local_plan.channel_slabs)
-    y_codes: torch.Tensor | None = None  # [S, Cout] uint8 codes pass 2 counted (keep_codes)
+class LocalLinearRun(LocalRun):
+    """Everything one fused run computed (see :func:`run_local_linear`): X = Cin input units."""
 
 
 def run_local_linear(
@@ -214,82 +206,25 @@ def run_local_linear(
     :func:`local_tile_config`), returning the ranges, the slabs and the shape used (tests,
     benchmarks); ``keep_codes`` also returns the y codes pass 2 counted (tests: S x Cout bytes
     beyond the budget)."""
-    if reduce not in (None, "sum"):
-        raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
-    if not isinstance(miller_madow, bool):
-        raise ValueError(f"miller_madow must be a bool, got {miller_madow!r}")
-    w, b, lo_t, hi_t, S, seed, bins, scale, shift, has_affine = prepare(
-        weight, bias, lo, hi, samples, seed, bins, scale, shift, activation
-    )
+    check_options(reduce, miller_madow)
+    w = check_weight(weight)
     cout, cin = w.shape
-    device = w.device
-    cfg = config or local_tile_config(cin, cout, bins, S)
+    check_device(w, "weight")
+    a = check_layer_args(cout, cin, w.device, bias, lo, hi, samples, seed, bins, scale, shift,
+                         activation)  # fmt: skip
+    cfg = config or local_tile_config(cin, cout, a.bins, a.samples)
     assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
-    slabs = channel_slabs(cout, S, cfg.py, cfg.yw, code_budget(memory_budget))
-    # Per-channel parameters as one [3, Cout] tensor (bias, scale, shift; the rows the flags
-    # switch off are never read) and the noise ranges as one [2, Cin] tensor (lo, hi).
-    ones, zeros = torch.ones(cout, device=device), torch.zeros(cout, device=device)
-    chan = torch.stack([zeros if b is None else b, ones if scale is None else scale,
-                        zeros if shift is None else shift])  # fmt: skip
-    noise_ranges = torch.stack([lo_t, hi_t])
-    common = dict(noise_ptr=noise_ranges, seed=seed, S=S, CIN=cin, COUT=cout,
+    slabs = channel_slabs(cout, a.samples, cfg.py, cfg.yw, code_budget(memory_budget))
+    common = dict(noise_ptr=a.noise, seed=a.seed, S=a.samples, CIN=cin, COUT=cout,
                   BLOCK_S=cfg.block_s, enable_fp_fusion=False)  # fmt: skip
-    layer = dict(common, w_ptr=w, chan_ptr=chan, ACT=activation, HAS_BIAS=b is not None,
-                 HAS_AFFINE=has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
-
-    # Pass 1: ranges. Samples are split into `parts` so that there are enough programs.
-    tiles_y1 = triton.cdiv(cout, cfg.yw)
-    tiles_1 = tiles_y1 + triton.cdiv(cin, cfg.block_k)
-    parts, rows_per_program = row_parts(S, cfg.block_s, tiles_1)
-    partial = torch.empty((2, parts, cin + cout), dtype=torch.float64, device=device)
-    _range_kernel[(parts, tiles_1)](
-        part_ptr=partial, rows_per_program=rows_per_program, TILES_Y=tiles_y1, num_warps=4,
-        num_stages=1, **layer,
-    )  # fmt: skip
-    # [Cin + Cout, 2] min, max; NaN propagates.
-    ranges = torch.stack([partial[0].amin(dim=0), partial[1].amax(dim=0)], dim=1).contiguous()
-    bad = ~torch.isfinite(ranges[cin:]).all(dim=1)
-    if bool(bad.any()):
-        chans = torch.nonzero(bad)[:, 0].tolist()
-        raise ValueError(
-            f"the layer's response ({activation}) is non-finite (NaN/Inf) in {len(chans)} "
-            f"output channel(s) under the noise, e.g. {chans[:8]}; check weight, bias, scale, "
-            "shift and the noise range for overflow"
-        )
-
-    # Per slab of output channels: pass 1b stores its y codes, pass 2 counts its pairs.
-    sums = reduce == "sum"
-    sums_t = torch.zeros(cin + cout if sums else 1, dtype=torch.float64, device=device)
-    out = sums_t if sums else torch.zeros((cin, cout), dtype=torch.float32, device=device)
-    kept = []
-    for c0, c1 in slabs:
-        codes = torch.empty((c1 - c0, S), dtype=torch.uint8, device=device)
-        blocks = (c1 - 1) // cfg.yw - c0 // cfg.yw + 1
-        parts, rows_per_program = row_parts(S, cfg.block_s, blocks)
-        _code_kernel[(parts, blocks)](
-            ranges_ptr=ranges, codes_ptr=codes, bins=bins, C0=c0, C1=c1,
-            rows_per_program=rows_per_program, num_warps=4, num_stages=1, **layer,
-        )  # fmt: skip
-        tiles_y = triton.cdiv(c1 - c0, cfg.py)
-        _mi_kernel[(triton.cdiv(cin, cfg.px) * tiles_y,)](
-            ranges_ptr=ranges, codes_ptr=codes, out_ptr=out, sums_ptr=sums_t, bins=bins, C0=c0,
-            C1=c1, TILES_Y=tiles_y, MILLER_MADOW=miller_madow, SUMS=sums, PX=cfg.px,
-            PY=cfg.py, SB=cfg.sbx, K=cfg.kx, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages, **common,
-        )  # fmt: skip
-        if keep_codes:
-            kept.append(codes)
-        del codes
-    return LocalLinearRun(
-        matrix=None if sums else out,
-        per_x=sums_t[:cin] if sums else None,
-        per_y=sums_t[cin:] if sums else None,
-        x_ranges=ranges[:cin],
-        y_ranges=ranges[cin:],
-        config=cfg,
-        slabs=slabs,
-        y_codes=torch.cat(kept).t() if keep_codes else None,
-    )
+    layer = dict(common, w_ptr=w, chan_ptr=a.chan, ACT=activation, HAS_BIAS=a.has_bias,
+                 HAS_AFFINE=a.has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
+    ranges = pass1_ranges(_range_kernel, layer, xcols=cin, cout=cout, cfg=cfg,
+                          activation=activation)  # fmt: skip
+    return run_slabs(_code_kernel, _mi_kernel, layer, common, ranges, xcols=cin, cout=cout,
+                     cfg=cfg, slabs=slabs, bins=a.bins, miller_madow=miller_madow,
+                     sums=reduce == "sum", keep_codes=keep_codes, x_span=lambda c0, c1: cin,
+                     run_type=LocalLinearRun)  # fmt: skip
 
 
 def local_linear_mi(
@@ -343,8 +278,7 @@ def local_linear_mi(
                            scale=scale, shift=shift, activation=activation,
                            miller_madow=miller_madow, reduce=reduce,
                            memory_budget=memory_budget)  # fmt: skip
-    result = (run.per_x, run.per_y) if reduce == "sum" else run.matrix
-    return (result, run.x_ranges, run.y_ranges) if return_ranges else result
+    return run.result(return_ranges)
 
 
 __all__ = [

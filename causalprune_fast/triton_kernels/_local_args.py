@@ -1,9 +1,10 @@
-"""Argument checks of the fused local-mode Linear kernels (local_linear.py): every bad
+"""Argument checks of the fused local-mode kernels (local_linear.py, local_conv.py): every bad
 argument is named in a ValueError, and tensors come back float32, contiguous, on one device."""
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 
@@ -66,35 +67,60 @@ def check_weight(weight) -> torch.Tensor:
     return w
 
 
-def prepare(weight, bias, lo, hi, samples, seed, bins, scale, shift, activation):
-    """The checked arguments of local_linear_mi: (w [Cout, Cin], b or None, lo [Cin], hi [Cin],
-    samples, seed, bins, scale or None, shift or None, has_affine), tensors float32 on w's
-    device; with one of scale / shift given, the other is ones / zeros."""
-    w = check_weight(weight)
-    cout, cin = w.shape
-    device = w.device
-    check_device(w, "weight")
+def check_options(reduce, miller_madow) -> None:
+    """ValueError unless ``reduce`` is None or ``"sum"`` and ``miller_madow`` a bool."""
+    if reduce not in (None, "sum"):
+        raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
+    if not isinstance(miller_madow, bool):
+        raise ValueError(f"miller_madow must be a bool, got {miller_madow!r}")
+
+
+@dataclass(frozen=True)
+class LayerArgs:
+    """The checked arguments both fused kernels share (besides the weight)."""
+
+    has_bias: bool
+    has_affine: bool  # scale or shift given
+    chan: torch.Tensor  # [3, Cout] float32: bias, scale, shift (rows the flags switch off: 0, 1, 0)
+    noise: torch.Tensor  # [2, Cin] float32: the noise ranges lo, hi
+    samples: int
+    seed: int
+    bins: int
+
+
+def check_layer_args(
+    cout: int,
+    cin: int,
+    device,
+    bias,
+    lo,
+    hi,
+    samples,
+    seed,
+    bins,
+    scale,
+    shift,
+    activation,
+    unit: str = "input unit",
+) -> LayerArgs:
+    """Check the arguments after the weight, in this order: bias, lo, hi (``hi >= lo`` for every
+    ``unit``), samples, seed, bins, activation, scale, shift; tensors on ``device``; with one of
+    scale / shift given, the other is ones / zeros."""
     b = None if bias is None else check_vector(bias, cout, "bias", device)
     lo_t = check_vector(lo, cin, "lo", device, allow_scalar=True)
     hi_t = check_vector(hi, cin, "hi", device, allow_scalar=True)
     if bool((hi_t < lo_t).any()):
         i = int(torch.nonzero(hi_t < lo_t)[0, 0])
-        raise ValueError(f"hi must be >= lo for every input unit, got lo[{i}] > hi[{i}]")
+        raise ValueError(f"hi must be >= lo for every {unit}, got lo[{i}] > hi[{i}]")
     samples = check_int(samples, "samples", 1, 2**31)
     seed = check_int(seed, "seed", 0, 2**63)
     bins = check_int(bins, "bins", 2, 257)
     if activation not in SUPPORTED_ACTIVATIONS:
         raise ValueError(f"activation must be one of {SUPPORTED_ACTIVATIONS}, got {activation!r}")
+    ones, zeros = torch.ones(cout, device=device), torch.zeros(cout, device=device)
     has_affine = scale is not None or shift is not None
-    if has_affine:
-        scale = (
-            torch.ones(cout, device=device)
-            if scale is None
-            else check_vector(scale, cout, "scale", device)
-        )
-        shift = (
-            torch.zeros(cout, device=device)
-            if shift is None
-            else check_vector(shift, cout, "shift", device)
-        )
-    return w, b, lo_t, hi_t, samples, seed, bins, scale, shift, has_affine
+    scale = ones if scale is None else check_vector(scale, cout, "scale", device)
+    shift = zeros if shift is None else check_vector(shift, cout, "shift", device)
+    chan = torch.stack([zeros if b is None else b, scale, shift]).contiguous()
+    return LayerArgs(b is not None, has_affine, chan, torch.stack([lo_t, hi_t]), samples, seed,
+                     bins)  # fmt: skip
