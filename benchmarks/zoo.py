@@ -326,6 +326,16 @@ def _stage(record: dict, key: str, flush: Callable[[], None]) -> Iterator[dict]:
         flush()
 
 
+def account(unaccounted: list[str], extra: list[str]) -> tuple[list[str], list[str]]:
+    """Pair the modules with weights that are not measured under their own name with the
+    measured layers that are not modules: a layer measured inside a module in its place (the
+    packed in-projection ``self_attention.in_proj`` of an ``nn.MultiheadAttention``, whose
+    own weights those are) accounts for that module. Returns what is left of each list."""
+    inside = {n for n in unaccounted if any(m.startswith(n + ".") for m in extra)}
+    left = [m for m in extra if not any(m.startswith(n + ".") for n in inside)]
+    return [n for n in unaccounted if n not in inside], left
+
+
 def run_model(
     key: str,
     input_shape: tuple[int, ...] | None = None,
@@ -387,8 +397,9 @@ def run_model(
             )
         )
         listed = set(measured) | set(scores.unsupported)
-        record["unaccounted"] = [n for n in layers if n not in listed]
-        record["measured_not_weighted"] = [n for n in measured if n not in set(layers)]
+        unaccounted = [n for n in layers if n not in listed]
+        extra = [n for n in measured if n not in set(layers)]
+        record["unaccounted"], record["measured_not_weighted"] = account(unaccounted, extra)
         del scores
 
     with _stage(record, "prune", flush) as entry:

@@ -126,3 +126,28 @@ def test_resume_skips_the_models_already_recorded(tmp_path):
     data = json.loads(out.read_text())
     assert data["models"] == {done["model"]: done}
     assert data["requested"] == [done["model"]] and data["runs"][-1]["models"] == []
+
+
+def test_multihead_attention_is_accounted_for_by_its_measured_in_projection():
+    """nn.MultiheadAttention holds the packed in-projection's weights itself and is measured
+    as ``<name>.in_proj`` (q, k, v): the sweep counts it as measured, not as unaccounted."""
+    tv = pytest.importorskip("torchvision")
+    import torch
+
+    import causalprune_fast as cf
+
+    torch.manual_seed(0)
+    model = tv.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    ).eval()
+    layers, _ = zoo.weighted_modules(model)
+    scores = cf.score_model(model, (3, 32, 32), examples=4, samples_per_layer=256)
+    listed = set(scores.layers) | set(scores.unsupported)
+    unaccounted = [n for n in layers if n not in listed]
+    extra = [n for n in scores.layers if n not in set(layers)]
+    attention = [f"encoder.layers.encoder_layer_{i}.self_attention" for i in range(2)]
+    assert unaccounted == attention  # what the sweep saw before it paired them
+    assert extra == [f"{n}.in_proj" for n in attention]
+    assert zoo.account(unaccounted, extra) == ([], [])
+    # a module with nothing measured inside it stays unaccounted
+    assert zoo.account(["a", "b"], ["a.in_proj", "bb.x"]) == (["b"], ["bb.x"])
