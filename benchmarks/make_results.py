@@ -203,12 +203,17 @@ def local_overhead_section(data: dict) -> str:
     how = (
         how[together.pop()] if len(together) == 1 else f"{how[False]} ({how[True]} with --parallel)"
     )
+    if data.get("idle"):  # set by hand where nothing else ran: the loads are the runs' own
+        load = f"No other job ran during the measurement{_loads(data)}"
+    else:
+        load = (
+            f"The machine was shared with other jobs running at the same time{_loads(data)}, "
+            "so absolute times are inflated and noisy"
+        )
     lines = [
         f"- date: {dates[0]} to {dates[-1]}; machine: {data['cpu']}, {data['cores']} logical "
-        f"cores, torch threads {data['torch_threads']}. The machine was shared with other jobs "
-        f"running at the same time{_loads(data)}, so absolute times are inflated and noisy: "
-        f"compare the ratios of one model's before and after rows at the same settings, which "
-        f"ran {how}",
+        f"cores, torch threads {data['torch_threads']}. {load}: compare the ratios of one "
+        f"model's before and after rows at the same settings, which ran {how}",
         "- commands: " + "; ".join(f"`{c}`" for c in data["commands"]),
         *([f"- {data['note']}"] if data.get("note") else []),
         "",
