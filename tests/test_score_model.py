@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import causalprune_fast as cf
 from causalprune_fast.noise import LOCAL, example_seed, stream, uniform_examples
@@ -310,6 +311,34 @@ def test_shared_and_unsupported_modules_are_listed():
     assert "shared weights" in scores.unsupported["body.0"]
     assert "Embedding" in scores.unsupported["extra"]
     assert list(scores) == ["body.3"]
+
+
+def test_a_layer_whose_weights_its_parent_uses_directly_is_listed_with_the_parent():
+    """torchvision's Swin attention calls F.linear(x, self.qkv.weight): the Linear's own
+    forward never runs, so it cannot be measured; the reason names the module that ran."""
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.unused = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.linear(x, self.qkv.weight, self.qkv.bias)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.head, self.idle = Functional(), nn.Linear(4, 2), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.head(self.attn(x))
+
+    scores = cf.score_model(Net(), (4,), **FAST)
+    reason = scores.unsupported["attn.qkv"]
+    assert "not called in the forward pass" in reason and "'attn' (Functional)" in reason
+    assert "'attn' (Functional)" in scores.unsupported["attn.unused"]
+    assert scores.unsupported["idle"] == "not called in the forward pass"  # the root: no parent
+    assert list(scores) == ["head"]
 
 
 # ----------------------------------------------------------------------------- layer kinds

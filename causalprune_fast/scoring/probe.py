@@ -84,7 +84,7 @@ def probe(
             kept.append(s)
         else:
             skipped[s.layer.name] = (
-                (getattr(s.layer, "unsupported_reason", None) or "not called in the forward pass")
+                (getattr(s.layer, "unsupported_reason", None) or _not_called(s, model, watch.ran))
                 if n == 0
                 else f"called {n} times per forward pass (shared weights are not supported)"
             )
@@ -93,17 +93,35 @@ def probe(
     return example, kept, skipped
 
 
+def _not_called(s: LayerState, model: nn.Module, ran: set[str]) -> str:
+    """Why a layer whose forward never ran is not measured, naming the module that holds it
+    where that module ran: it may use the layer's weights itself (``F.linear(x,
+    self.qkv.weight)``, as torchvision's Swin attention does), which no forward hook sees."""
+    parent = s.layer.name.rpartition(".")[0]
+    if parent and parent in ran:
+        kind = type(model.get_submodule(parent)).__name__
+        return (
+            f"not called in the forward pass: its parent '{parent}' ({kind}) runs without "
+            "calling it; where the parent uses its weights directly (a functional call such as "
+            "F.linear(x, layer.weight)), no forward hook can see the layer"
+        )
+    return "not called in the forward pass"
+
+
 class _FirstNonFinite:
-    """Forward hooks on every module that note the first one (in call order) whose output
-    holds NaN or Inf, so the blame falls on the module that made it, not a later layer."""
+    """Forward hooks on every module that note which modules ran (``ran``) and the first one
+    (in call order) whose output holds NaN or Inf, so the blame falls on the module that
+    made it, not a later layer."""
 
     def __init__(self, model: nn.Module, measured: set[str]):
         self.model, self.measured = model, measured
         self.found: str | None = None
+        self.ran: set[str] = set()
         self._handles: list = []
 
     def _hook(self, name: str) -> Callable:
         def hook(module, args, output):
+            self.ran.add(name)
             if self.found is not None:
                 return
             for t in output if isinstance(output, tuple | list) else (output,):
