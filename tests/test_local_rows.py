@@ -181,7 +181,8 @@ def test_rows_do_not_depend_on_the_threads_that_draw_them(tile):
         torch.set_num_threads(threads)
     assert made[0].shape == (b - a, 27)
     assert torch.equal(made[0], made[1])
-    # and a tile's rows are those rows of the whole layer
+    # and a tile's rows are those rows of the whole layer (the blocks a tile cuts are drawn
+    # whole and copied; the whole layer draws the same blocks in place)
     whole = source(conv, (3, 9, 9), lo, hi, rows, full_tensor=False).make(0, rows)[0]
     assert torch.equal(whole[a:b], made[0])
 

@@ -133,35 +133,51 @@ def row_source(
 
 
 def _blocks(
-    a: int, b: int, outs: list[torch.Tensor], draw: Callable[[torch.Generator], list], **kw
+    a: int, b: int, outs: list[torch.Tensor], draw: Callable[[torch.Generator, list], None], **kw
 ) -> None:
     """Fill ``outs`` (each ``[..., b - a]``: the row index last, so that the rows end up
     column-major, as the binning and MI kernels read them fastest) with rows ``[a, b)`` of
-    the blocks drawn by ``draw(generator)`` (each ``[..., BLOCK]``). Block ``j`` has its own
-    generator, seeded from ``(seed, (LOCAL, layer), j)``, so a row does not depend on the
-    tile that makes it, nor on the thread that draws it: on the CPU, where drawing from one
-    generator is serial, the blocks are drawn by up to ``torch.get_num_threads()`` threads,
-    each a contiguous run of blocks with a generator of its own (the copies go to disjoint
-    rows), which gives the same rows as one thread."""
-    first, last = a // BLOCK, (b - 1) // BLOCK
+    the blocks that ``draw(generator, views)`` writes into ``views`` (each ``[..., BLOCK]``).
+    Block ``j`` has its own generator, seeded from ``(seed, (LOCAL, layer), j)``, so a row
+    does not depend on the tile that makes it, nor on the thread that draws it.
+
+    On the CPU, where drawing from one generator is serial, the blocks that lie whole in the
+    tile are drawn straight into their rows (an in-place draw consumes the generator in the
+    same order as a fresh block) by up to ``torch.get_num_threads()`` threads, each a
+    contiguous run of blocks with a generator of its own. The draws are serial kernels, so
+    no thread starts a parallel region of its own. A block the tile cuts, and every block on
+    other devices, is drawn whole in this thread and its rows in the tile copied."""
+    device = torch.device(kw["device"])
+
+    def seeded(gen: torch.Generator, j: int) -> torch.Generator:
+        return gen.manual_seed(example_seed(kw["seed"], stream(LOCAL, kw["index"]), j))
 
     def fill(js: range) -> None:
-        gen = torch.Generator(device=kw["device"])
+        gen = torch.Generator(device=device)
         for j in js:
-            gen.manual_seed(example_seed(kw["seed"], stream(LOCAL, kw["index"]), j))
-            r0, r1 = max(a, j * BLOCK), min(b, (j + 1) * BLOCK)
-            for out, block in zip(outs, draw(gen), strict=True):
-                out[..., r0 - a : r1 - a] = block[..., r0 - j * BLOCK : r1 - j * BLOCK]
+            r = j * BLOCK - a
+            draw(seeded(gen, j), [out[..., r : r + BLOCK] for out in outs])
 
-    count = last - first + 1
-    workers = 1 if torch.device(kw["device"]).type != "cpu" else torch.get_num_threads()
-    workers = max(1, min(workers, count))
+    first, last = a // BLOCK, (b - 1) // BLOCK
+    whole = range(first + (a % BLOCK != 0), last + 1 - (b % BLOCK != 0))
+    if device.type != "cpu":
+        whole = range(0)
+    gen = torch.Generator(device=device)
+    for j in range(first, last + 1):
+        if j in whole:
+            continue
+        blocks = [torch.empty((*o.shape[:-1], BLOCK), dtype=o.dtype, device=device) for o in outs]
+        draw(seeded(gen, j), blocks)
+        r0, r1 = max(a, j * BLOCK), min(b, (j + 1) * BLOCK)
+        for out, block in zip(outs, blocks, strict=True):
+            out[..., r0 - a : r1 - a] = block[..., r0 - j * BLOCK : r1 - j * BLOCK]
+    workers = max(1, min(torch.get_num_threads(), len(whole)))
     if workers == 1:
-        fill(range(first, last + 1))
+        fill(whole)
         return
-    bounds = [first + count * w // workers for w in range(workers + 1)]
+    step = [whole.start + len(whole) * w // workers for w in range(workers + 1)]
     with ThreadPoolExecutor(workers) as pool:  # torch's kernels release the GIL
-        list(pool.map(fill, [range(bounds[w], bounds[w + 1]) for w in range(workers)]))
+        list(pool.map(fill, [range(step[w], step[w + 1]) for w in range(workers)]))
 
 
 def _column_major(t: torch.Tensor) -> torch.Tensor:
@@ -182,8 +198,8 @@ def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype)
     size = torch.finfo(dtype).bits // 8
     lo2, hi2 = lo.reshape(c_in, 1), hi.reshape(c_in, 1)
 
-    def draw(gen: torch.Generator) -> list[torch.Tensor]:
-        return [torch.rand((c_in, BLOCK), generator=gen, device=device, dtype=dtype)]
+    def draw(gen: torch.Generator, views: list[torch.Tensor]) -> None:
+        views[0].uniform_(generator=gen)  # as torch.rand((c_in, BLOCK))
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         xt = torch.empty((c_in, b - a), device=device, dtype=dtype)
@@ -226,10 +242,9 @@ def _patch_source(
     lo3, hi3 = lo.reshape(c_in, 1, 1), hi.reshape(c_in, 1, 1)
     size = torch.finfo(dtype).bits // 8
 
-    def draw(gen: torch.Generator) -> list[torch.Tensor]:
-        pos = torch.randint(positions, (BLOCK,), generator=gen, device=device)
-        u = torch.rand((c_in, k, BLOCK), generator=gen, device=device, dtype=dtype)
-        return [pos, u]
+    def draw(gen: torch.Generator, views: list[torch.Tensor]) -> None:
+        views[0].random_(0, positions, generator=gen)  # as torch.randint(positions, (BLOCK,))
+        views[1].uniform_(generator=gen)  # as torch.rand((c_in, k, BLOCK))
 
     def inside(pos: torch.Tensor) -> torch.Tensor:
         """``[rows, k]``: which taps of each row's receptive field are inside the input."""
