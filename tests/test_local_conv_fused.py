@@ -28,6 +28,7 @@ from fused_debug import (  # noqa: E402
     local_conv_debug,
     reference_conv_response,
 )
+from nets import structured_conv  # noqa: E402
 from sm90_build import compile_check, nvidia_tooling  # noqa: E402
 
 import causalprune_fast as cf  # noqa: E402
@@ -253,12 +254,8 @@ def _source(conv, shape, lo, hi, rows):
 )
 def test_fused_conv_equals_the_patches_path_in_distribution(make, shape):
     torch.manual_seed(0)
-    conv = make()
+    conv, lo, hi = structured_conv(make())
     k = conv.weight[0, 0].numel()
-    with torch.no_grad():  # known structure: output 0 reads input channel 0's centre tap
-        conv.weight.mul_(0.1)
-        conv.weight[0, 0].view(-1)[k // 2] = 3.0
-    lo, hi = -torch.rand(conv.in_channels), torch.rand(conv.in_channels) + 0.5
     rows = 8192
     src = _source(conv, shape, lo, hi, rows)
     x, y = src.make(0, rows)

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from nets import structured_conv
 
 import causalprune_fast as cf
 from causalprune_fast.layers import Layer
@@ -113,12 +114,8 @@ def test_layers_the_patch_path_cannot_take_use_the_full_tensor_path():
 )
 def test_patch_path_equals_full_tensor_path_in_distribution(make, shape):
     torch.manual_seed(0)
-    conv = make()
+    conv, lo, hi = structured_conv(make())
     k = conv.weight[0, 0].numel()
-    with torch.no_grad():  # known structure: output 0 reads input channel 0's centre tap
-        conv.weight.mul_(0.1)
-        conv.weight[0, 0].view(-1)[k // 2] = 3.0
-    lo, hi = -torch.rand(conv.in_channels), torch.rand(conv.in_channels) + 0.5
     mi, padding = [], []
     for full in (False, True):
         src = source(conv, shape, lo, hi, 20000, full)
