@@ -17,7 +17,7 @@ import torch
 from conftest import SMOKE
 
 import causalprune_fast as cf
-from causalprune_fast import _extension
+from causalprune_fast.estimator import extension as _extension
 
 S, C, B = (16384, 256, 16) if not SMOKE else (1024, 16, 16)
 GROUP = "ceilings"

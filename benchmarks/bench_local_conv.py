@@ -1,4 +1,4 @@
-"""The fused local-mode convolution kernel (triton_kernels/local_conv.py) against the unfused
+"""The fused local-mode convolution kernel (estimator/triton/local_conv.py) against the unfused
 ``patches`` path on the same layer: patch rows made by torch (scoring/sampling.py), binned and
 measured by the backend's pairwise MI. Both measure ``samples_per_layer`` patch rows of one layer
 (its calibration pass is not timed); the work is the in-group pair-samples.
@@ -18,9 +18,9 @@ import torch.nn as nn
 from conftest import SMOKE
 
 import causalprune_fast as cf
-from causalprune_fast.conv_geometry import ConvGeometry
-from causalprune_fast.layers import Layer
-from causalprune_fast.response import ResponsePoint
+from causalprune_fast.base.conv_geometry import ConvGeometry
+from causalprune_fast.model.layers import Layer
+from causalprune_fast.model.response import ResponsePoint
 from causalprune_fast.scoring.sampling import row_source
 
 GPU = torch.cuda.is_available()
@@ -81,7 +81,7 @@ def test_local_conv_layer(measure, benchmark, case, path):
     hi = torch.rand(cin, device=DEVICE) + 0.5
     units = cin * conv.weight[0, 0].numel()
     if path == "fused-triton":
-        from causalprune_fast.triton_kernels.local_conv import local_conv_mi
+        from causalprune_fast.estimator.triton.local_conv import local_conv_mi
 
         scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
         shift = (bn.bias - bn.running_mean * scale).detach()

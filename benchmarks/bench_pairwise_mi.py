@@ -14,7 +14,7 @@ from anchors import deep_ei_module, numpy_sklearn_loop, torch_bincount, torch_on
 from conftest import size
 
 import causalprune_fast as cf
-from causalprune_fast import _extension
+from causalprune_fast.estimator import extension as _extension
 
 S = size(16384, 512)
 C = size(256, 16)

@@ -13,7 +13,7 @@ import torch
 from conftest import SMOKE
 
 import causalprune_fast as cf
-from causalprune_fast import _extension
+from causalprune_fast.estimator import extension as _extension
 
 STATUS = cf.available_backends()
 GPU = torch.cuda.is_available()

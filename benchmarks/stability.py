@@ -13,8 +13,8 @@ import time
 import torch
 
 import causalprune_fast as cf
-from causalprune_fast.models import build_model
-from causalprune_fast.results import spearman
+from causalprune_fast.cli.model_specs import build_model
+from causalprune_fast.results.causal_scores import spearman
 
 
 def stability(model: torch.nn.Module, shape, seeds=(0, 1), **kwargs) -> dict:

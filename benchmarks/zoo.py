@@ -51,7 +51,7 @@ if ROOT not in sys.path:  # this checkout's package, not whichever one is instal
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from causalprune_fast.integrations.hf import is_rmsnorm  # noqa: E402
+from causalprune_fast.model.families import is_rmsnorm  # noqa: E402
 
 #: Scoring settings of the sweep (small: the sweep measures coverage, not quality).
 SETTINGS: dict[str, Any] = {

@@ -4,20 +4,28 @@ Implements "On Causal Inference for Data-free Structured Pruning" (Ferianc et al
 a network with maximum-entropy noise and score every channel by the binned mutual information
 that flows through it. What is computed is specified in docs/method.md; the estimator's entry points
 are :func:`pairwise_mi` and :func:`quantize`.
+
+The package's folders are its layers, each importing only from the ones listed before it
+(README.md, "Architecture"): ``base``, ``estimator``, ``model``, ``results``, ``scoring``,
+``pruning``, ``cli``. The module paths of the earlier flat layout still work for one release
+(``_aliases.py``).
 """
 
-from causalprune_fast import _extension  # noqa: F401  (loads the C++ ops)
-from causalprune_fast.backends import BackendStatus, available_backends
-from causalprune_fast.estimator import (
+from causalprune_fast import _aliases
+from causalprune_fast.estimator import extension as _extension  # noqa: F401  (loads the C++ ops)
+from causalprune_fast.estimator.backends import BackendStatus, available_backends
+from causalprune_fast.estimator.ops import (
     PairwiseMISums,
     default_memory_budget,
     pairwise_mi,
     quantize,
 )
-from causalprune_fast.prune_report import PruneReport
-from causalprune_fast.pruning import prune
-from causalprune_fast.results import CausalScores, LayerScores
-from causalprune_fast.score import score_model
+from causalprune_fast.pruning.prune_model import prune
+from causalprune_fast.pruning.report import PruneReport
+from causalprune_fast.results.causal_scores import CausalScores, LayerScores
+from causalprune_fast.scoring.score import score_model
+
+_aliases.install()
 
 __version__ = "0.1.0"
 
@@ -34,3 +42,13 @@ __all__ = [
     "quantize",
     "score_model",
 ]
+
+
+def __getattr__(name: str):
+    """Old modules as attributes of the package (``causalprune_fast.backends``), as the flat
+    layout had them: through their aliases."""
+    if name in _aliases.MOVED and "." not in name:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from causalprune_fast.cli import main
+from causalprune_fast.cli.command import main
 
 raise SystemExit(main())

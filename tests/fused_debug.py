@@ -1,9 +1,9 @@
-"""Test-only views into the fused local-mode kernels (triton_kernels/local_linear.py and
+"""Test-only views into the fused local-mode kernels (estimator/triton/local_linear.py and
 local_conv.py).
 
 The production kernels store neither the noise nor the response (only the y codes, one slab
 of output channels at a time). These kernels recompute them with the production device helpers
-(``layer_response.noise``, ``range_response``, ``conv_response``) at the launch shapes of a
+(``linear_response.noise``, ``range_response``, ``conv_response``) at the launch shapes of a
 run, so the tests see the values the fused passes measured:
 
 * :func:`materialize_noise`: the [S, Cin] noise of every kernel;
@@ -25,10 +25,10 @@ import triton
 import triton.language as tl
 
 import causalprune_fast as cf
-from causalprune_fast.triton_kernels import local_conv as lc
-from causalprune_fast.triton_kernels import local_linear as ll
-from causalprune_fast.triton_kernels.conv_response import conv_response_t, patch_noise, row_base
-from causalprune_fast.triton_kernels.layer_response import noise, range_response
+from causalprune_fast.estimator.triton import local_conv as lc
+from causalprune_fast.estimator.triton import local_linear as ll
+from causalprune_fast.estimator.triton.conv_response import conv_response_t, patch_noise, row_base
+from causalprune_fast.estimator.triton.linear_response import noise, range_response
 
 NOISE_BLOCK_S, NOISE_BLOCK_K = 32, 64
 

@@ -1,5 +1,6 @@
 """An independent float64 NumPy reference for the tests: joint counts per pair with
-``np.add.at`` (not a one-hot product as in causalprune_fast.reference), binning with NumPy."""
+``np.add.at`` (not a one-hot product as in causalprune_fast.estimator.reference), binning with
+NumPy."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The tests' ahead-of-time build of the Triton kernels for an H100 (sm_90), without a GPU.
 
 The interpreter runs the kernels' arithmetic but not the GPU compiler, so the tests run
-``python -m causalprune_fast.triton_kernels.compile_check`` in a process without
+``python -m causalprune_fast.estimator.triton.compile_check`` in a process without
 TRITON_INTERPRET (interpreted kernels cannot be compiled), on this checkout.
 """
 
@@ -29,7 +29,7 @@ def compile_check(*flags: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
-    cmd = [sys.executable, "-m", "causalprune_fast.triton_kernels.compile_check", *flags]
+    cmd = [sys.executable, "-m", "causalprune_fast.estimator.triton.compile_check", *flags]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     return res.stdout

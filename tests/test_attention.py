@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import causalprune_fast as cf
-from causalprune_fast.attention import VirtualLayer, head_scores
-from causalprune_fast.discovery import find_layers
-from causalprune_fast.noise import uniform_examples
+from causalprune_fast.base.noise import uniform_examples
+from causalprune_fast.model.attention import VirtualLayer, head_scores
+from causalprune_fast.model.discovery import find_layers
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 

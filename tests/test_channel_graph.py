@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import causalprune_fast as cf
-import causalprune_fast.channel_graph as cg
-from causalprune_fast.channel_graph import Member
+import causalprune_fast.model.channel_graph as cg
+from causalprune_fast.model.channel_graph import Member
 
 pytest.importorskip("torch_pruning")
 # Tiny settings on purpose: the warning about few samples per layer is expected here.
@@ -280,7 +280,7 @@ def test_window_attention_groups_fall_back_per_layer(monkeypatch):
     budget those layers are scored alone, named in a warning and in config["graph"], and
     the rest keep their coupling."""
     pytest.importorskip("torchvision")
-    from causalprune_fast.estimator import default_memory_budget
+    from causalprune_fast.estimator.ops import default_memory_budget
 
     # An index budget of 2e5 entries (25 MB) instead of the default 1 GiB worth.
     monkeypatch.setattr(cg, "BYTES_PER_INDEX", default_memory_budget() // 200_000)
@@ -322,7 +322,7 @@ def test_multihead_attention_projections_join_the_residual_stream_group():
     pytest.importorskip("torchvision")
     import torch_pruning as tp
 
-    from causalprune_fast.integrations.torch_pruning import CausalImportance
+    from causalprune_fast.pruning.importance import CausalImportance
 
     net = tiny_vit()
     scores = cf.score_model(net, (3, 32, 32), examples=4, samples_per_layer=512, progress=False)

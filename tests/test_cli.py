@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import causalprune_fast as cf
-from causalprune_fast.cli import main
-from causalprune_fast.models import build_model, load_weights
+from causalprune_fast.cli.command import main
+from causalprune_fast.cli.model_specs import build_model, load_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 
@@ -168,7 +168,7 @@ def test_argparse_errors_exit_2(capsys):
 def test_every_option_of_every_subcommand_has_help():
     import argparse
 
-    from causalprune_fast.cli import _parser
+    from causalprune_fast.cli.command import _parser
 
     parser = _parser()
     subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

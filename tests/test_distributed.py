@@ -91,8 +91,8 @@ def test_failing_rank_stops_every_rank_with_its_name(tmp_path):
     # Both ranks raise, naming the failing rank and its layer (here already in the probe pass).
     for rank in (0, 1):
         assert (
-            f"[rank{rank}]: causalprune_fast.distributed.DistributedScoringError: rank 1 failed"
-            in text
+            f"[rank{rank}]: causalprune_fast.base.distributed.DistributedScoringError: "
+            "rank 1 failed" in text
         )
     assert "at layer '3'" in text and "injected failure" in text
     assert not out.exists() and not list(tmp_path.iterdir())

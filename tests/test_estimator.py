@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import causalprune_fast as cf
-from causalprune_fast.tiling import workspace_bytes
+from causalprune_fast.estimator.tiling import workspace_bytes
 
 import npref
 

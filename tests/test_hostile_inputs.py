@@ -18,9 +18,9 @@ import torch.nn as nn
 from nets import pooled_cnn
 
 import causalprune_fast as cf
-from causalprune_fast.cli import main
-from causalprune_fast.integrations.torch_pruning import CausalImportance
-from causalprune_fast.nn_prune import causal_structured
+from causalprune_fast.cli.command import main
+from causalprune_fast.pruning.importance import CausalImportance
+from causalprune_fast.pruning.nn_prune import causal_structured
 
 SHAPE = (3, 8, 8)
 # /proc takes no new files, even from root (for whom chmod does not make a folder unwritable).

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch.nn as nn
 
-from causalprune_fast.discovery import find_layers
+from causalprune_fast.model.discovery import find_layers
 
 
 def net() -> nn.Module:

@@ -17,9 +17,9 @@ import causalprune_fast as cf
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 tp = pytest.importorskip("torch_pruning", reason="torch-pruning is not installed")
 
-from causalprune_fast.integrations.attention_pruning import attention_pruning  # noqa: E402
-from causalprune_fast.integrations.llm_pruning import conv1d_pruner, traceable  # noqa: E402
-from causalprune_fast.integrations.torch_pruning import CausalImportance  # noqa: E402
+from causalprune_fast.model.llm_graph import conv1d_pruner, traceable  # noqa: E402
+from causalprune_fast.pruning.attention_pruning import attention_pruning  # noqa: E402
+from causalprune_fast.pruning.importance import CausalImportance  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 

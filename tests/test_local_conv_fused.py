@@ -1,4 +1,4 @@
-"""Tests of the fused local-mode convolution kernels (causalprune_fast.triton_kernels.local_conv).
+"""Tests of the fused local-mode convolution kernels (causalprune_fast.estimator.triton.local_conv).
 
 Without a GPU they run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1 before the
 kernels are imported); with one, on CUDA tensors. Two references:
@@ -32,12 +32,12 @@ from nets import structured_conv  # noqa: E402
 from sm90_build import compile_check, nvidia_tooling  # noqa: E402
 
 import causalprune_fast as cf  # noqa: E402
-from causalprune_fast import triton_kernels as tk  # noqa: E402
-from causalprune_fast.conv_geometry import ConvGeometry  # noqa: E402
-from causalprune_fast.layers import Layer  # noqa: E402
-from causalprune_fast.response import ResponsePoint  # noqa: E402
+from causalprune_fast.base.conv_geometry import ConvGeometry  # noqa: E402
+from causalprune_fast.estimator import triton as tk  # noqa: E402
+from causalprune_fast.estimator.triton import local_conv as lc  # noqa: E402
+from causalprune_fast.model.layers import Layer  # noqa: E402
+from causalprune_fast.model.response import ResponsePoint  # noqa: E402
 from causalprune_fast.scoring.sampling import row_source  # noqa: E402
-from causalprune_fast.triton_kernels import local_conv as lc  # noqa: E402
 
 _OK, _WHY = tk.is_available()
 # On a machine with a GPU (CAUSALPRUNE_EXPECT_GPU=1, set by benchmarks/gpu_suite.sh) the kernels

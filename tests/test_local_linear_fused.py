@@ -1,4 +1,4 @@
-"""Tests of the fused local-mode Linear kernels (causalprune_fast.triton_kernels.local_linear).
+"""Tests of the fused local-mode Linear kernels (causalprune_fast.estimator.triton.local_linear).
 
 Without a GPU they run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1 before the
 kernels are imported); with one, on CUDA tensors. The reference is the unfused path on the same
@@ -34,8 +34,8 @@ from fused_debug import (  # noqa: E402
 from sm90_build import compile_check, nvidia_tooling  # noqa: E402
 
 import causalprune_fast as cf  # noqa: E402
-from causalprune_fast import triton_kernels as tk  # noqa: E402
-from causalprune_fast.triton_kernels import local_linear as ll  # noqa: E402
+from causalprune_fast.estimator import triton as tk  # noqa: E402
+from causalprune_fast.estimator.triton import local_linear as ll  # noqa: E402
 
 _OK, _WHY = tk.is_available()
 pytestmark = [pytest.mark.skipif(not _OK, reason=_WHY), pytest.mark.usefixtures("no_tf32")]
@@ -231,7 +231,7 @@ def test_channel_slabs_give_the_mi_of_one_slab(reduce):
 
 
 def test_channel_slab_plan():
-    from causalprune_fast.triton_kernels.local_plan import channel_slabs
+    from causalprune_fast.estimator.triton.local_plan import channel_slabs
 
     for cout in (1, 5, 8, 16, 17, 40, 1000):
         for py, yw in ((8, 16), (1, 16), (32, 32)):

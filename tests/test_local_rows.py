@@ -13,8 +13,8 @@ import torch.nn as nn
 from nets import structured_conv
 
 import causalprune_fast as cf
-from causalprune_fast.layers import Layer
-from causalprune_fast.response import ResponsePoint
+from causalprune_fast.model.layers import Layer
+from causalprune_fast.model.response import ResponsePoint
 from causalprune_fast.scoring.local import LocalMode
 from causalprune_fast.scoring.sampling import BLOCK, row_source
 

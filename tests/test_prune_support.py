@@ -1,6 +1,6 @@
 """prune() on models Torch-Pruning 1.6.1 cannot prune (issue 10, the zoo sweep's failures):
 a ValueError naming the modules and why, and the model left as found. Known structures are
-refused before any work (prune_support.check_structures); without that list, the generic
+refused before any work (refusals.check_structures); without that list, the generic
 checks still refuse them: a dependency graph that cannot be built or groups that cannot be
 found within bounds (check_groups, before Torch-Pruning's own search), or a pruned model that
 fails on the example input (the model is put back)."""
@@ -13,8 +13,8 @@ import torch.nn as nn
 from test_prune_trust import assert_unchanged, state_of
 
 import causalprune_fast as cf
-import causalprune_fast.channel_graph as cg
-from causalprune_fast import prune_support, pruning
+import causalprune_fast.model.channel_graph as cg
+from causalprune_fast.pruning import prune_model, refusals
 
 pytest.importorskip("torch_pruning")
 KW = dict(examples=2, samples_per_layer=64, progress=False)
@@ -83,7 +83,7 @@ def test_known_structures_are_refused_before_any_work(monkeypatch, make, shape, 
         raise AssertionError("the refusal must come before any forward pass")
 
     monkeypatch.setattr(cg, "find_groups", no_forward)
-    monkeypatch.setattr(pruning, "model_output_layers", no_forward)
+    monkeypatch.setattr(prune_model, "model_output_layers", no_forward)
     with pytest.raises(ValueError, match=reason) as e:
         cf.prune(model, 0.3, shape, **KW)
     assert f"'{module}'" in str(e.value) and "not changed" in str(e.value)
@@ -91,7 +91,7 @@ def test_known_structures_are_refused_before_any_work(monkeypatch, make, shape, 
 
 
 def test_a_graph_torch_pruning_cannot_build_is_refused_naming_the_error(monkeypatch):
-    monkeypatch.setattr(prune_support, "UNSUPPORTED", {})  # the generic check alone
+    monkeypatch.setattr(refusals, "UNSUPPORTED", {})  # the generic check alone
     model = shufflenet()
     before = state_of(model)
     with pytest.raises(ValueError, match="cannot build the dependency graph.*ZeroDivision"):
@@ -102,9 +102,9 @@ def test_a_graph_torch_pruning_cannot_build_is_refused_naming_the_error(monkeypa
 def test_groups_beyond_the_bounds_are_refused_before_torch_pruning_searches_them(monkeypatch):
     import torch_pruning as tp
 
-    from causalprune_fast.estimator import default_memory_budget
+    from causalprune_fast.estimator.ops import default_memory_budget
 
-    monkeypatch.setattr(prune_support, "UNSUPPORTED", {})
+    monkeypatch.setattr(refusals, "UNSUPPORTED", {})
     # An index budget of 2e4 entries: the same refusal as the default's, found sooner (one
     # qkv channel of MaxViT needs more than the default's 3.5e5 entries even at this size).
     monkeypatch.setattr(cg, "BYTES_PER_INDEX", default_memory_budget() // 20_000)
@@ -122,7 +122,7 @@ def test_groups_beyond_the_bounds_are_refused_before_torch_pruning_searches_them
 
 
 def test_a_pruned_model_that_no_longer_runs_is_put_back(monkeypatch):
-    monkeypatch.setattr(prune_support, "UNSUPPORTED", {})
+    monkeypatch.setattr(refusals, "UNSUPPORTED", {})
     model = timm_swin()  # Torch-Pruning leaves LayerNorms and Linears of different widths
     before = state_of(model)
     with pytest.raises(ValueError, match="pruned model fails on the example input"):
@@ -138,4 +138,4 @@ def test_ordinary_models_pass_the_group_check():
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     found = cg.find_groups(model, torch.rand(1, 3, 8, 8), names)
     assert not found.uncoupled and not found.graph_error
-    prune_support.check_groups(model, torch.rand(1, 3, 8, 8), names)  # no error
+    refusals.check_groups(model, torch.rand(1, 3, 8, 8), names)  # no error

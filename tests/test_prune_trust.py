@@ -15,11 +15,11 @@ import torch.nn as nn
 from nets import pooled_cnn
 
 import causalprune_fast as cf
-from causalprune_fast.nn_prune import causal_structured
-from causalprune_fast.outputs import output_tensors
+from causalprune_fast.base.outputs import output_tensors
+from causalprune_fast.pruning.nn_prune import causal_structured
 
 tp = pytest.importorskip("torch_pruning")
-from causalprune_fast.integrations.torch_pruning import CausalImportance  # noqa: E402
+from causalprune_fast.pruning.importance import CausalImportance  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 KW = dict(samples=16, seed=0)

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from causalprune_fast.channel_graph import Member
-from causalprune_fast.results import CausalScores, LayerScores
+from causalprune_fast.model.channel_graph import Member
+from causalprune_fast.results.causal_scores import CausalScores, LayerScores
 
 
 def small_scores() -> CausalScores:

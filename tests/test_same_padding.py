@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import causalprune_fast as cf
-from causalprune_fast.layers import Layer, conv_padding, input_rows
+from causalprune_fast.model.layers import Layer, conv_padding, input_rows
 
 timm_layers = pytest.importorskip("timm.layers")
 
@@ -75,7 +75,7 @@ def test_models_with_same_convs_are_scored_in_both_modes(mode):
 def test_fused_conv_geometry_has_the_padding_the_forward_adds():
     """The fused kernel's geometry (conv_geometry.ConvGeometry) pads a SAME conv as its forward
     does: asymmetric, one column right and bottom for 8 -> 4 at stride 2."""
-    from causalprune_fast.conv_geometry import ConvGeometry
+    from causalprune_fast.base.conv_geometry import ConvGeometry
 
     conv = same_conv(3, 4, 3, 2)
     geometry = ConvGeometry.of(conv, (3, 8, 8))

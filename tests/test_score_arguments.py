@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 import causalprune_fast as cf
-from causalprune_fast._validation import parse_bytes
-from causalprune_fast.estimator import default_memory_budget
+from causalprune_fast.base.validation import parse_bytes
+from causalprune_fast.estimator.ops import default_memory_budget
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 FAST = dict(samples=8, progress=False, mode="propagated")

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import causalprune_fast as cf
-from causalprune_fast.noise import LOCAL, example_seed, stream, uniform_examples
-from causalprune_fast.results import spearman
+from causalprune_fast.base.noise import LOCAL, example_seed, stream, uniform_examples
+from causalprune_fast.results.causal_scores import spearman
 from causalprune_fast.scoring.sampling import BLOCK
 
 FAST = dict(samples=8, progress=False, mode="propagated")
@@ -400,8 +400,8 @@ def test_mobilenet_v3_small_end_to_end():
 def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
     """The fused Triton local-mode path (GPU default; forced here under the interpreter) is
     wired with the calibrated ranges, the folded BatchNorm and the activation."""
-    from causalprune_fast.noise import example_seed
-    from causalprune_fast.triton_kernels.local_linear import local_linear_mi
+    from causalprune_fast.base.noise import example_seed
+    from causalprune_fast.estimator.triton.local_linear import local_linear_mi
 
     if not cf.available_backends()["triton"].available:
         pytest.skip(cf.available_backends()["triton"].detail)
@@ -443,7 +443,7 @@ def test_local_mode_fused_kernel_equals_the_kernel_called_directly():
 def test_backend_means_the_same_for_the_fused_local_path():
     """The fused local measurement is a backend capability: backend='reference' (or 'cpu')
     never runs Triton, even with fused_local=True; 'triton' and 'auto' offer it."""
-    from causalprune_fast.backends import capability
+    from causalprune_fast.estimator.backends import capability
 
     cpu = torch.device("cpu")
     assert capability("reference", cpu, "local_linear_mi") is None

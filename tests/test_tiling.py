@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from causalprune_fast.tiling import plan_chunks, workspace_bytes
+from causalprune_fast.estimator.tiling import plan_chunks, workspace_bytes
 
 
 def covered(chunks):

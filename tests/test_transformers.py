@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import causalprune_fast as cf
-from causalprune_fast.discovery import find_layers
+from causalprune_fast.model.discovery import find_layers
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")

@@ -1,4 +1,4 @@
-"""Tests of the Triton kernels (causalprune_fast.triton_kernels).
+"""Tests of the Triton kernels (causalprune_fast.estimator.triton).
 
 Without a GPU they run on CPU tensors under Triton's interpreter: TRITON_INTERPRET must be set
 before the kernels are first imported, hence the environment set-up above the imports. With a
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sm90_build import compile_check  # noqa: E402
 
-from causalprune_fast import triton_kernels as tk  # noqa: E402
+from causalprune_fast.estimator import triton as tk  # noqa: E402
 
 _OK, _WHY = tk.is_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=_WHY)
@@ -27,7 +27,7 @@ DEVICE = "cpu" if tk.INTERPRET else "cuda"
 TOL = 1e-5  # bits (docs/method.md section 5)
 
 try:
-    from causalprune_fast import _extension
+    from causalprune_fast.estimator import extension as _extension
 
     HAVE_CPP = _extension._C is not None
 except ImportError:  # pragma: no cover

@@ -71,7 +71,7 @@ def test_non_finite_activations_are_rejected_with_a_count(bad, given_ranges):
 def test_all_finite_is_exact_where_the_sum_overflows(dtype):
     """The one-pass finiteness test: exact for NaN and +-Inf anywhere (also +Inf and -Inf
     together), and finite values whose sum overflows are still finite."""
-    from causalprune_fast._validation import all_finite
+    from causalprune_fast.base.validation import all_finite
 
     big = torch.full((64, 3), torch.finfo(dtype).max, dtype=dtype)
     assert all_finite(big) and all_finite(-big) and all_finite(big.t())

@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Iterable
 
 import causalprune_fast as cf
-from causalprune_fast.results import spearman
+from causalprune_fast.results.causal_scores import spearman
 
 COLUMNS = (
     "layer",

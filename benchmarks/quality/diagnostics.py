@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 import causalprune_fast as cf
-from causalprune_fast.results import spearman
+from causalprune_fast.results.causal_scores import spearman
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bias  # noqa: E402

@@ -54,7 +54,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import causalprune_fast as cf
-from causalprune_fast.integrations.torch_pruning import CausalImportance, model_state_key
+from causalprune_fast.pruning.importance import CausalImportance, model_state_key
 
 INPUT_SHAPE = (1, 8, 8)
 DIRECTIONS = ("in", "out", "both")

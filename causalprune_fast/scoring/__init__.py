@@ -1,7 +1,8 @@
-"""The machinery behind :func:`causalprune_fast.score_model`, one concern per module.
+"""Layer 4, scoring: :func:`causalprune_fast.score_model` (``score.py``) and its machinery, one
+concern per module.
 
 - ``plan.py``: :class:`ScorePlan`, every argument checked once, frozen.
-- ``state.py``: :class:`LayerState`, what is known about one measured layer during a run.
+- ``layer_state.py``: :class:`LayerState`, what is known about one measured layer during a run.
 - ``hooks.py``: forward hooks that are always removed, and the model state restored on exit.
 - ``probe.py``: the input noise, and the probe pass (what each layer sees, which are called).
 - ``runner.py``: the forward passes of propagated mode, binning, budget batching.

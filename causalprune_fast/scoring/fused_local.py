@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from causalprune_fast.layers import Layer
-from causalprune_fast.response import ResponsePoint
+from causalprune_fast.model.layers import Layer
+from causalprune_fast.model.response import ResponsePoint
 
 _ACTIVATION_MODULES = {
     nn.ReLU: "relu",

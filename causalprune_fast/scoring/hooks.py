@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from causalprune_fast.scoring.state import LayerState
+from causalprune_fast.scoring.layer_state import LayerState
 
 BEFORE_FIRST = "before the first measured layer"
 

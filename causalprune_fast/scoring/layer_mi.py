@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from causalprune_fast import reference
-from causalprune_fast.backends import Backend
-from causalprune_fast.distributed import DistContext
-from causalprune_fast.estimator import pairwise_mi_of_codes
-from causalprune_fast.results import LayerScores
-from causalprune_fast.scoring.state import LayerState
+from causalprune_fast.base.distributed import DistContext
+from causalprune_fast.estimator import reference
+from causalprune_fast.estimator.backends import Backend
+from causalprune_fast.estimator.ops import pairwise_mi_of_codes
+from causalprune_fast.results.causal_scores import LayerScores
+from causalprune_fast.scoring.layer_state import LayerState
 
 
 @dataclass(frozen=True)

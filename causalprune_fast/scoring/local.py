@@ -18,14 +18,14 @@ from collections.abc import Callable
 
 import torch
 
-from causalprune_fast.backends import capability
-from causalprune_fast.conv_geometry import ConvGeometry
-from causalprune_fast.distributed import DistContext
-from causalprune_fast.noise import LOCAL, example_seed, stream
+from causalprune_fast.base.conv_geometry import ConvGeometry
+from causalprune_fast.base.distributed import DistContext
+from causalprune_fast.base.noise import LOCAL, example_seed, stream
+from causalprune_fast.estimator.backends import capability
 from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_capability, fused_epilogue
 from causalprune_fast.scoring.layer_mi import LayerMI
+from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
 from causalprune_fast.scoring.sampling import RowSource, row_source
-from causalprune_fast.scoring.state import LayerState, check_finite, clock
 
 
 class LocalMode:

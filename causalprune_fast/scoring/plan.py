@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from causalprune_fast import _validation as v
-from causalprune_fast.backends import BACKENDS
-from causalprune_fast.backends import _unusable as backend_problem
-from causalprune_fast.channel_scores import DIRECTIONS, REDUCTIONS
-from causalprune_fast.discovery import check_layer_filter
-from causalprune_fast.estimator import default_memory_budget
-from causalprune_fast.layers import TAPS
+from causalprune_fast.base import validation as v
+from causalprune_fast.estimator.backends import BACKENDS
+from causalprune_fast.estimator.backends import _unusable as backend_problem
+from causalprune_fast.estimator.ops import default_memory_budget
+from causalprune_fast.model.discovery import check_layer_filter
+from causalprune_fast.model.layers import TAPS
+from causalprune_fast.results.channel_scores import DIRECTIONS, REDUCTIONS
 
 MODES = ("propagated", "local")
 RANGE_MODES = ("exact", "first-batch")

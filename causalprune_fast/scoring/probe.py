@@ -8,13 +8,13 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from causalprune_fast._validation import all_finite
-from causalprune_fast.distributed import DistContext
-from causalprune_fast.layers import output_positions
-from causalprune_fast.noise import INPUT, stream, uniform_examples
+from causalprune_fast.base.distributed import DistContext
+from causalprune_fast.base.noise import INPUT, stream, uniform_examples
+from causalprune_fast.base.validation import all_finite
+from causalprune_fast.model.layers import output_positions
 from causalprune_fast.scoring.hooks import LayerHooks
+from causalprune_fast.scoring.layer_state import LayerState
 from causalprune_fast.scoring.plan import ScorePlan
-from causalprune_fast.scoring.state import LayerState
 
 
 def input_noise(plan: ScorePlan, start: int, count: int) -> torch.Tensor:

@@ -22,18 +22,18 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from causalprune_fast.backends import resolve
-from causalprune_fast.distributed import DistContext
-from causalprune_fast.estimator import quantize
-from causalprune_fast.layers import input_rows, output_rows
-from causalprune_fast.noise import ROWS, stream
+from causalprune_fast.base.distributed import DistContext
+from causalprune_fast.base.noise import ROWS, stream
+from causalprune_fast.estimator.backends import resolve
+from causalprune_fast.estimator.ops import quantize
+from causalprune_fast.model.layers import input_rows, output_rows
 from causalprune_fast.scoring.hooks import BEFORE_FIRST, LayerHooks
 from causalprune_fast.scoring.layer_mi import LayerMI, MISettings, layer_mi, layer_scores
+from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
 from causalprune_fast.scoring.local import LocalMode
 from causalprune_fast.scoring.plan import ScorePlan
 from causalprune_fast.scoring.probe import input_noise
 from causalprune_fast.scoring.sampling import example_rows
-from causalprune_fast.scoring.state import LayerState, check_finite, clock
 
 Batch = tuple[int, int]  # (first example, count) of one forward pass
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from causalprune_fast.layers import Layer, conv_padding, input_rows, output_rows
-from causalprune_fast.noise import LOCAL, ROWS, example_seed, stream, uniform_examples
-from causalprune_fast.response import (
+from causalprune_fast.base.noise import LOCAL, ROWS, example_seed, stream, uniform_examples
+from causalprune_fast.model.layers import Layer, conv_padding, input_rows, output_rows
+from causalprune_fast.model.response import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
     ACTIVATION_NAMES,

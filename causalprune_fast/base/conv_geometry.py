@@ -1,0 +1,87 @@
+"""The spatial geometry of a convolution on one input shape, as the fused local-mode convolution
+kernel (estimator/triton/local_conv.py) takes it; no Triton import, so scoring can build it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Spatial geometry of a convolution on one input shape (1 to 3 spatial dimensions)."""
+
+    input_size: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]  # (left, right) zeros per dimension
+    dilation: tuple[int, ...]
+    groups: int = 1
+
+    @classmethod
+    def of(cls, module: torch.nn.Module, input_shape: Sequence[int]) -> ConvGeometry:
+        """The geometry of ConvNd ``module`` on inputs of shape ``(C, *spatial)``, with the
+        padding its forward really applies (``layers.conv_padding``)."""
+        from causalprune_fast.model.layers import conv_padding
+
+        dims = len(module.kernel_size)
+        # last dim first: (left, right) pairs; for timm's dynamic "SAME" convolutions the
+        # padding their forward adds on this input size (their padding attribute is 0)
+        pad = conv_padding(module, tuple(int(v) for v in input_shape[1:]))
+        padding = tuple((pad[2 * (dims - 1 - d)], pad[2 * (dims - 1 - d) + 1]) for d in range(dims))
+        return cls(tuple(int(v) for v in input_shape[1:]), tuple(module.kernel_size),
+                   tuple(module.stride), padding, tuple(module.dilation),
+                   module.groups)  # fmt: skip
+
+    def check(self, weight_shape: Sequence[int]) -> None:
+        """ValueError naming the field that does not describe a convolution of weight_shape."""
+        dims = len(self.kernel_size)
+        if not 1 <= dims <= 3:
+            raise ValueError(f"geometry: 1 to 3 spatial dimensions, got kernel_size "
+                             f"{self.kernel_size}")  # fmt: skip
+        for name in ("input_size", "stride", "padding", "dilation"):
+            if len(getattr(self, name)) != dims:
+                raise ValueError(f"geometry.{name} must have {dims} entries, got "
+                                 f"{getattr(self, name)}")  # fmt: skip
+        positive = self.input_size + self.kernel_size + self.stride + self.dilation
+        if any(not isinstance(v, int) or v < 1 for v in positive + (self.groups,)):
+            raise ValueError(f"geometry: sizes, strides, dilations and groups must be ints >= 1, "
+                             f"got {self}")  # fmt: skip
+        if any(not isinstance(v, int) or v < 0 for p in self.padding for v in p):
+            raise ValueError(f"geometry.padding must be ints >= 0, got {self.padding}")
+        if tuple(weight_shape[2:]) != self.kernel_size:
+            raise ValueError(f"weight shape {tuple(weight_shape)} does not match kernel_size "
+                             f"{self.kernel_size}")  # fmt: skip
+        if weight_shape[0] % self.groups:
+            raise ValueError(f"groups={self.groups} must divide Cout={weight_shape[0]}")
+        if min(self.output_size) < 1:
+            raise ValueError(f"geometry: no output position (input {self.input_size}, kernel "
+                             f"{self.kernel_size}, dilation {self.dilation}, padding "
+                             f"{self.padding})")  # fmt: skip
+
+    @property
+    def output_size(self) -> tuple[int, ...]:
+        return tuple(
+            (n + lo + hi - d * (k - 1) - 1) // st + 1
+            for n, k, st, (lo, hi), d in zip(
+                self.input_size,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
+                strict=True,
+            )  # fmt: skip
+        )
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel_size)
+
+    @property
+    def center(self) -> int:
+        """The centre tap (``(k - 1) // 2`` per dimension), row-major, as the unfused path."""
+        ks = self.kernel_size
+        return sum(((k - 1) // 2) * math.prod(ks[d + 1 :]) for d, k in enumerate(ks))

@@ -1,0 +1,291 @@
+"""Fused ``local``-mode MI of a Linear (or 1x1, stride-1, ungrouped convolution) layer.
+
+In ``local`` mode (docs/method.md section 2) a layer's input is replaced by fresh uniform noise on
+per-input-unit ranges ``[lo_i, hi_i]``. For a Linear layer the whole measurement (noise, layer,
+response, binning, joint histograms, MI; docs/method.md sections 3-5) takes three kernels; the
+noise and the activations never touch global memory, only the response's uint8 codes do:
+
+* pass 1 (``linear_response._range_kernel``): per-column min / max of the noise ``u`` and of
+  the response ``y = act(scale * (u @ W^T + b) + shift)``, with the noise regenerated from
+  Philox counters (see linear_response.py for noise, response and their precision).
+* pass 1b (``linear_response._code_kernel``): y recomputed with pass 1's helper on pass 1's
+  blocks, binned with ``mi_blocks.bin_code`` (quantize_value of mi_math.h) on pass 1's ranges
+  and stored as uint8 codes ``[C1 - C0, S]`` for a slab ``[C0, C1)`` of output channels.
+* pass 2 (``_mi_kernel`` below): one program per tile of pairs of the slab (``PX`` input units
+  x ``PY`` output channels, as ``pairwise_mi.tile_config`` picks them). For every chunk of
+  samples it regenerates the noise of its own PX units, bins it on the pass-1 ranges, loads the
+  stored codes of its PY channels and adds the int8 one-hot product into an int32 count tile
+  with the blocks ``pairwise_mi.py`` uses (``mi_blocks``); the float64 MI epilogue is the same
+  too (plug-in MI in bits, optional Miller-Madow, clamp at 0, exactly 0 for a constant column),
+  storing the [Cin, Cout] float32 matrix or adding float64 per-row / per-column sums
+  atomically.
+
+Codes. Pass 1b computes exactly the values whose min / max pass 1 took (same helper, same
+channel, row and input blocks: linear_response.py), so the y codes are those of the unfused
+estimator applied to the kernel's response on its own ranges; they differ from the unfused
+path on torch's response only where torch's float32 product rounds across a bin edge.
+
+Memory and slabs. The stored codes take ``(C1 - C0) * S`` bytes; the launcher picks the widest
+slabs that fit ``memory_budget`` (``local_plan.channel_slabs``), running pass 1b and pass 2 per
+slab, and refuses (ValueError, before any work) a budget too small for one tile of channels.
+Code offsets are int64 (``C * S`` may exceed 2^31).
+
+Cost. y (``S * Cin * Cout`` multiply-adds, its noise ``S * Cin`` draws per block of YW
+channels) is computed twice, in passes 1 and 1b. Pass 2 draws ``S * PX`` noise values per
+program, ``S * Cin * Cout / PY`` in all (``PY = 8`` channels per tile at 16 bins), and reads
+``S * PY`` code bytes per program.
+
+Scope: ``groups == 1`` only (a grouped 1x1 convolution's weight [Cout, Cin/groups, 1, 1] would
+be read as an ungrouped one with Cin/groups inputs); ``Cin, Cout < 2^31``; ``S < 2^31`` (exact
+int32 counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .linear_response import SUPPORTED_ACTIVATIONS, _code_kernel, _range_kernel, noise
+from .local_args import check_device, check_layer_args, check_options, check_weight
+from .local_plan import channel_slabs, code_budget
+from .local_run import LocalRun, pass1_ranges, run_slabs
+from .mi_blocks import (
+    INTERPRET,
+    add_block,
+    add_rows,
+    bin_code,
+    count_pairs,
+    load_codes,
+    store_mi,
+    tile_mi,
+    tile_sums,
+)
+from .pairwise_mi import _MAX_SUB_BINS, _pow2, tile_config
+
+_MIN_DOT = 16  # smallest M / N / K of tl.dot
+# Launch shapes on a GPU; the interpreter (NumPy, one program at a time) takes larger blocks.
+GPU_BLOCK_S, GPU_BLOCK_K = 64, 32
+INTERPRET_BLOCK_S, INTERPRET_BLOCK_K = 1024, 64
+_INTERPRET_SIDE = 512  # rows / columns of an interpreted count tile
+
+
+# ----------------------------------------------------------------------------- pass 2
+@triton.jit
+def _mi_kernel(
+    noise_ptr,  # [2, CIN] float32: noise ranges lo, hi
+    ranges_ptr,  # [CIN + COUT, 2] float64 binning ranges of u, then of y (pass 1)
+    codes_ptr,  # [C1 - C0, S] uint8 y codes of the slab's channels (pass 1b)
+    out_ptr,  # [CIN, COUT] float32 MI matrix (unless SUMS)
+    sums_ptr,  # [CIN + COUT] float64 row sums, then column sums (SUMS)
+    seed,
+    S,
+    CIN,
+    COUT,
+    bins,
+    C0,  # the slab's channels [C0, C1)
+    C1,
+    TILES_Y,  # pair tiles along the slab's channels: cdiv(C1 - C0, PY)
+    MILLER_MADOW: tl.constexpr,
+    SUMS: tl.constexpr,
+    PX: tl.constexpr,
+    PY: tl.constexpr,
+    SB: tl.constexpr,  # padded bins per sub-block (x and y have the same bins)
+    K: tl.constexpr,  # sub-blocks per column: padded bins = K * SB
+    BLOCK_S: tl.constexpr,
+):
+    """Pass 2: joint counts and MI of a PX x PY tile of (input unit, output channel) pairs of
+    the slab: x regenerated and binned, y codes loaded."""
+    pid = tl.program_id(0)
+    t_y = pid % TILES_Y
+    ix = (pid // TILES_Y) * PX + tl.arange(0, PX)
+    jy = t_y * PY + tl.arange(0, PY)  # rows of the slab's codes
+    iy = C0 + jy
+    valid_x = ix < CIN
+    valid_y = iy < C1
+
+    lo_x = tl.load(noise_ptr + ix, mask=valid_x, other=0.0)[:, None]
+    hi_x = tl.load(noise_ptr + CIN + ix, mask=valid_x, other=0.0)[:, None]
+    xr = ranges_ptr + ix.to(tl.int64) * 2
+    xr_lo = tl.load(xr, mask=valid_x, other=0.0)[:, None]
+    xr_hi = tl.load(xr + 1, mask=valid_x, other=0.0)[:, None]
+
+    joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SB)
+    for kx in tl.static_range(K):
+        rows = tl.zeros([PX, SB, PY], tl.int32)
+        for ky in tl.static_range(K):
+            acc = tl.zeros([PX * SB, PY * SB], tl.int32)
+            for s0 in range(0, S, BLOCK_S):
+                offs_s = s0 + tl.arange(0, BLOCK_S)
+                in_s = offs_s < S
+                # x: the tile's own inputs, regenerated and binned.
+                u_x = noise(seed, offs_s[None, :], ix[:, None], CIN, lo_x, hi_x)
+                # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
+                cx = bin_code(u_x, xr_lo, xr_hi, bins, False)
+                cx = tl.where(valid_x[:, None] & in_s[None, :], cx, -1)
+                # y: the codes pass 1b stored.
+                cy = load_codes(codes_ptr, jy, valid_y, offs_s, S)
+                acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
+            joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
+                                                         cols1, PX, PY)  # fmt: skip
+        marg_x, nz_x = add_rows(rows, marg_x, nz_x)
+
+    mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, K, MILLER_MADOW)
+    store_mi(mi, ix, iy, valid_x, valid_y, out_ptr, sums_ptr, CIN, COUT, SUMS)
+
+
+# ----------------------------------------------------------------------------- launch shapes
+@dataclass(frozen=True)
+class LocalTileConfig:
+    px: int  # input units per pass-2 tile
+    sbx: int  # padded x bins per sub-block
+    kx: int
+    py: int  # output channels per pass-2 tile
+    sby: int
+    ky: int
+    yw: int  # channels per y computation (passes 1 and 1b): max(py, 16)
+    block_s: int  # samples per step (every pass)
+    block_k: int  # inputs per step of the layer's matrix product (passes 1 and 1b)
+    num_warps: int  # pass 2
+    num_stages: int
+
+
+def local_tile_config(
+    cin: int, cout: int, bins: int, samples: int | None = None, interpret: bool = INTERPRET
+) -> LocalTileConfig:
+    """Launch shapes of the passes.
+
+    GPU: pass-2 pair tiles as ``pairwise_mi.tile_config`` (about 128 x 128 int32 counts per
+    program, whole pairs), y computed (passes 1 and 1b) ``max(py, 16)`` channels at a time
+    (the smallest tl.dot M), 64 samples x 32 inputs per step. Interpreter (NumPy, where every
+    op costs Python overhead): up to 512 x 512 count tiles and 1024-sample steps, so that few
+    programs and steps run (no more than ``samples`` needs); the kernels are the same, only their
+    constexpr shapes differ.
+    """
+    if not interpret:
+        c = tile_config(cin, cout, bins, bins, interpret=False)
+        return LocalTileConfig(c.px, c.sbx, c.kx, c.py, c.sby, c.ky, max(c.py, _MIN_DOT),
+                               GPU_BLOCK_S, GPU_BLOCK_K, c.num_warps, 1)  # fmt: skip
+    pb = _pow2(bins)
+    sb = min(pb, _MAX_SUB_BINS)
+    px = max(min(_pow2(cin), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
+    py = max(min(_pow2(cout), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
+    block_s = INTERPRET_BLOCK_S if samples is None else min(INTERPRET_BLOCK_S, _pow2(samples))
+    block_s = max(block_s, GPU_BLOCK_S)
+    return LocalTileConfig(px, sb, pb // sb, py, sb, pb // sb, max(py, _MIN_DOT), block_s,
+                           INTERPRET_BLOCK_K, 4, 1)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- launcher
+@dataclass
+class LocalLinearRun(LocalRun):
+    """Everything one fused run computed (see :func:`run_local_linear`): X = Cin input units."""
+
+
+def run_local_linear(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lo,
+    hi,
+    *,
+    samples: int,
+    seed: int,
+    bins: int = 16,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    activation: str = "identity",
+    miller_madow: bool = False,
+    reduce: str | None = None,
+    memory_budget: int | None = None,
+    config: LocalTileConfig | None = None,
+    keep_codes: bool = False,
+) -> LocalLinearRun:
+    """:func:`local_linear_mi` with a given launch shape (``config``, default
+    :func:`local_tile_config`), returning the ranges, the slabs and the shape used (tests,
+    benchmarks); ``keep_codes`` also returns the y codes pass 2 counted (tests: S x Cout bytes
+    beyond the budget)."""
+    check_options(reduce, miller_madow)
+    w = check_weight(weight)
+    cout, cin = w.shape
+    check_device(w, "weight")
+    a = check_layer_args(cout, cin, w.device, bias, lo, hi, samples, seed, bins, scale, shift,
+                         activation)  # fmt: skip
+    cfg = config or local_tile_config(cin, cout, a.bins, a.samples)
+    assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
+    slabs = channel_slabs(cout, a.samples, cfg.py, cfg.yw, code_budget(memory_budget))
+    common = dict(noise_ptr=a.noise, seed=a.seed, S=a.samples, CIN=cin, COUT=cout,
+                  BLOCK_S=cfg.block_s, enable_fp_fusion=False)  # fmt: skip
+    layer = dict(common, w_ptr=w, chan_ptr=a.chan, ACT=activation, HAS_BIAS=a.has_bias,
+                 HAS_AFFINE=a.has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
+    ranges = pass1_ranges(_range_kernel, layer, xcols=cin, cout=cout, cfg=cfg,
+                          activation=activation)  # fmt: skip
+    return run_slabs(_code_kernel, _mi_kernel, layer, common, ranges, xcols=cin, cout=cout,
+                     cfg=cfg, slabs=slabs, bins=a.bins, miller_madow=miller_madow,
+                     sums=reduce == "sum", keep_codes=keep_codes, x_span=lambda c0, c1: cin,
+                     run_type=LocalLinearRun)  # fmt: skip
+
+
+def local_linear_mi(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lo,
+    hi,
+    *,
+    samples: int,
+    seed: int,
+    bins: int = 16,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    activation: str = "identity",
+    miller_madow: bool = False,
+    reduce: str | None = None,
+    return_ranges: bool = False,
+    memory_budget: int | None = None,
+):
+    """MI in bits between every input unit and every output channel of a Linear layer driven
+    by uniform noise, fused: noise, layer, response, binning and counts stay in registers.
+
+    Args:
+        weight: ``[Cout, Cin]`` (or a 1x1 convolution's ``[Cout, Cin, 1, 1]``, groups=1),
+            any float dtype (computed in float32).
+        bias: ``[Cout]`` or None.
+        lo, hi: per-input-unit noise ranges ``[Cin]`` (or numbers), finite, ``hi >= lo``.
+        samples: noise samples S, 1 <= S < 2^31.
+        seed: Philox seed, 0 <= seed < 2^63.
+        bins: bins per variable (x and y), 2..256.
+        scale, shift: per-output-channel affine after the layer (a folded eval BatchNorm);
+            None for none (one of them None: ones / zeros).
+        activation: one of ``SUPPORTED_ACTIVATIONS`` (``"gelu"`` is the erf form).
+        miller_madow: add the Miller-Madow correction (clamped at 0).
+        reduce: None for the ``[Cin, Cout]`` float32 matrix; ``"sum"`` for
+            the tuple ``(per_x [Cin], per_y [Cout])`` in float64 (row and column sums).
+        return_ranges: also return the binning ranges ``x_ranges [Cin, 2]``,
+            ``y_ranges [Cout, 2]`` (float64 min, max over the S samples).
+        memory_budget: bytes for the stored y codes (S x Cout uint8, processed in slabs of
+            output channels when larger); default ``default_memory_budget()``.
+
+    Returns:
+        The matrix or the sums; with ``return_ranges``, ``(result, x_ranges, y_ranges)``.
+
+    Raises:
+        ValueError: a bad argument (named), tensors on a device the kernels cannot use, a
+            memory_budget too small for the codes of one tile of output channels, or a
+            non-finite response.
+    """
+    run = run_local_linear(weight, bias, lo, hi, samples=samples, seed=seed, bins=bins,
+                           scale=scale, shift=shift, activation=activation,
+                           miller_madow=miller_madow, reduce=reduce,
+                           memory_budget=memory_budget)  # fmt: skip
+    return run.result(return_ranges)
+
+
+__all__ = [
+    "SUPPORTED_ACTIVATIONS",
+    "LocalLinearRun",
+    "LocalTileConfig",
+    "local_linear_mi",
+    "local_tile_config",
+    "run_local_linear",
+]

@@ -1,0 +1,168 @@
+"""Members of a channel group: the measured layers that Torch-Pruning couples to a root
+layer's output channels (docs/method.md section 6.2), as read from its groups by
+:mod:`causalprune_fast.model.channel_graph`, including the virtual layers of
+``nn.MultiheadAttention`` that Torch-Pruning prunes inside the attention module."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Member:
+    """One measured layer coupled to a root layer's output channels.
+
+    ``role`` is "producer" (the channels are its outputs) or "consumer" (its inputs);
+    ``idxs[k]`` is the member's channel that carries root channel ``root_idxs[k]``.
+    """
+
+    layer: str
+    role: str
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        d = {"layer": self.layer, "role": self.role}
+        if self.idxs == self.root_idxs == tuple(range(len(self.idxs))):
+            d["identity"] = len(self.idxs)
+        else:
+            d["idxs"], d["root_idxs"] = list(self.idxs), list(self.root_idxs)
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> Member:
+        if "identity" in d:
+            r = tuple(range(d["identity"]))
+            return Member(d["layer"], d["role"], r, r)
+        return Member(d["layer"], d["role"], tuple(d["idxs"]), tuple(d["root_idxs"]))
+
+
+def torch_pruning_available() -> bool:
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+Attention = Mapping[nn.Module, tuple[str | None, str | None]]
+
+
+def attention_layers(model: nn.Module, measured: set[str] | list[str]) -> dict:
+    """``nn.MultiheadAttention`` modules of ``model`` with the names of their measured virtual
+    layers: module -> (``<mha>.in_proj`` or None, ``<mha>.out_proj`` or None)."""
+    measured = set(measured)
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            prefix = f"{name}." if name else ""
+            in_proj, out_proj = f"{prefix}in_proj", f"{prefix}out_proj"
+            pair = (
+                in_proj if in_proj in measured else None,
+                out_proj if out_proj in measured else None,
+            )
+            if pair != (None, None):
+                out[m] = pair
+    return out
+
+
+def members_of_group(
+    group, module_names: Mapping[nn.Module, str], attention: Attention | None = None
+) -> list[Member]:
+    """The measured members of a Torch-Pruning group (layers not in ``module_names`` are
+    skipped: norms, activations, unmeasured layers); ``attention`` (see
+    :func:`attention_layers`) adds the virtual layers of the ``nn.MultiheadAttention`` members."""
+    items = ((item.dep, item.idxs, item.root_idxs) for item in group)
+    return _members(items, module_names, attention)
+
+
+def _members(
+    items, module_names: Mapping[nn.Module, str], attention: Attention | None = None
+) -> list[Member]:
+    """Members from ``(dependency, idxs, root_idxs)`` triples of a Torch-Pruning group.
+
+    An ``nn.MultiheadAttention`` member (Torch-Pruning prunes its embedding channels: the
+    columns of ``in_proj_weight`` and the rows of ``out_proj``, with the stream it reads and
+    writes) contributes its measured virtual layers: ``<mha>.out_proj`` as a producer (its
+    output channels are the stream's) and ``<mha>.in_proj`` as a consumer (its input units
+    are)."""
+    import torch_pruning as tp
+
+    from causalprune_fast.model.llm_graph import conv1d_pruner
+
+    out_fns = {
+        tp.prune_conv_out_channels,
+        tp.prune_linear_out_channels,
+        tp.prune_depthwise_conv_out_channels,
+        conv1d_pruner().prune_out_channels,
+    }
+    in_fns = {
+        tp.prune_conv_in_channels,
+        tp.prune_linear_in_channels,
+        conv1d_pruner().prune_in_channels,
+    }
+    members = []
+    mha_fn = tp.prune_multihead_attention_out_channels  # the same for its in-channels
+    for dep, idxs, root_idxs in items:
+        if any(r is None for r in root_idxs):
+            continue
+        if attention and dep.target.module in attention and dep.handler == mha_fn:
+            in_proj, out_proj = attention[dep.target.module]
+            pair = []
+            if out_proj is not None:
+                pair.append(Member(out_proj, "producer", tuple(idxs), tuple(root_idxs)))
+            if in_proj is not None:
+                pair.append(Member(in_proj, "consumer", tuple(idxs), tuple(root_idxs)))
+            # The module is reached from its input and from its output with one handler.
+            members += [m for m in pair if m not in members]
+            continue
+        name = module_names.get(dep.target.module)
+        if name is None:
+            continue
+        if dep.handler in out_fns:
+            members.append(Member(name, "producer", tuple(idxs), tuple(root_idxs)))
+            if dep.handler is tp.prune_depthwise_conv_out_channels:
+                # A depthwise conv's input and output channels are the same channels.
+                members.append(Member(name, "consumer", tuple(idxs), tuple(root_idxs)))
+        elif dep.handler in in_fns:
+            members.append(Member(name, "consumer", tuple(idxs), tuple(root_idxs)))
+    return members
+
+
+def _out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> dict:
+    """The group of each ``<mha>.out_proj`` (a virtual layer, never a root of Torch-Pruning's
+    walk): the group of a root that has it as a producer, re-indexed by its own channels."""
+    found = {}
+    for root_members in groups.values():
+        for member in root_members:
+            if member.layer not in out_projs or member.role != "producer":
+                continue
+            if member.layer in found:
+                continue
+            own = dict(zip(member.root_idxs, member.idxs, strict=True))  # root -> out_proj
+            regrouped = []
+            for m in root_members:
+                keep = [k for k, r in enumerate(m.root_idxs) if r in own]
+                if keep:
+                    regrouped.append(
+                        Member(
+                            m.layer,
+                            m.role,
+                            tuple(m.idxs[k] for k in keep),
+                            tuple(own[m.root_idxs[k]] for k in keep),
+                        )
+                    )
+            found[member.layer] = regrouped
+    return found
+
+
+def _alone(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
+    out = {}
+    for name in layer_names:
+        m = model.get_submodule(name)
+        c = m.out_channels if hasattr(m, "out_channels") else m.out_features
+        out[name] = [Member(name, "producer", tuple(range(c)), tuple(range(c)))]
+    return out

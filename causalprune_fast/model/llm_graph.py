@@ -1,0 +1,228 @@
+"""Torch-Pruning for Hugging Face language models: GPT-2's ``Conv1D`` and Llama-style attention
+with rotary embeddings (docs/method.md section 9).
+
+- ``Conv1D`` (GPT-1/GPT-2; ``weight`` is ``[in, out]``): :func:`conv1d_pruner` is a
+  Torch-Pruning custom pruner (``tp.pruner.function.BasePruningFunc``, Torch-Pruning's documented
+  extension mechanism), registered through ``customized_pruners`` with ``Conv1D`` among the
+  ``root_module_types`` (:func:`torch_pruning_extensions`).
+- Rotary embeddings: Torch-Pruning 1.6 maps channel indices through the slice / neg / cat of
+  ``rotate_half`` as if the slices were along the channel dimension, so every lap of the cycle
+  ``q -> rotate_half -> q * cos + rotate_half(q) * sin`` shifts the indices by half a head
+  (32, 64, 96, ...) and its group search never ends. With scaled-dot-product attention it also
+  couples the query channels one-to-one to the fewer key/value channels of grouped-query
+  attention. While Torch-Pruning traces the model (:func:`traceable`), each rotary attention
+  module's ``apply_rotary_pos_emb`` returns ``q`` and ``k`` unchanged and the model uses the
+  ``"eager"`` attention, whose ``repeat_kv`` maps query heads to their key/value head. The
+  traced graph then has exactly the couplings of the real model at the granularity that is
+  pruned: whole heads (a rotation mixes channels only within a head) and the hidden size;
+  Torch-Pruning's own LLM example (``examples/LLMs/prune_llm.py``) prunes these and keeps the
+  head dims (``prune_head_dims=False``) "so that we don't need to prune the ROPE". Only the
+  trace sees the change; both are put back when it ends. The stand-ins are module globals
+  (transformers' modeling module, Torch-Pruning's ``index_mapping``): another thread that runs
+  the same model class during a trace would see them too.
+- Splits along the last dimension of a Linear or ``Conv1D`` output (GPT-2's
+  ``c_attn(x).split(E, dim=2)`` into q, k and v) are given Torch-Pruning's split index mapping,
+  which Torch-Pruning 1.6 installs only for splits along dim 1.
+- The key/value cache is off while Torch-Pruning traces (its concat index mapping fails on the
+  cache's ``torch.cat``).
+- RMSNorm weights (Llama) are Torch-Pruning "unwrapped parameters" pruned with their hidden
+  channels (:func:`rmsnorm_parameters`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+
+import torch.nn as nn
+
+from causalprune_fast.model.families import is_conv1d, is_rmsnorm
+
+__all__ = [
+    "conv1d_pruner",
+    "is_rotary_attention",
+    "rmsnorm_parameters",
+    "torch_pruning_extensions",
+    "traceable",
+]
+
+
+_CONV1D_PRUNER = None
+
+
+def conv1d_pruner():
+    """The Torch-Pruning pruner for transformers ``Conv1D`` (one instance: its bound methods
+    identify its dependencies in every graph). Made on first use, so that this module imports
+    without Torch-Pruning."""
+    global _CONV1D_PRUNER
+    if _CONV1D_PRUNER is None:
+        import torch_pruning as tp
+
+        class Conv1DPruner(tp.pruner.function.BasePruningFunc):
+            """Torch-Pruning pruner for transformers ``Conv1D``: ``y = x @ weight + bias`` with
+            ``weight`` ``[nx, nf]`` (in, out). Output channels are columns of ``weight`` and
+            entries of ``bias``, input channels rows of ``weight``; ``nf`` and ``nx`` follow."""
+
+            TARGET_MODULES = None  # transformers' class, recognised by is_conv1d
+
+            def check(self, layer: nn.Module, idxs: Sequence[int], to_output: bool) -> None:
+                if not is_conv1d(layer):
+                    raise AssertionError(f"Conv1DPruner cannot prune {type(layer).__name__}")
+                super().check(layer, idxs, to_output)
+
+            def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+                drop = {int(i) for i in idxs}
+                keep = [i for i in range(layer.weight.shape[1]) if i not in drop]
+                layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+                if layer.bias is not None:
+                    layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+                layer.nf = len(keep)
+                return layer
+
+            def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+                drop = {int(i) for i in idxs}
+                keep = [i for i in range(layer.weight.shape[0]) if i not in drop]
+                layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+                if hasattr(layer, "nx"):
+                    layer.nx = len(keep)
+                return layer
+
+            def get_out_channels(self, layer: nn.Module) -> int:
+                return int(layer.weight.shape[1])
+
+            def get_in_channels(self, layer: nn.Module) -> int:
+                return int(layer.weight.shape[0])
+
+        _CONV1D_PRUNER = Conv1DPruner()
+    return _CONV1D_PRUNER
+
+
+def torch_pruning_extensions(model: nn.Module) -> dict:
+    """Keyword arguments that teach Torch-Pruning the model's ``Conv1D`` layers:
+    ``customized_pruners`` (for ``DependencyGraph.build_dependency`` and the pruners) and
+    ``root_module_types`` (for the pruners); empty dicts where the model has none."""
+    kinds = {type(m) for m in model.modules() if is_conv1d(m)}
+    if not kinds:
+        return {"customized_pruners": {}, "root_module_types": []}
+    return {
+        "customized_pruners": {k: conv1d_pruner() for k in kinds},
+        "root_module_types": sorted(kinds, key=lambda k: k.__qualname__),
+    }
+
+
+def ratio_for_customized_root(pruner, root: nn.Module, ratio: float) -> None:
+    """Give ``root`` (a layer with a custom pruner, such as ``Conv1D``) its ``ratio`` in
+    ``pruner``, as ``pruning_ratio_dict={root: ratio}`` does for Torch-Pruning's own layer types:
+    Torch-Pruning 1.6 keeps only entries whose modules are of its registered types, so a
+    ``Conv1D`` entry would be dropped and its group not pruned. Sets what its constructor sets
+    for such an entry (a local scope of its own and the per-step ratios); nothing for layers of
+    Torch-Pruning's own types."""
+    if root in pruner._layer_to_scope or type(root) not in pruner.DG.CUSTOMIZED_PRUNERS:
+        return
+    scope = f"_Customized_Root_Scope_{len(pruner._layer_to_scope)}"
+    pruner._layer_to_scope[root] = (scope, [root])
+    pruner.pruning_ratio_dict[root] = pruner.iterative_pruning_ratio_scheduler(
+        ratio, pruner.iterative_steps
+    )
+
+
+def is_rotary_attention(m: nn.Module) -> bool:
+    """Llama-style attention (``q_proj``/``k_proj``/``v_proj`` Linear layers and ``head_dim``)
+    whose module applies rotary embeddings through a module-level ``apply_rotary_pos_emb``."""
+    d = getattr(m, "head_dim", None)
+    return (
+        isinstance(d, int)
+        and d > 0
+        and all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj"))
+        and callable(getattr(sys.modules.get(type(m).__module__), "apply_rotary_pos_emb", None))
+    )
+
+
+def rmsnorm_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """``unwrapped_parameters`` for Torch-Pruning: every RMSNorm weight, pruned along dim 0 with
+    its hidden channels (``torch.nn.RMSNorm`` has a pruner of its own in no Torch-Pruning 1.6)."""
+    return [(m.weight, 0) for m in model.modules() if is_rmsnorm(m)]
+
+
+def _identity_rotary(q, k, *args, **kwargs):
+    """Stand-in for ``apply_rotary_pos_emb`` while Torch-Pruning traces (see the module doc)."""
+    return q, k
+
+
+def _split_mapping(original):
+    """Torch-Pruning's ``update_split_index_mapping`` (``original``), extended to a split of a
+    Linear or ``Conv1D`` output along its last dimension, where its features are (GPT-2's
+    ``c_attn(x).split(E, dim=2)``): Torch-Pruning 1.6 maps only splits along dim 1, the channels
+    of an NCHW tensor, and leaves GPT-2's q, k and v uncoupled from ``c_attn``'s 3E outputs."""
+
+    def update(graph, node) -> None:
+        original(graph, node)
+        from torch_pruning import ops
+        from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+        g = node.grad_fn
+        sizes = getattr(g, "_saved_self_sym_sizes", None)
+        offsets = getattr(node.module, "offsets", None)
+        if (
+            node.type != ops.OPTYPE.SPLIT
+            or sizes is None
+            or getattr(g, "_saved_dim", None) != len(sizes) - 1
+            or len(sizes) < 3  # [N, C] splits along dim 1 are Torch-Pruning's own
+            or offsets is None
+            or offsets[-1] != sizes[-1]
+            or len(node.inputs) != 1
+            or not node.enable_index_mapping
+        ):
+            return
+        source = node.inputs[0].module
+        if not (isinstance(source, nn.Linear) or is_conv1d(source)):
+            return
+        for i, out_node in enumerate(node.outputs):  # as update_split_index_mapping does
+            for dep in node.dependencies:
+                if dep.target == out_node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2])
+                    break
+            for dep in out_node.dependencies:
+                if dep.target == node:
+                    dep.index_mapping[0] = _SplitIndexMapping(
+                        offset=offsets[i : i + 2], reverse=True
+                    )
+                    break
+
+    return update
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module) -> Iterator[None]:
+    """While Torch-Pruning traces ``model``: no key/value cache (``config.use_cache = False``:
+    Torch-Pruning 1.6's concat mapping fails on the cache's ``torch.cat``), rotary attention
+    without the rotation and with the ``"eager"`` attention, and splits of a layer's features
+    along the last dimension mapped (:func:`_split_mapping`); see the module doc. Puts
+    everything back on exit, also on an error."""
+    from torch_pruning.dependency import index_mapping
+
+    rotary = {sys.modules[type(m).__module__] for m in model.modules() if is_rotary_attention(m)}
+    configs = {}  # id -> (config, its instance attributes): the properties may set several
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if c is not None and hasattr(c, "use_cache") and id(c) not in configs:
+            configs[id(c)] = (c, dict(vars(c)))
+    saved = {mod: mod.apply_rotary_pos_emb for mod in rotary}
+    split = index_mapping.update_split_index_mapping
+    try:
+        index_mapping.update_split_index_mapping = _split_mapping(split)
+        for mod in rotary:
+            mod.apply_rotary_pos_emb = _identity_rotary
+        for c, _ in configs.values():
+            c.use_cache = False
+            if rotary and hasattr(c, "_attn_implementation"):
+                c._attn_implementation = "eager"
+        yield
+    finally:
+        index_mapping.update_split_index_mapping = split
+        for mod, fn in saved.items():
+            mod.apply_rotary_pos_emb = fn
+        for c, attributes in configs.values():
+            vars(c).clear()
+            vars(c).update(attributes)

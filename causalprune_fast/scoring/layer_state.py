@@ -1,0 +1,59 @@
+"""What is known about one measured layer while score_model runs, and small shared helpers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from causalprune_fast.base.validation import all_finite
+from causalprune_fast.model.layers import Layer
+from causalprune_fast.model.response import ResponsePoint
+from causalprune_fast.results.causal_scores import LayerScores
+
+
+@dataclass
+class LayerState:
+    """One measured layer during a run: its geometry, bin ranges, kept codes and result.
+
+    ``positions`` are the output positions one noise example gives the layer; ``rows`` is the
+    number of (example, position) sample rows it is measured on over all examples and ranks.
+    """
+
+    layer: Layer
+    index: int  # position among the measured layers; names its noise streams
+    response: ResponsePoint
+    positions: int = 0
+    input_shape: tuple[int, ...] = ()
+    input_dtype: torch.dtype | None = None  # the layer input's dtype (local-mode noise)
+    rows: int = 0
+    x_ranges: torch.Tensor | None = None  # [input units, 2] bin ranges
+    y_ranges: torch.Tensor | None = None  # [output channels, 2]
+    x_codes: list[torch.Tensor] = field(default_factory=list)  # kept across forward passes
+    y_codes: list[torch.Tensor] = field(default_factory=list)
+    channel_lo: torch.Tensor | None = None  # local mode: per input channel range
+    channel_hi: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    path: str = ""  # how it was measured: "propagated", "patches", "full-tensor", "fused-triton"
+    result: LayerScores | None = None
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def check_finite(t: torch.Tensor, layer: str, what: str) -> None:
+    """ValueError naming ``layer`` and ``what`` if ``t`` holds NaN or Inf."""
+    if not all_finite(t):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"layer '{layer}' produced {bad} non-finite value(s) (NaN/Inf) in its {what} "
+            "under the noise input; check the model (or input_range) for overflow"
+        )
