@@ -12,17 +12,13 @@ The package's folders are its layers, each importing only from the ones listed b
 """
 
 from causalprune_fast import _aliases
-from causalprune_fast.estimator import extension as _extension  # noqa: F401  (loads the C++ ops)
+from causalprune_fast.base.memory import default_memory_budget
 from causalprune_fast.estimator.backends import BackendStatus, available_backends
-from causalprune_fast.estimator.ops import (
-    PairwiseMISums,
-    default_memory_budget,
-    pairwise_mi,
-    quantize,
-)
+from causalprune_fast.estimator.ops import PairwiseMISums, pairwise_mi, quantize
 from causalprune_fast.pruning.prune_model import prune
 from causalprune_fast.pruning.report import PruneReport
-from causalprune_fast.results.causal_scores import CausalScores, LayerScores
+from causalprune_fast.results.causal_scores import CausalScores
+from causalprune_fast.results.layer_scores import LayerScores
 from causalprune_fast.scoring.score import score_model
 
 _aliases.install()

@@ -51,7 +51,7 @@ MOVED: dict[str, str | None] = {
     "channel_graph": "model.channel_graph",
     "integrations": None,
     "integrations.hf": "model.families",
-    "integrations.llm_pruning": "model.llm_graph",
+    "integrations.llm_pruning": "pruning.llm_pruning",
     "integrations.torch_pruning": "pruning.importance",
     "integrations.attention_pruning": "pruning.attention_pruning",
     "layer_scores": "results.layer_scores",

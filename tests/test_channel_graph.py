@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import causalprune_fast as cf
 import causalprune_fast.model.channel_graph as cg
-from causalprune_fast.model.channel_graph import Member
+from causalprune_fast.model.channel_members import Member, members_of_group
 
 pytest.importorskip("torch_pruning")
 # Tiny settings on purpose: the warning about few samples per layer is expected here.
@@ -236,7 +236,7 @@ def test_groups_equal_torch_pruning_and_blocks_merge_to_the_whole(monkeypatch):
         group = dg.get_pruning_group(
             m, pruner.prune_out_channels, range(pruner.get_out_channels(m))
         )
-        ref = cg.members_of_group(group, modules)
+        ref = members_of_group(group, modules)
         assert _canonical({name: groups[name]}) == _canonical({name: ref})
     # A budget too small for a whole group but not for one channel: the groups are walked on
     # blocks of root channels and merged into the same members.
@@ -280,7 +280,7 @@ def test_window_attention_groups_fall_back_per_layer(monkeypatch):
     budget those layers are scored alone, named in a warning and in config["graph"], and
     the rest keep their coupling."""
     pytest.importorskip("torchvision")
-    from causalprune_fast.estimator.ops import default_memory_budget
+    from causalprune_fast.base.memory import default_memory_budget
 
     # An index budget of 2e5 entries (25 MB) instead of the default 1 GiB worth.
     monkeypatch.setattr(cg, "BYTES_PER_INDEX", default_memory_budget() // 200_000)

@@ -8,6 +8,7 @@ import torch
 import causalprune_fast as cf
 from causalprune_fast.cli.command import main
 from causalprune_fast.cli.model_specs import build_model, load_weights
+from causalprune_fast.scoring import score as score_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 
@@ -121,7 +122,7 @@ def score_argv(*extra: str) -> list[str]:
     ],
 )
 def test_score_checks_arguments_before_any_work(tmp_path, capsys, monkeypatch, extra, match):
-    monkeypatch.setattr(cf, "score_model", never_score)
+    monkeypatch.setattr(score_module, "score_model", never_score)
     argv = score_argv(*[e.format(tmp=tmp_path) for e in extra])
     assert main(argv) == 2
     one_line_error(capsys, match)
@@ -129,7 +130,7 @@ def test_score_checks_arguments_before_any_work(tmp_path, capsys, monkeypatch, e
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_a_gpu(capsys, monkeypatch):
-    monkeypatch.setattr(cf, "score_model", never_score)
+    monkeypatch.setattr(score_module, "score_model", never_score)
     assert main(score_argv("--device", "cuda")) == 2
     one_line_error(capsys, "CUDA is not available")
 
@@ -193,7 +194,7 @@ def test_old_and_new_sample_flags_reach_score_model(monkeypatch, capsys):
         seen.update(kwargs)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(cf, "score_model", record)
+    monkeypatch.setattr(score_module, "score_model", record)
     assert main(score_argv("--samples", "3", "--max-samples-per-layer", "64")) == 2
     assert (seen["samples"], seen["max_samples_per_layer"]) == (3, 64)
     assert "examples" not in seen and "samples_per_layer" not in seen

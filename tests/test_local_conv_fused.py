@@ -35,6 +35,7 @@ import causalprune_fast as cf  # noqa: E402
 from causalprune_fast.base.conv_geometry import ConvGeometry  # noqa: E402
 from causalprune_fast.estimator import triton as tk  # noqa: E402
 from causalprune_fast.estimator.triton import local_conv as lc  # noqa: E402
+from causalprune_fast.estimator.triton import local_plan  # noqa: E402
 from causalprune_fast.model.layers import Layer  # noqa: E402
 from causalprune_fast.model.response import ResponsePoint  # noqa: E402
 from causalprune_fast.scoring.sampling import row_source  # noqa: E402
@@ -211,7 +212,7 @@ def test_channel_slabs_give_the_mi_of_one_slab():
     torch.manual_seed(5)
     conv = nn.Conv2d(4, 40, 3, padding=1, groups=2)
     shape, samples = (4, 5, 5), 200
-    cfg = lc.local_tile_config(36, 40, 16, interpret=False)
+    cfg = local_plan.local_tile_config(36, 40, 16, interpret=False)
     assert (cfg.py, cfg.yw) == (8, 16)
     one, geo, kw, bias = _run(conv, shape, "all", samples, seed=2, act="relu", config=cfg)
     run, _, _, _ = _run(conv, shape, "all", samples, seed=2, act="relu", config=cfg,

@@ -36,6 +36,7 @@ from sm90_build import compile_check, nvidia_tooling  # noqa: E402
 import causalprune_fast as cf  # noqa: E402
 from causalprune_fast.estimator import triton as tk  # noqa: E402
 from causalprune_fast.estimator.triton import local_linear as ll  # noqa: E402
+from causalprune_fast.estimator.triton import local_plan  # noqa: E402
 
 _OK, _WHY = tk.is_available()
 pytestmark = [pytest.mark.skipif(not _OK, reason=_WHY), pytest.mark.usefixtures("no_tf32")]
@@ -196,14 +197,14 @@ def test_gpu_tile_shapes_under_interpreter():
     # The GPU launch shapes (64-sample, 32-input steps; 8-channel pair tiles, y computed 16
     # channels at a time and the first 8 kept): several K chunks, sample chunks and a partial
     # last chunk.
-    cfg = ll.local_tile_config(40, 17, 16, interpret=False)
+    cfg = local_plan.local_tile_config(40, 17, 16, interpret=False)
     assert (cfg.block_s, cfg.block_k, cfg.yw // cfg.py) == (64, 32, 2)
     check_fused(40, 17, 300, 16, "gelu", True, True, True, None, config=cfg)
 
 
 def test_split_bins_gpu_shapes():
     # 256 bins: 128-bin sub-blocks (KX = KY = 2), one pair per tile, y computed 16 at a time.
-    cfg = ll.local_tile_config(3, 2, 256, interpret=False)
+    cfg = local_plan.local_tile_config(3, 2, 256, interpret=False)
     assert (cfg.kx, cfg.ky, cfg.px, cfg.py, cfg.yw) == (2, 2, 1, 1, 16)
     check_fused(3, 2, 130, 256, "tanh", True, False, False, "sum", config=cfg)
 
@@ -214,7 +215,7 @@ def test_channel_slabs_give_the_mi_of_one_slab(reduce):
     # split over two slabs) or 24 channels (slabs of 16): several slabs, every check of one
     # run, and the MI of a single slab.
     cin, cout, samples = 17, 40, 300
-    cfg = ll.local_tile_config(cin, cout, 16, interpret=False)
+    cfg = local_plan.local_tile_config(cin, cout, 16, interpret=False)
     assert (cfg.py, cfg.yw) == (8, 16)
     one, _ = check_fused(cin, cout, samples, 16, "silu", affine=True, reduce=reduce, config=cfg)
     assert one.slabs == [(0, cout)]
@@ -256,7 +257,7 @@ def test_memory_budget_too_small_for_one_tile():
     p = make_layer(4, 20)
     # The codes of one pass-2 tile of channels: 8 at 16 bins on a GPU, all 20 under the
     # interpreter's wider tiles.
-    least = 100 * min(ll.local_tile_config(4, 20, 16, 100).py, 20)
+    least = 100 * min(local_plan.local_tile_config(4, 20, 16, 100).py, 20)
     with pytest.raises(ValueError, match=rf"memory_budget={least - 1} bytes .*\({least} bytes\)"):
         ll.local_linear_mi(p["weight"], p["bias"], p["lo"], p["hi"], samples=100, seed=0,
                            memory_budget=least - 1)  # fmt: skip

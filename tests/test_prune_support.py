@@ -102,7 +102,7 @@ def test_a_graph_torch_pruning_cannot_build_is_refused_naming_the_error(monkeypa
 def test_groups_beyond_the_bounds_are_refused_before_torch_pruning_searches_them(monkeypatch):
     import torch_pruning as tp
 
-    from causalprune_fast.estimator.ops import default_memory_budget
+    from causalprune_fast.base.memory import default_memory_budget
 
     monkeypatch.setattr(refusals, "UNSUPPORTED", {})
     # An index budget of 2e4 entries: the same refusal as the default's, found sooner (one

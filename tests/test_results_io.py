@@ -9,8 +9,9 @@ import os
 import pytest
 import torch
 
-from causalprune_fast.model.channel_graph import Member
-from causalprune_fast.results.causal_scores import CausalScores, LayerScores
+from causalprune_fast.model.channel_members import Member
+from causalprune_fast.results.causal_scores import CausalScores
+from causalprune_fast.results.layer_scores import LayerScores
 
 
 def small_scores() -> CausalScores:

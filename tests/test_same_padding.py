@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import causalprune_fast as cf
-from causalprune_fast.model.layers import Layer, conv_padding, input_rows
+from causalprune_fast.base.conv_geometry import conv_padding
+from causalprune_fast.model.layers import Layer, input_rows
 
 timm_layers = pytest.importorskip("timm.layers")
 

@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 
 import causalprune_fast as cf
-from causalprune_fast.base.validation import parse_bytes
-from causalprune_fast.estimator.ops import default_memory_budget
+from causalprune_fast.base.memory import default_memory_budget, parse_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer samples than bins")
 FAST = dict(samples=8, progress=False, mode="propagated")

@@ -8,6 +8,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
+
+#: Convolutions whose forward pads the input itself, TensorFlow "SAME" style, and then
+#: convolves without padding (timm's ``Conv2dSame``, used by its ``tf_`` models such as
+#: ``maxvit_tiny_tf_224`` and ``tf_efficientnet_*``): their ``padding`` attribute is 0.
+DYNAMIC_SAME_CONVS = frozenset({"Conv2dSame", "Conv2dSameExport"})
+
+
+def conv_padding(m: nn.Module, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """The padding convolution ``m`` applies to an input of spatial size ``spatial``, in
+    ``F.pad`` order (last dimension first, ``(left, right)`` pairs), like
+    ``m._reversed_padding_repeated_twice``; for the dynamic "SAME" convolutions
+    (:data:`DYNAMIC_SAME_CONVS`) the padding their forward adds: ``max((ceil(n / s) - 1) * s
+    + (k - 1) * d + 1 - n, 0)`` per dimension, half (rounded down) on the left."""
+    if type(m).__name__ not in DYNAMIC_SAME_CONVS:
+        return tuple(m._reversed_padding_repeated_twice)
+    pad: list[int] = []
+    for d in reversed(range(len(m.kernel_size))):
+        n, s, k, dil = spatial[d], m.stride[d], m.kernel_size[d], m.dilation[d]
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * dil + 1 - n, 0)
+        pad += [total // 2, total - total // 2]
+    return tuple(pad)
 
 
 @dataclass(frozen=True)
@@ -24,9 +46,7 @@ class ConvGeometry:
     @classmethod
     def of(cls, module: torch.nn.Module, input_shape: Sequence[int]) -> ConvGeometry:
         """The geometry of ConvNd ``module`` on inputs of shape ``(C, *spatial)``, with the
-        padding its forward really applies (``layers.conv_padding``)."""
-        from causalprune_fast.model.layers import conv_padding
-
+        padding its forward really applies (:func:`conv_padding`)."""
         dims = len(module.kernel_size)
         # last dim first: (left, right) pairs; for timm's dynamic "SAME" convolutions the
         # padding their forward adds on this input size (their padding attribute is 0)

@@ -197,8 +197,8 @@ def _check_args(args) -> None:
 
 
 def _score(args) -> int:
-    import causalprune_fast as cf
     from causalprune_fast.cli.model_specs import build_model, load_weights
+    from causalprune_fast.scoring.score import score_model
 
     _check_args(args)
     device = _check_device(args.device)
@@ -221,7 +221,7 @@ def _score(args) -> int:
         )
         rank = dist.get_rank()
     model = model.to(device)
-    scores = cf.score_model(
+    scores = score_model(
         model,
         args.input_shape,
         input_range=args.input_range,
@@ -294,17 +294,18 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if args.command == "score":
         return _score(args)
-    import causalprune_fast as cf
+    from causalprune_fast.estimator.backends import available_backends
+    from causalprune_fast.results.causal_scores import CausalScores
 
     if args.command == "backends":
-        for name, status in cf.available_backends().items():
+        for name, status in available_backends().items():
             print(f"{name:10s} {'yes' if status.available else 'no ':3s} {status.detail}")
         return 0
     if args.command == "plot":
         from causalprune_fast.base.validation import check_image_path
 
         check_image_path(args.out, "--out", try_write=True)
-    scores = cf.CausalScores.load(args.file)
+    scores = CausalScores.load(args.file)
     if args.direction:
         scores = scores.with_direction(args.direction)
     if args.command == "summary":

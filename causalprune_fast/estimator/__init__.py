@@ -7,9 +7,9 @@ It imports only the base layer. The kernels never import the public ops or the d
 layout.
 """
 
+from causalprune_fast.base.memory import default_memory_budget
 from causalprune_fast.estimator.ops import (
     PairwiseMISums,
-    default_memory_budget,
     pairwise_mi,
     pairwise_mi_of_codes,
     quantize,

@@ -12,10 +12,11 @@ triton      Triton kernels (triton/)                      CUDA tensors; CPU tens
 
 Every backend offers ``quantize``, ``pairwise_mi`` and ``pairwise_mi_sums``, and
 ``joint_counts`` (exact counts, for combining samples across processes; the reference
-implementation where a backend has no op of its own). Some offer more: ``local_linear_mi`` and
-``local_conv_mi``, the fused local measurement of a Linear or 1x1-conv layer and of any
-zero-padded convolution (noise, layer, response, binning and counts in one kernel), are offered
-by ``triton`` only. :func:`capability` finds an optional one.
+implementation where a backend has no op of its own) with ``mi_from_counts`` (the MI of such
+combined counts, in float64: the reference's for every backend). Some offer more:
+``local_linear_mi`` and ``local_conv_mi``, the fused local measurement of a Linear or 1x1-conv
+layer and of any zero-padded convolution (noise, layer, response, binning and counts in one
+kernel), are offered by ``triton`` only. :func:`capability` finds an optional one.
 
 ``backend="auto"`` takes ``cpu`` for CPU tensors and, for CUDA tensors, whichever of ``cuda``
 and ``triton`` ran faster on that GPU in a one-off timing (cached per device). The environment
@@ -56,6 +57,7 @@ class Backend:
     pairwise_mi: Callable
     pairwise_mi_sums: Callable
     joint_counts: Callable = reference.joint_counts
+    mi_from_counts: Callable = reference.mi_from_counts
     local_linear_mi: Callable | None = None
     local_conv_mi: Callable | None = None
 

@@ -8,14 +8,14 @@ the argument), bin float activations, split the work into memory-bounded column 
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
 from causalprune_fast.base import validation as v
+from causalprune_fast.base.memory import default_memory_budget
 from causalprune_fast.estimator.backends import Backend, resolve
-from causalprune_fast.estimator.tiling import DEFAULT_MEMORY_BUDGET, plan_chunks, workspace_bytes
+from causalprune_fast.estimator.tiling import plan_chunks, workspace_bytes
 
 __all__ = ["quantize", "pairwise_mi", "PairwiseMISums", "default_memory_budget"]
 
@@ -29,16 +29,6 @@ class PairwiseMISums(NamedTuple):
 
     per_x: torch.Tensor
     per_y: torch.Tensor
-
-
-def default_memory_budget() -> int:
-    """Bytes of working memory per call: ``CAUSALPRUNE_MEMORY_BUDGET`` or 1 GiB.
-
-    The variable holds bytes or a number with a unit (``512MB``, ``1GiB``, ``1.5G``; ``KB``,
-    ``MB``, ... are powers of 1000, ``KiB``, ``MiB``, ... and bare ``K``, ``M``, ``G``, ``T``
-    powers of 1024); anything else is a ValueError naming the variable."""
-    env = os.environ.get("CAUSALPRUNE_MEMORY_BUDGET")
-    return v.parse_bytes(env, "CAUSALPRUNE_MEMORY_BUDGET") if env else DEFAULT_MEMORY_BUDGET
 
 
 def _quantize_checked(
@@ -178,7 +168,7 @@ def pairwise_mi_of_codes(
     budget: int,
 ) -> torch.Tensor | PairwiseMISums:
     """:func:`pairwise_mi` of uint8 codes already known to be valid (made by :func:`quantize`
-    at these bins, as the scoring runner's are: checked arguments, no second pass over the
+    at these bins, as scoring's are: checked arguments, no second pass over the
     codes), split into column chunks that fit ``budget`` bytes of workspace."""
     samples, cx, cy = xc.shape[0], xc.shape[1], yc.shape[1]
 

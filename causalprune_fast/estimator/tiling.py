@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes
-
 
 def _mask_bytes(samples: int, bins: int) -> int:
     return (bins - 1) * ((samples + 511) // 512) * 64

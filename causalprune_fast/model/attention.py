@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from causalprune_fast.model.channel_members import Member
+from causalprune_fast.model.families import TransposedLinearLayer, hf_head_spec, is_conv1d
 from causalprune_fast.model.layers import Layer
 from causalprune_fast.model.response import ResponsePoint
 
@@ -236,8 +238,6 @@ def special_layers(name: str, module: nn.Module) -> Special | None:
     """Measured layers of ``module`` that are not plain Conv/Linear modules: the virtual
     projections of an ``nn.MultiheadAttention`` (its ``out_proj`` submodule is skipped) and a
     transformers ``Conv1D``. None for every other module."""
-    from causalprune_fast.model.families import TransposedLinearLayer, is_conv1d
-
     if isinstance(module, nn.MultiheadAttention):
         layers, unsupported = mha_layers(name, module)
         return Special(layers, {f"{name}.out_proj" if name else "out_proj"}, unsupported)
@@ -249,8 +249,6 @@ def special_layers(name: str, module: nn.Module) -> Special | None:
 def own_groups(layers: list[Layer]) -> dict:
     """Channel groups of layers that are not in the dependency graph: each layer is the only
     producer of its output channels."""
-    from causalprune_fast.model.channel_graph import Member
-
     out = {}
     for layer in layers:
         r = tuple(range(layer.out_channels))
@@ -262,8 +260,6 @@ def find_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:
     """Head specs of every attention module whose q, k and v projections are measured: timm
     ``Attention`` (a ``qkv`` Linear and ``num_heads``), ``nn.MultiheadAttention`` (packed
     in-projection) and HF attention modules (GPT-2, BERT-style, Llama-style with GQA)."""
-    from causalprune_fast.model.families import hf_head_spec
-
     out = {}
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""

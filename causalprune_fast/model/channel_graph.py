@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from causalprune_fast.model.channel_members import (  # noqa: F401 (re-exported)
+from causalprune_fast.base.memory import default_memory_budget
+from causalprune_fast.base.outputs import output_tensors
+from causalprune_fast.model.channel_members import (
     Attention,
     Member,
     _alone,
@@ -30,6 +32,7 @@ from causalprune_fast.model.channel_members import (  # noqa: F401 (re-exported)
     members_of_group,
     torch_pruning_available,
 )
+from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
 
 # Bounds on the walk that finds one layer's group (see ``build_groups``).
 BYTES_PER_INDEX = 128  # one Torch-Pruning (idx, root_idx) entry: namedtuple, ints, list slot
@@ -77,9 +80,6 @@ def find_groups(
         return GroupSearch(_alone(model, layer_names), {}, "torch-pruning is not installed")
     import torch_pruning as tp
 
-    from causalprune_fast.base.outputs import output_tensors
-    from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
-
     try:
         # GPT-2's Conv1D gets its pruner; rotary attention is traced as llm_pruning says.
         with torch.enable_grad(), traceable(model):
@@ -93,8 +93,6 @@ def find_groups(
     except Exception as e:  # tracing arbitrary models can fail in many ways
         return GroupSearch(_alone(model, layer_names), {}, f"{type(e).__name__}: {e}")
     if index_budget is None:
-        from causalprune_fast.estimator.ops import default_memory_budget
-
         index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
     time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
     names = {m: n for n, m in model.named_modules() if n in set(layer_names)}
@@ -155,8 +153,6 @@ def build_groups(
     and no consumer (no coupling); a warning and the returned note name those layers and why.
     """
     if index_budget is None:
-        from causalprune_fast.estimator.ops import default_memory_budget
-
         index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
     time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
     found = find_groups(

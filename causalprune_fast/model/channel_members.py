@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from causalprune_fast.model.llm_graph import conv1d_pruner
+
 
 @dataclass(frozen=True)
 class Member:
@@ -90,8 +92,6 @@ def _members(
     output channels are the stream's) and ``<mha>.in_proj`` as a consumer (its input units
     are)."""
     import torch_pruning as tp
-
-    from causalprune_fast.model.llm_graph import conv1d_pruner
 
     out_fns = {
         tp.prune_conv_out_channels,

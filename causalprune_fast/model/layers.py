@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from causalprune_fast.base.conv_geometry import conv_padding
+
 MEASURED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 TAPS = ("all", "center")
@@ -89,28 +91,6 @@ def output_positions(layer: Layer, output: torch.Tensor) -> int:
     if layer.is_conv:
         return math.prod(output.shape[2:])
     return math.prod(output.shape[1:-1])
-
-
-#: Convolutions whose forward pads the input itself, TensorFlow "SAME" style, and then
-#: convolves without padding (timm's ``Conv2dSame``, used by its ``tf_`` models such as
-#: ``maxvit_tiny_tf_224`` and ``tf_efficientnet_*``): their ``padding`` attribute is 0.
-DYNAMIC_SAME_CONVS = frozenset({"Conv2dSame", "Conv2dSameExport"})
-
-
-def conv_padding(m: nn.Module, spatial: tuple[int, ...]) -> tuple[int, ...]:
-    """The padding convolution ``m`` applies to an input of spatial size ``spatial``, in
-    ``F.pad`` order (last dimension first, ``(left, right)`` pairs), like
-    ``m._reversed_padding_repeated_twice``; for the dynamic "SAME" convolutions
-    (:data:`DYNAMIC_SAME_CONVS`) the padding their forward adds: ``max((ceil(n / s) - 1) * s
-    + (k - 1) * d + 1 - n, 0)`` per dimension, half (rounded down) on the left."""
-    if type(m).__name__ not in DYNAMIC_SAME_CONVS:
-        return tuple(m._reversed_padding_repeated_twice)
-    pad: list[int] = []
-    for d in reversed(range(len(m.kernel_size))):
-        n, s, k, dil = spatial[d], m.stride[d], m.kernel_size[d], m.dilation[d]
-        total = max((math.ceil(n / s) - 1) * s + (k - 1) * dil + 1 - n, 0)
-        pad += [total // 2, total - total // 2]
-    return tuple(pad)
 
 
 def _pad(layer: Layer, x: torch.Tensor) -> torch.Tensor:

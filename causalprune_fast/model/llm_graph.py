@@ -1,5 +1,6 @@
-"""Torch-Pruning for Hugging Face language models: GPT-2's ``Conv1D`` and Llama-style attention
-with rotary embeddings (docs/method.md section 9).
+"""What Torch-Pruning needs to build the dependency graph of Hugging Face language models: GPT-2's
+``Conv1D`` and Llama-style attention with rotary embeddings (docs/method.md section 9). What its
+pruner is told besides is in ``pruning/llm_pruning.py``.
 
 - ``Conv1D`` (GPT-1/GPT-2; ``weight`` is ``[in, out]``): :func:`conv1d_pruner` is a
   Torch-Pruning custom pruner (``tp.pruner.function.BasePruningFunc``, Torch-Pruning's documented
@@ -25,8 +26,6 @@ with rotary embeddings (docs/method.md section 9).
   which Torch-Pruning 1.6 installs only for splits along dim 1.
 - The key/value cache is off while Torch-Pruning traces (its concat index mapping fails on the
   cache's ``torch.cat``).
-- RMSNorm weights (Llama) are Torch-Pruning "unwrapped parameters" pruned with their hidden
-  channels (:func:`rmsnorm_parameters`).
 """
 
 from __future__ import annotations
@@ -37,15 +36,9 @@ from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
 
-from causalprune_fast.model.families import is_conv1d, is_rmsnorm
+from causalprune_fast.model.families import is_conv1d
 
-__all__ = [
-    "conv1d_pruner",
-    "is_rotary_attention",
-    "rmsnorm_parameters",
-    "torch_pruning_extensions",
-    "traceable",
-]
+__all__ = ["conv1d_pruner", "is_rotary_attention", "torch_pruning_extensions", "traceable"]
 
 
 _CONV1D_PRUNER = None
@@ -111,22 +104,6 @@ def torch_pruning_extensions(model: nn.Module) -> dict:
     }
 
 
-def ratio_for_customized_root(pruner, root: nn.Module, ratio: float) -> None:
-    """Give ``root`` (a layer with a custom pruner, such as ``Conv1D``) its ``ratio`` in
-    ``pruner``, as ``pruning_ratio_dict={root: ratio}`` does for Torch-Pruning's own layer types:
-    Torch-Pruning 1.6 keeps only entries whose modules are of its registered types, so a
-    ``Conv1D`` entry would be dropped and its group not pruned. Sets what its constructor sets
-    for such an entry (a local scope of its own and the per-step ratios); nothing for layers of
-    Torch-Pruning's own types."""
-    if root in pruner._layer_to_scope or type(root) not in pruner.DG.CUSTOMIZED_PRUNERS:
-        return
-    scope = f"_Customized_Root_Scope_{len(pruner._layer_to_scope)}"
-    pruner._layer_to_scope[root] = (scope, [root])
-    pruner.pruning_ratio_dict[root] = pruner.iterative_pruning_ratio_scheduler(
-        ratio, pruner.iterative_steps
-    )
-
-
 def is_rotary_attention(m: nn.Module) -> bool:
     """Llama-style attention (``q_proj``/``k_proj``/``v_proj`` Linear layers and ``head_dim``)
     whose module applies rotary embeddings through a module-level ``apply_rotary_pos_emb``."""
@@ -137,12 +114,6 @@ def is_rotary_attention(m: nn.Module) -> bool:
         and all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj"))
         and callable(getattr(sys.modules.get(type(m).__module__), "apply_rotary_pos_emb", None))
     )
-
-
-def rmsnorm_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
-    """``unwrapped_parameters`` for Torch-Pruning: every RMSNorm weight, pruned along dim 0 with
-    its hidden channels (``torch.nn.RMSNorm`` has a pruner of its own in no Torch-Pruning 1.6)."""
-    return [(m.weight, 0) for m in model.modules() if is_rmsnorm(m)]
 
 
 def _identity_rotary(q, k, *args, **kwargs):

@@ -46,9 +46,10 @@ from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.families import is_conv1d
 from causalprune_fast.model.llm_graph import (
     is_rotary_attention,
-    rmsnorm_parameters,
     torch_pruning_extensions,
+    traceable,
 )
+from causalprune_fast.pruning.llm_pruning import ratio_for_customized_root, rmsnorm_parameters
 
 
 @dataclass
@@ -119,7 +120,7 @@ class AttentionPruning:
         ``Conv1D``, RMSNorm, ``output_transform``), traced under
         :func:`~causalprune_fast.model.llm_graph.traceable`, with
         :meth:`keep_shared_key_value_heads` and ``pruning_ratio_dict`` entries for ``Conv1D``
-        roots (:func:`~causalprune_fast.model.llm_graph.ratio_for_customized_root`).
+        roots (:func:`~causalprune_fast.pruning.llm_pruning.ratio_for_customized_root`).
         With ``pruning_ratio_dict``, only its layers are pruned (``pruning_ratio`` 0; whole
         heads only of the attention whose query projection it names). ``kwargs`` go to the
         pruner (``importance``, ``ignored_layers``, ...); call :meth:`sync` after each step.
@@ -129,8 +130,6 @@ class AttentionPruning:
                 (:meth:`check_iterative_steps`).
         """
         import torch_pruning as tp
-
-        from causalprune_fast.model.llm_graph import ratio_for_customized_root, traceable
 
         self.check_iterative_steps(kwargs.get("iterative_steps", 1))
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class

@@ -33,7 +33,7 @@ import torch_pruning as tp
 from causalprune_fast.base import validation as v
 from causalprune_fast.base.model_state import preserved
 from causalprune_fast.base.outputs import output_tensors
-from causalprune_fast.model.channel_graph import attention_layers, members_of_group
+from causalprune_fast.model.channel_members import attention_layers, members_of_group
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
 from causalprune_fast.results.causal_scores import CausalScores
 from causalprune_fast.results.channel_scores import channel_scores

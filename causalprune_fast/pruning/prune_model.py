@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast.base import validation as v
+from causalprune_fast.base.model_state import ModelSnapshot, rng_forked
 from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.families import is_conv1d
 from causalprune_fast.model.layers import MEASURED_TYPES
@@ -237,7 +238,8 @@ def prune(
     shape, ignored = _check_arguments(**locals())  # first: locals() holds only the arguments
     check_structures(model)  # what Torch-Pruning cannot prune, before any work
 
-    from causalprune_fast.base.model_state import ModelSnapshot, rng_forked
+    # importance.py subclasses a Torch-Pruning class: imported where prune() needs it, so that
+    # the package imports without Torch-Pruning
     from causalprune_fast.pruning.importance import CausalImportance
 
     ratio, iterative_steps = float(ratio), int(iterative_steps)

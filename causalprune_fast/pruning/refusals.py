@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from causalprune_fast.model.channel_graph import find_groups
+
 # (module path of the class, class name) -> why Torch-Pruning 1.6.1 cannot prune it.
 _SHUFFLE = (
     "channel shuffle (a view/transpose interleaving the channels of two branches): "
@@ -112,8 +114,6 @@ def check_groups(
     or where the group of one of ``layer_names`` cannot be found within the bounded walk of
     :func:`~causalprune_fast.model.channel_graph.find_groups`: Torch-Pruning's own unbounded search
     of it would raise or exhaust memory. Nothing of the model is changed."""
-    from causalprune_fast.model.channel_graph import find_groups
-
     found = find_groups(
         model, example_input, layer_names, index_budget=index_budget, time_limit=time_limit
     )

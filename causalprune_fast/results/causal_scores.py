@@ -10,7 +10,8 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from causalprune_fast.base.validation import check_image_path
-from causalprune_fast.model.channel_graph import Member
+from causalprune_fast.model.attention import head_scores
+from causalprune_fast.model.channel_members import Member
 from causalprune_fast.results.channel_scores import (
     DIRECTIONS,
     REDUCTIONS,
@@ -18,7 +19,7 @@ from causalprune_fast.results.channel_scores import (
     direction_fallbacks,
 )
 from causalprune_fast.results.file_format import read_scores, write_scores
-from causalprune_fast.results.layer_scores import LayerScores, few_sample_layers  # noqa: F401
+from causalprune_fast.results.layer_scores import LayerScores, few_sample_layers
 
 
 class CausalScores(Mapping):
@@ -96,8 +97,6 @@ class CausalScores(Mapping):
         """Attention-head scores, ``[num_heads]`` per attention module: the sum over each
         head's q, k and v channels of their channel scores (with grouped-query attention a
         key/value head's share; see :mod:`causalprune_fast.model.attention`)."""
-        from causalprune_fast.model.attention import head_scores
-
         return head_scores(self._heads_spec, self._scores)
 
     def sensitivity(self) -> dict[str, float]:

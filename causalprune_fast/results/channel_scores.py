@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from causalprune_fast.model.channel_graph import Member
+from causalprune_fast.model.channel_members import Member
 
 DIRECTIONS = ("in", "out", "both")
 REDUCTIONS = ("sum", "mean", "max")

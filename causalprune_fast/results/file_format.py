@@ -18,7 +18,7 @@ import os
 import torch
 
 from causalprune_fast.base.validation import check_layer_record, check_output_path
-from causalprune_fast.model.channel_graph import Member
+from causalprune_fast.model.channel_members import Member
 from causalprune_fast.results.layer_scores import LayerScores
 
 FORMAT_VERSION = 1

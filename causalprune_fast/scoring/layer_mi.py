@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from causalprune_fast.base.distributed import DistContext
-from causalprune_fast.estimator import reference
 from causalprune_fast.estimator.backends import Backend
 from causalprune_fast.estimator.ops import pairwise_mi_of_codes
-from causalprune_fast.results.causal_scores import LayerScores
+from causalprune_fast.results.layer_scores import LayerScores
 from causalprune_fast.scoring.layer_state import LayerState
 
 
@@ -78,7 +77,8 @@ def _layer_mi_distributed(
             xs, ys = slice(k * gx, (k + 1) * gx), slice(k * gy, (k + 1) * gy)
             counts = mi.backend.joint_counts(xc[:, xs], yc[:, ys], mi.bins, mi.bins)
             counts = ctx.sum(counts.round().to(torch.int64))
-            matrix[xs, ys] = reference.mi_from_counts(counts, mi.correction == "miller-madow").cpu()
+            miller_madow = mi.correction == "miller-madow"
+            matrix[xs, ys] = mi.backend.mi_from_counts(counts, miller_madow).cpu()
         return LayerMI(matrix.sum(dim=1), matrix.sum(dim=0), matrix.float(), rows)
     xa, ya = ctx.gather_rows(xc), ctx.gather_rows(yc)  # all rows, in rank order
     per_x = torch.zeros(cx, dtype=torch.float64)

@@ -10,7 +10,7 @@ import torch
 from causalprune_fast.base.validation import all_finite
 from causalprune_fast.model.layers import Layer
 from causalprune_fast.model.response import ResponsePoint
-from causalprune_fast.results.causal_scores import LayerScores
+from causalprune_fast.results.layer_scores import LayerScores
 
 
 @dataclass

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast.base import validation as v
+from causalprune_fast.base.memory import default_memory_budget
 from causalprune_fast.estimator.backends import BACKENDS
 from causalprune_fast.estimator.backends import _unusable as backend_problem
-from causalprune_fast.estimator.ops import default_memory_budget
 from causalprune_fast.model.discovery import check_layer_filter
 from causalprune_fast.model.layers import TAPS
 from causalprune_fast.results.channel_scores import DIRECTIONS, REDUCTIONS

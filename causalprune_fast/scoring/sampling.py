@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from causalprune_fast.base.conv_geometry import conv_padding
 from causalprune_fast.base.noise import LOCAL, ROWS, example_seed, stream, uniform_examples
-from causalprune_fast.model.layers import Layer, conv_padding, input_rows, output_rows
+from causalprune_fast.model.layers import Layer, input_rows, output_rows
 from causalprune_fast.model.response import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,

@@ -24,7 +24,8 @@ from causalprune_fast.model.attention import find_heads, own_groups
 from causalprune_fast.model.channel_graph import build_groups
 from causalprune_fast.model.discovery import find_layers
 from causalprune_fast.model.response import ResponseFinder
-from causalprune_fast.results.causal_scores import CausalScores, few_sample_layers
+from causalprune_fast.results.causal_scores import CausalScores
+from causalprune_fast.results.layer_scores import few_sample_layers
 from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.plan import (
     DEFAULT_EXAMPLES,

@@ -152,6 +152,7 @@ def main(argv=None) -> int:
 
 def _local_linear_kernels(args, run) -> None:
     ll = importlib.import_module(__package__ + ".local_linear")
+    lp = importlib.import_module(__package__ + ".local_plan")
     lr = importlib.import_module(__package__ + ".linear_response")
     layer = dict(
         w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", seed="i64", S="i32", CIN="i32",
@@ -172,7 +173,7 @@ def _local_linear_kernels(args, run) -> None:
     if args.all:
         cases += [(f"256x256 bins 16 {a}", 256, 256, 16, a) for a in MORE_LOCAL_LINEAR_ACTIVATIONS]
     for i, (name, cin, cout, bins, act) in enumerate(cases):
-        c = ll.local_tile_config(cin, cout, bins, interpret=False)
+        c = lp.local_tile_config(cin, cout, bins, interpret=False)
         flags = dict(ACT=act, HAS_BIAS=True, HAS_AFFINE=i % 2 == 0)
         shapes = dict(YW=c.yw, BLOCK_S=c.block_s, BLOCK_K=c.block_k)
         # The launchers compile without multiply-add contraction (see linear_response.py).
@@ -194,6 +195,7 @@ def _local_linear_kernels(args, run) -> None:
 
 def _local_conv_kernels(args, run) -> None:
     lc = importlib.import_module(__package__ + ".local_conv")
+    lp = importlib.import_module(__package__ + ".local_plan")
     cr = importlib.import_module(__package__ + ".conv_response")
     layer = dict(w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", base_ptr="*i32",
                  geo_ptr="*i32")  # fmt: skip
@@ -207,7 +209,7 @@ def _local_conv_kernels(args, run) -> None:
                 COUT="i32", bins="i32", C0="i32", C1="i32", TILES_Y="i32")  # fmt: skip
     cases = LOCAL_CONV_CASES[:1] if args.smoke else LOCAL_CONV_CASES
     for i, (name, _cin, cout, _k, _g, xcols, bins, act) in enumerate(cases):
-        c = lc.local_tile_config(xcols, cout, bins, interpret=False)
+        c = lp.local_tile_config(xcols, cout, bins, interpret=False)
         flags = dict(ACT=act, HAS_BIAS=True, HAS_AFFINE=i % 2 == 0)
         shapes = dict(YW=c.yw, BLOCK_S=c.block_s, BLOCK_K=c.block_k)
         run(f"local_conv ranges {name}", cr._conv_range_kernel, rsig, dict(flags, **shapes), 4,

@@ -51,8 +51,7 @@ from .conv_response import (
     row_base,
 )
 from .local_args import check_device, check_layer_args, check_options
-from .local_linear import LocalTileConfig, local_tile_config
-from .local_plan import channel_slabs, code_budget
+from .local_plan import LocalTileConfig, channel_slabs, code_budget, local_tile_config
 from .local_run import LocalRun, pass1_ranges, run_slabs
 from .mi_blocks import (
     add_block,
@@ -315,4 +314,4 @@ def local_conv_mi(
     return run.result(return_ranges)
 
 
-__all__ = ["ConvGeometry", "LocalConvRun", "local_conv_mi", "row_positions", "run_local_conv"]
+__all__ = ["LocalConvRun", "local_conv_mi", "row_positions", "run_local_conv"]

@@ -48,12 +48,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .linear_response import SUPPORTED_ACTIVATIONS, _code_kernel, _range_kernel, noise
+from .linear_response import _code_kernel, _range_kernel, noise
 from .local_args import check_device, check_layer_args, check_options, check_weight
-from .local_plan import channel_slabs, code_budget
+from .local_plan import LocalTileConfig, channel_slabs, code_budget, local_tile_config
 from .local_run import LocalRun, pass1_ranges, run_slabs
 from .mi_blocks import (
-    INTERPRET,
     add_block,
     add_rows,
     bin_code,
@@ -63,13 +62,6 @@ from .mi_blocks import (
     tile_mi,
     tile_sums,
 )
-from .pairwise_mi import _MAX_SUB_BINS, _pow2, tile_config
-
-_MIN_DOT = 16  # smallest M / N / K of tl.dot
-# Launch shapes on a GPU; the interpreter (NumPy, one program at a time) takes larger blocks.
-GPU_BLOCK_S, GPU_BLOCK_K = 64, 32
-INTERPRET_BLOCK_S, INTERPRET_BLOCK_K = 1024, 64
-_INTERPRET_SIDE = 512  # rows / columns of an interpreted count tile
 
 
 # ----------------------------------------------------------------------------- pass 2
@@ -134,48 +126,6 @@ def _mi_kernel(
 
     mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, K, MILLER_MADOW)
     store_mi(mi, ix, iy, valid_x, valid_y, out_ptr, sums_ptr, CIN, COUT, SUMS)
-
-
-# ----------------------------------------------------------------------------- launch shapes
-@dataclass(frozen=True)
-class LocalTileConfig:
-    px: int  # input units per pass-2 tile
-    sbx: int  # padded x bins per sub-block
-    kx: int
-    py: int  # output channels per pass-2 tile
-    sby: int
-    ky: int
-    yw: int  # channels per y computation (passes 1 and 1b): max(py, 16)
-    block_s: int  # samples per step (every pass)
-    block_k: int  # inputs per step of the layer's matrix product (passes 1 and 1b)
-    num_warps: int  # pass 2
-    num_stages: int
-
-
-def local_tile_config(
-    cin: int, cout: int, bins: int, samples: int | None = None, interpret: bool = INTERPRET
-) -> LocalTileConfig:
-    """Launch shapes of the passes.
-
-    GPU: pass-2 pair tiles as ``pairwise_mi.tile_config`` (about 128 x 128 int32 counts per
-    program, whole pairs), y computed (passes 1 and 1b) ``max(py, 16)`` channels at a time
-    (the smallest tl.dot M), 64 samples x 32 inputs per step. Interpreter (NumPy, where every
-    op costs Python overhead): up to 512 x 512 count tiles and 1024-sample steps, so that few
-    programs and steps run (no more than ``samples`` needs); the kernels are the same, only their
-    constexpr shapes differ.
-    """
-    if not interpret:
-        c = tile_config(cin, cout, bins, bins, interpret=False)
-        return LocalTileConfig(c.px, c.sbx, c.kx, c.py, c.sby, c.ky, max(c.py, _MIN_DOT),
-                               GPU_BLOCK_S, GPU_BLOCK_K, c.num_warps, 1)  # fmt: skip
-    pb = _pow2(bins)
-    sb = min(pb, _MAX_SUB_BINS)
-    px = max(min(_pow2(cin), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
-    py = max(min(_pow2(cout), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
-    block_s = INTERPRET_BLOCK_S if samples is None else min(INTERPRET_BLOCK_S, _pow2(samples))
-    block_s = max(block_s, GPU_BLOCK_S)
-    return LocalTileConfig(px, sb, pb // sb, py, sb, pb // sb, max(py, _MIN_DOT), block_s,
-                           INTERPRET_BLOCK_K, 4, 1)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -281,11 +231,4 @@ def local_linear_mi(
     return run.result(return_ranges)
 
 
-__all__ = [
-    "SUPPORTED_ACTIVATIONS",
-    "LocalLinearRun",
-    "LocalTileConfig",
-    "local_linear_mi",
-    "local_tile_config",
-    "run_local_linear",
-]
+__all__ = ["LocalLinearRun", "local_linear_mi", "run_local_linear"]

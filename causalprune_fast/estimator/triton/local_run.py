@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import triton
 
-from .local_plan import row_parts
-
-if TYPE_CHECKING:
-    from .local_linear import LocalTileConfig
+from .local_plan import LocalTileConfig, row_parts
 
 
 @dataclass
