@@ -59,6 +59,7 @@ MOVED: dict[str, str | None] = {
     "results_io": "results.file_format",
     "score": "scoring.score",
     "scoring.state": "scoring.layer_state",
+    "scoring.runner": "scoring.driver",
     "prune_report": "pruning.report",
     "prune_support": "pruning.refusals",
     "nn_prune": "pruning.nn_prune",

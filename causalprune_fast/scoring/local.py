@@ -22,6 +22,7 @@ from causalprune_fast.base.conv_geometry import ConvGeometry
 from causalprune_fast.base.distributed import DistContext
 from causalprune_fast.base.noise import LOCAL, example_seed, stream
 from causalprune_fast.estimator.backends import capability
+from causalprune_fast.scoring.driver import Driver
 from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_capability, fused_epilogue
 from causalprune_fast.scoring.layer_mi import LayerMI
 from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
@@ -29,16 +30,17 @@ from causalprune_fast.scoring.sampling import RowSource, row_source
 
 
 class LocalMode:
-    """Runs local mode for a :class:`~causalprune_fast.scoring.runner.Runner`."""
+    """Runs local mode on a :class:`~causalprune_fast.scoring.driver.Driver`."""
 
-    def __init__(self, runner):
-        self.r = runner
-        self.plan, self.ctx, self.device = runner.plan, runner.ctx, runner.device
+    def __init__(self, driver: Driver):
+        self.d = driver
+        self.plan, self.ctx, self.device = driver.plan, driver.ctx, driver.device
         self._kernels: dict[str, Callable | None] = {}
 
     def run(self) -> None:
+        """Calibrate, then measure every layer alone (fused where the backend can)."""
         self.calibrate()
-        for s in self.r.states:
+        for s in self.d.states:
             fused = self._fused(s)
             if fused is not None:
                 self._measure_fused(s, *fused)
@@ -66,7 +68,7 @@ class LocalMode:
 
         n, step = self.plan.examples, self.plan.batch_size
         passes = [(b, min(step, n - b)) for b in range(0, n, step)]
-        self.r._forward_all(calib_hook, self.r.states, passes)
+        self.d.forward_all(calib_hook, self.d.states, passes)
 
     # ---------------------------------------------------------------- unfused
     def source(self, s: LayerState) -> RowSource:
@@ -119,7 +121,7 @@ class LocalMode:
         min and max; a non-finite response (its range is then non-finite) names the layer.
         The input rows are noise on finite calibrated ranges, finite by construction."""
         try:
-            return self.r._bin(s, xr, yr)
+            return self.d.bin(s, xr, yr)
         except ValueError as e:
             if "finite" not in str(e):
                 raise
@@ -141,7 +143,7 @@ class LocalMode:
             if len(tiles) > 1 or ctx.enabled:  # ranges over all tiles and ranks first
                 for tile in tiles:
                     xr, yr = kept or self._make(s, source, tile)
-                    self.r._update_ranges(s, xr, yr)
+                    self.d.update_ranges(s, xr, yr)
                 if not bool(torch.isfinite(s.y_ranges).all()):  # min and max keep a NaN
                     raise ValueError(
                         f"layer '{s.layer.name}' produced non-finite value(s) (NaN/Inf) in its "
@@ -152,7 +154,7 @@ class LocalMode:
             error = e
         self.ctx.check(error, f"at layer '{s.layer.name}'")
         if ctx.enabled:
-            self.r._agree_ranges([s])
+            self.d.agree_ranges([s])
         x_codes, y_codes = [], []
         for tile in tiles:
             xr, yr = kept or self._make(s, source, tile)
@@ -164,7 +166,7 @@ class LocalMode:
         xc = x_codes[0] if len(x_codes) == 1 else torch.cat(x_codes).t().contiguous().t()
         yc = y_codes[0] if len(y_codes) == 1 else torch.cat(y_codes).t().contiguous().t()
         s.path = source.path
-        self.r._finish(s, xc, yc, ctx)
+        self.d.finish(s, xc, yc, ctx)
 
     # ---------------------------------------------------------------- fused
     def _fused(self, s: LayerState) -> tuple[Callable, FusedEpilogue] | None:
@@ -232,4 +234,4 @@ class LocalMode:
         s.x_ranges, s.y_ranges = xr, yr
         s.path = "fused-triton"
         units = s.layer.input_units(self.plan.taps) if conv else s.layer.in_channels
-        self.r._done(s, mi, input_units=units, note=" [fused Triton local kernel]")
+        self.d.done(s, mi, input_units=units, note=" [fused Triton local kernel]")

@@ -3,7 +3,8 @@
 The network, in eval mode and without gradients, is driven by seeded uniform noise on the
 model's device. This module is the public entry: it checks the arguments into a
 :class:`~causalprune_fast.scoring.plan.ScorePlan`, runs the forward passes
-(:mod:`causalprune_fast.scoring.runner`) and returns :class:`CausalScores`. How each layer is
+(:mod:`causalprune_fast.scoring.driver`, in :mod:`~causalprune_fast.scoring.propagated` or
+:mod:`~causalprune_fast.scoring.local` mode) and returns :class:`CausalScores`. How each layer is
 measured is described in :mod:`causalprune_fast.scoring`.
 """
 
@@ -26,7 +27,9 @@ from causalprune_fast.model.discovery import find_layers
 from causalprune_fast.model.response import ResponseFinder
 from causalprune_fast.results.causal_scores import CausalScores
 from causalprune_fast.results.layer_scores import few_sample_layers
+from causalprune_fast.scoring.driver import Driver
 from causalprune_fast.scoring.layer_state import LayerState, clock
+from causalprune_fast.scoring.local import LocalMode
 from causalprune_fast.scoring.plan import (
     DEFAULT_EXAMPLES,
     DEFAULT_MAX_SAMPLES_PER_LAYER,
@@ -40,7 +43,7 @@ from causalprune_fast.scoring.plan import (
     ScorePlan,
 )
 from causalprune_fast.scoring.probe import probe
-from causalprune_fast.scoring.runner import Runner
+from causalprune_fast.scoring.propagated import PropagatedMode
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -222,10 +225,11 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
 
     bar = _progress(len(states), plan.progress and ctx.rank == 0, "causal scores")
     try:
-        runner = Runner(
+        driver = Driver(
             model, states, plan, ctx, timings, None if bar is None else lambda: bar.update(1)
         )
-        runner.run()
+        mode = PropagatedMode if plan.mode == "propagated" else LocalMode
+        mode(driver).run()
     finally:
         if bar is not None:
             bar.close()
@@ -242,7 +246,7 @@ def _score(model, found, unsupported, plan: ScorePlan, t_start: float, ctx) -> C
         )
     timings["total"] = time.perf_counter() - t_start
     config = plan.config(
-        backend=runner.backend.name,
+        backend=driver.backend.name,
         world_size=ctx.world,
         graph=graph_note,
         fused_local=plan.fused_local,

@@ -1,0 +1,143 @@
+"""Propagated mode (docs/method.md section 2): one perturbation at the model's input flows
+through the network, and every layer is measured on what reaches it.
+
+Sample rows are defined per global noise example: example ``e`` contributes ``k_e`` of its
+``positions`` output positions to a layer, chosen by a permutation seeded from ``(seed, layer,
+e)``, with ``sum_e k_e = min(examples * positions, rows_per_layer)`` (the first examples take one
+more when it does not divide; sampling.example_rows). So the rows of a layer do not depend on
+how the examples are batched, or split over processes.
+
+With one forward pass each layer's codes are reduced to MI inside its hook. With several
+(``batch_size``, or several ranks), each layer's uint8 codes are kept across passes (far
+smaller than its joint counts, which are ``P * B * B``) and its MI computed after the last
+one; the layers are split into budget batches whose codes fit ``memory_budget``, and the noise
+is regenerated identically for each budget batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from causalprune_fast.base.noise import ROWS, stream
+from causalprune_fast.model.layers import input_rows, output_rows
+from causalprune_fast.scoring.driver import Batch, Driver
+from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
+from causalprune_fast.scoring.sampling import example_rows
+
+
+class PropagatedMode:
+    """Runs propagated mode on a :class:`~causalprune_fast.scoring.driver.Driver`."""
+
+    def __init__(self, driver: Driver):
+        self.d = driver
+        self.plan, self.ctx, self.device = driver.plan, driver.ctx, driver.device
+        first, last = self.ctx.examples(self.plan.examples)  # this rank's examples
+        step = self.plan.batch_size
+        self.batches: list[Batch] = [(b, min(step, last - b)) for b in range(first, last, step)]
+
+    # ---------------------------------------------------------------- sample rows
+    def _rows(self, s: LayerState, start: int, count: int) -> torch.Tensor:
+        """Flat (example, position) rows of examples ``start .. start + count - 1``."""
+        rows = example_rows(
+            self.plan.seed,
+            stream(ROWS, s.index),
+            s.rows,
+            self.plan.examples,
+            s.positions,
+            start,
+            count,
+        )
+        return rows.to(self.device)
+
+    def _capture(self, s: LayerState, start: int, x: torch.Tensor, out: torch.Tensor):
+        """The layer's input units and response at its sample rows of this batch."""
+        t0 = clock(self.device)
+        name = s.layer.name
+        response = s.response.apply(out)
+        check_finite(x, name, "input")
+        check_finite(response, name, f"response ({s.response.description})")
+        rows = self._rows(s, start, x.shape[0])
+        xr = input_rows(s.layer, x, rows, self.plan.taps)
+        yr = output_rows(s.layer, response, rows)
+        s.add_time("capture", clock(self.device) - t0)
+        return xr, yr
+
+    def _finish_kept(self, states: list[LayerState]) -> None:
+        """MI of every layer of ``states`` from the codes kept across passes (in layer order,
+        the same on every rank)."""
+        for s in states:
+            error, codes = None, None
+            try:
+                xc = torch.cat(s.x_codes).t().contiguous().t()
+                yc = torch.cat(s.y_codes).t().contiguous().t()
+                codes = (xc, yc)
+            except Exception as e:
+                error = e
+            self.ctx.check(error, f"at layer '{s.layer.name}'")
+            self.d.finish(s, *codes)
+
+    def _budget_batches(self, keep_codes: bool) -> list[list[LayerState]]:
+        """The layers split into budget batches, each of whose codes kept across forward
+        passes on this rank fits ``memory_budget``."""
+        if not keep_codes:
+            return [self.d.states]
+        budget, examples = self.plan.memory_budget, self.plan.examples
+        share = sum(c for _, c in self.batches) / examples  # this rank's examples
+        batches, current, used = [], [], 0
+        for s in self.d.states:
+            units = s.layer.input_units(self.plan.taps) + s.layer.out_channels
+            need = math.ceil(s.rows * share + examples) * units
+            if need > budget:
+                raise ValueError(
+                    f"layer '{s.layer.name}': memory_budget={budget} is too small for its "
+                    f"codes across forward passes ({need} bytes); raise it or use one pass"
+                )
+            if current and used + need > budget:
+                batches.append(current)
+                current, used = [], 0
+            current.append(s)
+            used += need
+        if current:
+            batches.append(current)
+        return batches
+
+    def run(self) -> None:
+        """Measure every layer on the noise examples propagated from the model's input."""
+        d = self.d
+        for s in d.states:
+            s.path = "propagated"
+        # One pass per rank and ranges from its data: MI right inside the hook. Otherwise
+        # codes are kept across passes (several batches, or several ranks whose ranges and
+        # counts must be combined).
+        single = len(self.batches) == 1 and not self.ctx.enabled
+
+        def minmax_hook(s: LayerState) -> Callable:
+            def hook(module, args, output):
+                xr, yr = self._capture(s, d.batch[0], args[0], output)
+                d.update_ranges(s, xr, yr)
+
+            return hook
+
+        def codes_hook(s: LayerState) -> Callable:
+            def hook(module, args, output):
+                xr, yr = self._capture(s, d.batch[0], args[0], output)
+                xc, yc = d.bin(s, xr, yr)
+                if single:
+                    d.finish(s, xc, yc)
+                    return
+                s.x_codes.append(xc)
+                s.y_codes.append(yc)
+
+            return hook
+
+        exact = self.plan.range_mode == "exact" or self.ctx.enabled
+        for states in self._budget_batches(keep_codes=not single):
+            if not single and exact:
+                d.forward_all(minmax_hook, states, self.batches)
+                d.agree_ranges(states)
+            d.forward_all(codes_hook, states, self.batches)
+            if not single:
+                self._finish_kept(states)
