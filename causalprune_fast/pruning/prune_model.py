@@ -23,7 +23,7 @@ from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.families import is_conv1d
 from causalprune_fast.model.layers import MEASURED_TYPES
 from causalprune_fast.pruning.attention_pruning import attention_pruning
-from causalprune_fast.pruning.refusals import check_groups, check_structures
+from causalprune_fast.pruning.refusals import check_channel_groups, check_structures
 from causalprune_fast.pruning.report import PruneReport, shortfall_message, wanted_removals
 from causalprune_fast.scoring.score import score_model_keywords
 
@@ -316,7 +316,7 @@ def _prune(
     # Before Torch-Pruning's own (unbounded) group search: every group it will walk must be
     # found within bounded memory and time.
     skip = set(map(id, ignored))
-    check_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
+    check_channel_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
     before = {names[m]: _out_channels(m) for m in measured}
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
 

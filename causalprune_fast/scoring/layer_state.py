@@ -1,4 +1,4 @@
-"""What is known about one measured layer while score_model runs, and small shared helpers."""
+"""What is known about one measured layer while score_model runs, and the run's clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from causalprune_fast.base.validation import all_finite
 from causalprune_fast.model.layers import Layer
 from causalprune_fast.model.response import ResponsePoint
 from causalprune_fast.results.layer_scores import LayerScores
@@ -47,13 +46,3 @@ def clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def check_finite(t: torch.Tensor, layer: str, what: str) -> None:
-    """ValueError naming ``layer`` and ``what`` if ``t`` holds NaN or Inf."""
-    if not all_finite(t):
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(
-            f"layer '{layer}' produced {bad} non-finite value(s) (NaN/Inf) in its {what} "
-            "under the noise input; check the model (or input_range) for overflow"
-        )

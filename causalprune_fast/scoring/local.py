@@ -21,11 +21,12 @@ import torch
 from causalprune_fast.base.conv_geometry import ConvGeometry
 from causalprune_fast.base.distributed import DistContext
 from causalprune_fast.base.noise import LOCAL, example_seed, stream
+from causalprune_fast.base.validation import check_layer_finite
 from causalprune_fast.estimator.backends import capability
 from causalprune_fast.scoring.driver import Driver
 from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_capability, fused_epilogue
 from causalprune_fast.scoring.layer_mi import LayerMI
-from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
+from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.sampling import RowSource, row_source
 
 
@@ -57,8 +58,8 @@ class LocalMode:
                 dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
                 lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
                 if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-                    check_finite(x, s.layer.name, "input")  # min and max keep a NaN
-                check_finite(output, s.layer.name, "output")
+                    check_layer_finite(x, s.layer.name, "input")  # min and max keep a NaN
+                check_layer_finite(output, s.layer.name, "output")
                 lo, hi = lo.double(), hi.double()
                 if s.channel_lo is not None:
                     lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
@@ -125,7 +126,7 @@ class LocalMode:
         except ValueError as e:
             if "finite" not in str(e):
                 raise
-            check_finite(yr, s.layer.name, f"response ({s.response.description})")
+            check_layer_finite(yr, s.layer.name, f"response ({s.response.description})")
             raise ValueError(f"layer '{s.layer.name}': {e}") from e
 
     def measure(self, s: LayerState) -> None:

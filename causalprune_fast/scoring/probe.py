@@ -1,45 +1,19 @@
-"""The noise at the model's input, and the probe pass that finds what each layer sees."""
+"""The probe pass: one forward pass on noise example 0 that finds what each layer sees and which
+layers are called."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from causalprune_fast.base.distributed import DistContext
-from causalprune_fast.base.noise import INPUT, stream, uniform_examples
-from causalprune_fast.base.validation import all_finite
+from causalprune_fast.base.validation import count_non_finite
 from causalprune_fast.model.layers import output_positions
 from causalprune_fast.scoring.hooks import LayerHooks
 from causalprune_fast.scoring.layer_state import LayerState
 from causalprune_fast.scoring.plan import ScorePlan
-
-
-def input_noise(plan: ScorePlan, start: int, count: int) -> torch.Tensor:
-    """Noise examples ``start .. start + count - 1`` at the model's input; a batch that
-    cannot be allocated is a ValueError naming input_shape (and batch_size)."""
-    try:
-        return uniform_examples(
-            plan.input_shape,
-            start,
-            count,
-            *plan.input_range,
-            seed=plan.seed,
-            stream=stream(INPUT),
-            device=plan.device,
-            dtype=plan.input_dtype,
-        )
-    except (RuntimeError, MemoryError) as e:
-        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
-            raise
-        size = count * math.prod(plan.input_shape) * plan.input_dtype.itemsize
-        raise ValueError(
-            f"input_shape={plan.input_shape}: a noise batch of {count} example(s) needs "
-            f"{size} bytes on {plan.device}, which cannot be allocated; check input_shape "
-            f"(one example, without the batch dimension) or lower batch_size"
-        ) from None
 
 
 def probe(
@@ -60,7 +34,7 @@ def probe(
 
         return hook
 
-    example = input_noise(plan, 0, 1)
+    example = plan.input_noise(0, 1)
     error = None
     measured = {s.layer.name for s in states}
     with LayerHooks(states, probe_hook) as hooks, _FirstNonFinite(model, measured) as watch:
@@ -125,8 +99,8 @@ class _FirstNonFinite:
             if self.found is not None:
                 return
             for t in output if isinstance(output, tuple | list) else (output,):
-                if isinstance(t, torch.Tensor) and not all_finite(t):
-                    bad = int((~torch.isfinite(t)).sum())
+                if isinstance(t, torch.Tensor):
+                    bad = count_non_finite(t)
                     if bad:
                         what = (
                             f"layer '{name}'"

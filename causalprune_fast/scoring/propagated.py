@@ -22,9 +22,10 @@ from collections.abc import Callable
 import torch
 
 from causalprune_fast.base.noise import ROWS, stream
+from causalprune_fast.base.validation import check_layer_finite
 from causalprune_fast.model.layers import input_rows, output_rows
 from causalprune_fast.scoring.driver import Batch, Driver
-from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
+from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.sampling import example_rows
 
 
@@ -57,8 +58,8 @@ class PropagatedMode:
         t0 = clock(self.device)
         name = s.layer.name
         response = s.response.apply(out)
-        check_finite(x, name, "input")
-        check_finite(response, name, f"response ({s.response.description})")
+        check_layer_finite(x, name, "input")
+        check_layer_finite(response, name, f"response ({s.response.description})")
         rows = self._rows(s, start, x.shape[0])
         xr = input_rows(s.layer, x, rows, self.plan.taps)
         yr = output_rows(s.layer, response, rows)

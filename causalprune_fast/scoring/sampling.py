@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from causalprune_fast.base.conv_geometry import conv_padding
+from causalprune_fast.base.conv_geometry import ConvGeometry
 from causalprune_fast.base.noise import LOCAL, ROWS, example_seed, stream, uniform_examples
 from causalprune_fast.model.layers import Layer, input_rows, output_rows
 from causalprune_fast.model.response import (
@@ -214,31 +214,17 @@ def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype)
     return RowSource("patches", rows, unit_bytes, make, lambda a, b: b - a, BLOCK)
 
 
-def _conv_geometry(m: nn.Module, input_shape: tuple[int, ...]):
-    """Per spatial dim: (input size, left padding, output size) of convolution ``m``."""
-    dims = len(m.kernel_size)
-    pad = conv_padding(m, tuple(input_shape[1:]))  # last dim first: (left, right) pairs
-    geometry = []
-    for d in range(dims):
-        left, right = pad[2 * (dims - 1 - d)], pad[2 * (dims - 1 - d) + 1]
-        size = input_shape[1 + d]
-        span = m.dilation[d] * (m.kernel_size[d] - 1) + 1
-        geometry.append((size, left, (size + left + right - span) // m.stride[d] + 1))
-    return geometry
-
-
 def _patch_source(
     layer, response, rows, input_shape, lo, hi, taps, *, index, seed, device, dtype
 ) -> RowSource:
     m = layer.module
-    geometry = _conv_geometry(m, input_shape)
-    dims, k = len(geometry), math.prod(m.kernel_size)
+    geometry = ConvGeometry.of(m, input_shape)
+    dims, k = len(geometry.kernel_size), geometry.taps
     c_in, c_out, g = m.in_channels, m.out_channels, m.groups
-    positions = math.prod(out for _, _, out in geometry)
-    ks = m.kernel_size
-    grid = torch.meshgrid(*[torch.arange(s) for s in ks], indexing="ij")
+    out_size, left = geometry.output_size, [lo for lo, _ in geometry.padding]
+    positions = math.prod(out_size)
+    grid = torch.meshgrid(*[torch.arange(s) for s in geometry.kernel_size], indexing="ij")
     taps_idx = torch.stack([t.reshape(-1) for t in grid]).to(device)  # [dims, k], row-major
-    center = sum(((s - 1) // 2) * math.prod(ks[d + 1 :]) for d, s in enumerate(ks))
     weight = m.weight.detach().reshape(g, c_out // g, (c_in // g) * k)
     lo3, hi3 = lo.reshape(c_in, 1, 1), hi.reshape(c_in, 1, 1)
     size = torch.finfo(dtype).bits // 8
@@ -252,11 +238,10 @@ def _patch_source(
         ok = torch.ones((len(pos), k), dtype=torch.bool, device=device)
         rest = pos
         for d in reversed(range(dims)):
-            extent, left, out = geometry[d]
-            o = rest % out
-            rest = torch.div(rest, out, rounding_mode="floor")
-            coord = o[:, None] * m.stride[d] + taps_idx[d][None, :] * m.dilation[d] - left
-            ok &= (coord >= 0) & (coord < extent)
+            o = rest % out_size[d]
+            rest = torch.div(rest, out_size[d], rounding_mode="floor")
+            coord = o[:, None] * m.stride[d] + taps_idx[d][None, :] * m.dilation[d] - left[d]
+            ok &= (coord >= 0) & (coord < geometry.input_size[d])
         return ok
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +264,7 @@ def _patch_source(
                 if m.bias is not None:
                     y = y + m.bias
             y = _respond(response, y, dims)
-        units = xt[:, center, :].t() if taps == "center" else x
+        units = xt[:, geometry.center, :].t() if taps == "center" else x
         return units, y
 
     # The patch rows, the noise block being drawn, the outputs and response, the mask.
