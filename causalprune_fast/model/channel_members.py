@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from causalprune_fast.model.families import out_channels
 from causalprune_fast.model.llm_graph import conv1d_pruner
 
 
@@ -159,10 +160,12 @@ def _out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> d
     return found
 
 
+def alone(name: str, channels: int) -> list[Member]:
+    """The group of a layer without coupling: the only producer of its ``channels`` output
+    channels, no consumer."""
+    r = tuple(range(channels))
+    return [Member(name, "producer", r, r)]
+
+
 def _alone(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
-    out = {}
-    for name in layer_names:
-        m = model.get_submodule(name)
-        c = m.out_channels if hasattr(m, "out_channels") else m.out_features
-        out[name] = [Member(name, "producer", tuple(range(c)), tuple(range(c)))]
-    return out
+    return {name: alone(name, out_channels(model.get_submodule(name))) for name in layer_names}

@@ -36,6 +36,13 @@ def is_conv1d(module: nn.Module) -> bool:
     )
 
 
+def out_channels(m: nn.Module) -> int:
+    """Output channels of a ConvNd, a Linear or a transformers ``Conv1D`` module."""
+    if is_conv1d(m):
+        return int(m.weight.shape[1])
+    return m.out_channels if hasattr(m, "out_channels") else m.out_features
+
+
 class TransposedLinearLayer(Layer):
     """A measured transformers ``Conv1D``: a Linear layer whose ``weight`` is ``[in, out]``."""
 

@@ -20,18 +20,12 @@ import torch.nn as nn
 from causalprune_fast.base import validation as v
 from causalprune_fast.base.model_state import ModelSnapshot, rng_forked
 from causalprune_fast.base.outputs import output_tensors
-from causalprune_fast.model.families import is_conv1d
+from causalprune_fast.model.families import is_conv1d, out_channels
 from causalprune_fast.model.layers import MEASURED_TYPES
 from causalprune_fast.pruning.attention_pruning import attention_pruning
 from causalprune_fast.pruning.refusals import check_channel_groups, check_structures
 from causalprune_fast.pruning.report import PruneReport, shortfall_message, wanted_removals
 from causalprune_fast.scoring.score import score_model_keywords
-
-
-def _out_channels(m: nn.Module) -> int:
-    if is_conv1d(m):
-        return int(m.weight.shape[1])
-    return m.out_channels if hasattr(m, "out_channels") else m.out_features
 
 
 def _is_layer(m: nn.Module) -> bool:
@@ -66,7 +60,7 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
         if r.dim() < 2:
             continue
         for m in reversed(ran):
-            if _out_channels(m) == r.shape[-1] or _out_channels(m) == r.shape[1]:
+            if out_channels(m) == r.shape[-1] or out_channels(m) == r.shape[1]:
                 if m not in heads:
                     heads.append(m)
                 break
@@ -317,7 +311,7 @@ def _prune(
     # found within bounded memory and time.
     skip = set(map(id, ignored))
     check_channel_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
-    before = {names[m]: _out_channels(m) for m in measured}
+    before = {names[m]: out_channels(m) for m in measured}
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
 
     def make_pruner(ratio_dict=None):
@@ -392,7 +386,7 @@ def _prune(
         params_after=int(params_after),
         macs_before=float(macs_before),
         macs_after=float(macs_after),
-        channels={n: (c, _out_channels(model.get_submodule(n))) for n, c in before.items()},
+        channels={n: (c, out_channels(model.get_submodule(n))) for n, c in before.items()},
         rescored=importance.rescored,
         groups=group_widths,
         ratio=ratio,
