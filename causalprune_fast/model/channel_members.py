@@ -79,10 +79,10 @@ def members_of_group(
     skipped: norms, activations, unmeasured layers); ``attention`` (see
     :func:`attention_layers`) adds the virtual layers of the ``nn.MultiheadAttention`` members."""
     items = ((item.dep, item.idxs, item.root_idxs) for item in group)
-    return _members(items, module_names, attention)
+    return members_of_items(items, module_names, attention)
 
 
-def _members(
+def members_of_items(
     items, module_names: Mapping[nn.Module, str], attention: Attention | None = None
 ) -> list[Member]:
     """Members from ``(dependency, idxs, root_idxs)`` triples of a Torch-Pruning group.
@@ -133,7 +133,7 @@ def _members(
     return members
 
 
-def _out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> dict:
+def out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> dict:
     """The group of each ``<mha>.out_proj`` (a virtual layer, never a root of Torch-Pruning's
     walk): the group of a root that has it as a producer, re-indexed by its own channels."""
     found = {}
@@ -167,5 +167,6 @@ def alone(name: str, channels: int) -> list[Member]:
     return [Member(name, "producer", r, r)]
 
 
-def _alone(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
+def alone_groups(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
+    """:func:`alone` for every layer of ``layer_names`` (modules of ``model``)."""
     return {name: alone(name, out_channels(model.get_submodule(name))) for name in layer_names}

@@ -24,7 +24,7 @@ from causalprune_fast.base.noise import LOCAL, example_seed, stream
 from causalprune_fast.base.validation import check_layer_finite
 from causalprune_fast.estimator.backends import capability
 from causalprune_fast.scoring.driver import Driver
-from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_capability, fused_epilogue
+from causalprune_fast.scoring.fused_local import FusedResponse, fused_capability, fused_response
 from causalprune_fast.scoring.layer_mi import LayerMI
 from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.sampling import RowSource, row_source
@@ -170,19 +170,20 @@ class LocalMode:
         self.d.finish(s, xc, yc, ctx)
 
     # ---------------------------------------------------------------- fused
-    def _fused(self, s: LayerState) -> tuple[Callable, FusedEpilogue] | None:
-        """The backend's fused local measurement and the layer's epilogue, where both apply:
+    def _fused(self, s: LayerState) -> tuple[Callable, FusedResponse] | None:
+        """The backend's fused local measurement and the layer's response as the kernel applies
+        it, where both apply:
         one process, ``fused_local`` not False, a CUDA device (any device with True)."""
         wanted = self.plan.fused_local
         if self.ctx.enabled or wanted is False:
             return None
         if self.device.type != "cuda" and not wanted:
             return None
-        epilogue = fused_epilogue(s.layer, s.response)
-        if epilogue is None:
+        response = fused_response(s.layer, s.response)
+        if response is None:
             return None
         kernel = self._fused_kernel(fused_capability(s.layer))
-        return None if kernel is None else (kernel, epilogue)
+        return None if kernel is None else (kernel, response)
 
     def _fused_kernel(self, name: str) -> Callable | None:
         """The backend's fused local measurement ``name`` on this device, looked up once per
@@ -191,7 +192,7 @@ class LocalMode:
             self._kernels[name] = capability(self.plan.backend, self.device, name)
         return self._kernels[name]
 
-    def _measure_fused(self, s: LayerState, kernel: Callable, epilogue: FusedEpilogue) -> None:
+    def _measure_fused(self, s: LayerState, kernel: Callable, response: FusedResponse) -> None:
         """Local mode of a Linear layer or convolution in the fused kernels: noise regenerated
         in registers in each pass (never stored), the layer and its response computed for
         the ranges and once more for the output codes (the only thing stored: ``C_out x
@@ -214,9 +215,9 @@ class LocalMode:
                 samples=s.rows,
                 seed=example_seed(self.plan.seed, stream(LOCAL, s.index), 0),
                 bins=self.plan.bins,
-                scale=epilogue.scale,
-                shift=epilogue.shift,
-                activation=epilogue.activation,
+                scale=response.scale,
+                shift=response.shift,
+                activation=response.activation,
                 miller_madow=self.plan.miller_madow,
                 reduce=None if self.plan.return_matrices else "sum",
                 return_ranges=True,

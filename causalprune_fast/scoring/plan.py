@@ -22,8 +22,7 @@ import torch.nn as nn
 from causalprune_fast.base import validation as v
 from causalprune_fast.base.memory import default_memory_budget
 from causalprune_fast.base.noise import input_noise
-from causalprune_fast.estimator.backends import BACKENDS
-from causalprune_fast.estimator.backends import _unusable as backend_problem
+from causalprune_fast.estimator.backends import BACKENDS, unusable
 from causalprune_fast.model.discovery import check_layer_filter
 from causalprune_fast.model.layers import TAPS
 from causalprune_fast.results.channel_scores import DIRECTIONS, REDUCTIONS
@@ -227,7 +226,7 @@ class ScorePlan:
         lo, hi = _check_range(input_range)
         v.check_noise_range(lo, hi, dtype)
         if backend != "auto":
-            problem = backend_problem(backend, device)
+            problem = unusable(backend, device)
             if problem is not None:
                 raise ValueError(problem)
         budget = v.check_memory_budget(
