@@ -274,14 +274,37 @@ def tiny_swin() -> nn.Module:
     ).eval()
 
 
-def test_window_attention_groups_fall_back_per_layer(monkeypatch):
-    """Torch-Pruning's walk through Swin's window reshapes does not end (one channel of the
-    last stage takes more than 3e7 index entries in torchvision's swin_t): under a small index
-    budget those layers are scored alone, named in a warning and in config["graph"], and
-    the rest keep their coupling."""
+def test_window_attention_groups_are_found_within_a_small_budget(monkeypatch):
+    """Torch-Pruning maps Swin's window reshapes as flattenings and its walk through them does
+    not end (one channel of the last stage of torchvision's swin_t takes more than 3e7 index
+    entries). With the attention and patch merging traced as one node each
+    (model/structures), every group is walked under a budget of 2e5 entries (25 MB):
+    each stage's stream couples the patch embedding, the MLPs and the patch merging, and the
+    reduction of a patch merging gets the next stage's stream."""
     pytest.importorskip("torchvision")
     from causalprune_fast.base.memory import default_memory_budget
 
+    monkeypatch.setattr(cg, "BYTES_PER_INDEX", default_memory_budget() // 200_000)
+    net = tiny_swin()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="channel graph")
+        scores = cf.score_model(net, (3, 16, 16), samples=4, progress=False)
+    assert scores.config["graph"] == "Torch-Pruning dependency graph"
+    torch.testing.assert_close(scores["features.0.0"], scores["features.1.0.mlp.3"])
+    torch.testing.assert_close(scores["features.2.reduction"], scores["features.3.0.mlp.3"])
+    stream = {(m.layer, m.role) for m in scores.groups["features.0.0"]}
+    assert {("features.1.0.mlp.0", "consumer"), ("features.2.reduction", "consumer")} <= stream
+
+
+def test_window_attention_groups_fall_back_per_layer_without_structures(monkeypatch):
+    """Without model/structures, under a small index budget the layers whose walk passes
+    the window reshapes are scored alone, named in a warning and in config["graph"], and the
+    rest keep their coupling."""
+    pytest.importorskip("torchvision")
+    from causalprune_fast.estimator import default_memory_budget
+    from causalprune_fast.model import structures
+
+    monkeypatch.setattr(structures, "CLAIMED", {})
     # An index budget of 2e5 entries (25 MB) instead of the default 1 GiB worth.
     monkeypatch.setattr(cg, "BYTES_PER_INDEX", default_memory_budget() // 200_000)
     net = tiny_swin()
@@ -297,6 +320,27 @@ def test_window_attention_groups_fall_back_per_layer(monkeypatch):
     # The first stage's stream is still coupled: the patch embedding and the MLP writing
     # into it share one score.
     torch.testing.assert_close(scores["features.0.0"], scores["features.1.0.mlp.3"])
+
+
+def test_channel_shuffle_maps_every_channel_through_the_permutation():
+    """ShuffleNetV2: channel k of a downsampling block's branch2 lands at position 2k+1 of the
+    shuffled stream; the next block's chunk sends positions >= C/2 into its branch2, the others
+    on to the next shuffle. Each stream channel keeps its own producer (no two merge)."""
+    pytest.importorskip("torchvision")
+    from structure_models import MODELS
+
+    net, shape = MODELS["shufflenet"]()
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    found = cg.find_groups(net, torch.rand(1, *shape), names)
+    assert not found.uncoupled and not found.graph_error
+    members = {(m.layer, m.role): m for m in found.groups["stage2.0.branch2.5"]}
+    writers = [layer for layer, role in members if role == "producer"]
+    dense = [w for w in writers if net.get_submodule(w).groups == 1]  # not depthwise
+    assert dense == ["stage2.0.branch2.5"]
+    half = 8  # stage 2: 16 channels, two halves of 8
+    into = members[("stage2.1.branch2.0", "consumer")]
+    expected = [(2 * k + 1 - half, k) for k in range(8) if 2 * k + 1 >= half]
+    assert sorted(zip(into.idxs, into.root_idxs, strict=True)) == expected
 
 
 def tiny_vit() -> nn.Module:

@@ -1,9 +1,10 @@
 """prune() on models Torch-Pruning 1.6.1 cannot prune (issue 10, the zoo sweep's failures):
-a ValueError naming the modules and why, and the model left as found. Known structures are
-refused before any work (refusals.check_structures); without that list, the generic
-checks still refuse them: a dependency graph that cannot be built or groups that cannot be
-found within bounds (check_channel_groups, before Torch-Pruning's own search), or a pruned
-model that fails on the example input (the model is put back)."""
+a ValueError naming the modules and why, and the model left as found. Known structures that
+causalprune_fast.model.structures does not teach Torch-Pruning are refused before any work
+(refusals.check_structures); the ones it teaches (tests/test_structures.py) are refused by
+the generic checks when it is switched off: a dependency graph that cannot be built or groups
+that cannot be found within bounds (check_channel_groups, before Torch-Pruning's own search), or a
+pruned model that fails on the example input (the model is put back)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from test_prune_trust import assert_unchanged, state_of
 
 import causalprune_fast as cf
 import causalprune_fast.model.channel_graph as cg
+from causalprune_fast.model import structures
 from causalprune_fast.pruning import prune_model, refusals
 
 pytest.importorskip("torch_pruning")
@@ -47,33 +49,29 @@ def timm_maxvit() -> nn.Module:
     ).eval()
 
 
-def tv_swin() -> nn.Module:
-    from test_channel_graph import tiny_swin
-
-    pytest.importorskip("torchvision")
-    return tiny_swin()
-
-
-def levit() -> nn.Module:
+def timm_swin_v2() -> nn.Module:
     timm = pytest.importorskip("timm")
-    return timm.create_model("levit_128s", img_size=64, num_classes=10).eval()
+    torch.manual_seed(0)
+    return timm.create_model(
+        "swinv2_tiny_window8_256",
+        img_size=32,
+        embed_dim=8,
+        depths=(1, 1),
+        num_heads=(1, 1),
+        window_size=4,
+        num_classes=10,
+    ).eval()
 
 
-def coat() -> nn.Module:
-    timm = pytest.importorskip("timm")
-    return timm.create_model("coat_lite_tiny", num_classes=10).eval()
+def without_structures(monkeypatch) -> None:
+    """Torch-Pruning alone: no refusal list, no structures taught."""
+    monkeypatch.setattr(refusals, "UNSUPPORTED", {})
+    monkeypatch.setattr(structures, "CLAIMED", {})
 
 
 @pytest.mark.parametrize(
     "make, shape, module, reason",
-    [
-        (shufflenet, (3, 64, 64), "stage2.0", "channel shuffle"),
-        (timm_swin, (3, 28, 28), "layers.0.blocks.0.attn", "window attention"),
-        (tv_swin, (3, 16, 16), "features.1.0.attn", "window attention"),
-        (timm_maxvit, (3, 64, 64), "stages.0.blocks.0.attn_block", "window attention"),
-        (levit, (3, 64, 64), "stages.0.blocks.0.attn", "LeViT attention"),
-        (coat, (3, 224, 224), "crpe1", "CoaT"),
-    ],
+    [(timm_swin_v2, (3, 32, 32), "layers.0.blocks.0.attn", "window attention")],
 )
 def test_known_structures_are_refused_before_any_work(monkeypatch, make, shape, module, reason):
     model = make()
@@ -91,7 +89,7 @@ def test_known_structures_are_refused_before_any_work(monkeypatch, make, shape, 
 
 
 def test_a_graph_torch_pruning_cannot_build_is_refused_naming_the_error(monkeypatch):
-    monkeypatch.setattr(refusals, "UNSUPPORTED", {})  # the generic check alone
+    without_structures(monkeypatch)  # the generic check alone
     model = shufflenet()
     before = state_of(model)
     with pytest.raises(ValueError, match="cannot build the dependency graph.*ZeroDivision"):
@@ -104,7 +102,7 @@ def test_groups_beyond_the_bounds_are_refused_before_torch_pruning_searches_them
 
     from causalprune_fast.base.memory import default_memory_budget
 
-    monkeypatch.setattr(refusals, "UNSUPPORTED", {})
+    without_structures(monkeypatch)
     # An index budget of 2e4 entries: the same refusal as the default's, found sooner (one
     # qkv channel of MaxViT needs more than the default's 3.5e5 entries even at this size).
     monkeypatch.setattr(cg, "BYTES_PER_INDEX", default_memory_budget() // 20_000)
@@ -122,7 +120,7 @@ def test_groups_beyond_the_bounds_are_refused_before_torch_pruning_searches_them
 
 
 def test_a_pruned_model_that_no_longer_runs_is_put_back(monkeypatch):
-    monkeypatch.setattr(refusals, "UNSUPPORTED", {})
+    without_structures(monkeypatch)
     model = timm_swin()  # Torch-Pruning leaves LayerNorms and Linears of different widths
     before = state_of(model)
     with pytest.raises(ValueError, match="pruned model fails on the example input"):

@@ -33,6 +33,7 @@ from causalprune_fast.model.channel_members import (
     torch_pruning_available,
 )
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
+from causalprune_fast.model.structures import extend_graph
 
 # Bounds on the walk that finds one layer's group (see ``build_groups``).
 BYTES_PER_INDEX = 128  # one Torch-Pruning (idx, root_idx) entry: namedtuple, ints, list slot
@@ -90,6 +91,7 @@ def find_groups(
                 customized_pruners=torch_pruning_extensions(model)["customized_pruners"],
                 verbose=False,
             )  # its last step maps indices (update_index_mapping), as get_pruning_group does
+        extend_graph(dg)  # channel permutations (model/structures)
     except Exception as e:  # tracing arbitrary models can fail in many ways
         return GroupSearch(alone_groups(model, layer_names), {}, f"{type(e).__name__}: {e}")
     if index_budget is None:
@@ -121,8 +123,12 @@ def find_groups(
         if not any(m.layer == name and m.role == "producer" for m in members):
             members.insert(0, alone_groups(model, [name])[name][0])
         groups[name] = members
+    inside = [n for n in layer_names if model.get_submodule(n) not in dg.module2node]
     del dg  # its nodes hold the traced autograd graph and its saved activations
     groups.update(out_proj_groups(groups, [out for _, out in attention.values() if out]))
+    # Layers inside a module traced as one node (model/structures): the group they
+    # write into, where they write one channel per channel of it.
+    groups.update(out_proj_groups(groups, [n for n in inside if len(groups[n]) == 1]))
     return GroupSearch(groups, uncoupled, "", bounded)
 
 
@@ -239,6 +245,8 @@ def _bounded_group(
     """
     import torch_pruning as tp
 
+    from causalprune_fast.model.structures.pruners import StructurePruner
+
     pruner = dg.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
     fn = pruner.prune_out_channels
@@ -264,7 +272,9 @@ def _bounded_group(
 
     def merge(items: list) -> None:
         for dep, idxs in items:
-            if dep.target.module not in names and dep.target.module not in (attention or {}):
+            known = dep.target.module in names or dep.target.module in (attention or {})
+            structure = isinstance(getattr(dep.handler, "__self__", None), StructurePruner)
+            if not known and not structure:
                 continue  # norms, activations, reshapes: not members
             key = (dep.target, dep.handler)
             deps.setdefault(key, dep)

@@ -91,8 +91,13 @@ def members_of_items(
     columns of ``in_proj_weight`` and the rows of ``out_proj``, with the stream it reads and
     writes) contributes its measured virtual layers: ``<mha>.out_proj`` as a producer (its
     output channels are the stream's) and ``<mha>.in_proj`` as a consumer (its input units
-    are)."""
+    are). A module that Torch-Pruning sees as one node with a pruner of
+    :mod:`causalprune_fast.model.structures` (window attention, patch merging, ...)
+    contributes the measured layers inside it that the pruner lists
+    (``StructurePruner.members``)."""
     import torch_pruning as tp
+
+    from causalprune_fast.model.structures.pruners import StructurePruner
 
     out_fns = {
         tp.prune_conv_out_channels,
@@ -120,6 +125,15 @@ def members_of_items(
             # The module is reached from its input and from its output with one handler.
             members += [m for m in pair if m not in members]
             continue
+        pruner = getattr(dep.handler, "__self__", None)
+        if isinstance(pruner, StructurePruner):
+            out = dep.handler == pruner.prune_out_channels
+            for layer, role, pairs in pruner.members(dep.target.module, idxs, out):
+                if module_names.get(layer) is not None and pairs:
+                    sub, ks = zip(*pairs, strict=True)
+                    m = Member(module_names[layer], role, sub, tuple(root_idxs[k] for k in ks))
+                    members += [] if m in members else [m]
+            continue
         name = module_names.get(dep.target.module)
         if name is None:
             continue
@@ -135,12 +149,16 @@ def members_of_items(
 
 def out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> dict:
     """The group of each ``<mha>.out_proj`` (a virtual layer, never a root of Torch-Pruning's
-    walk): the group of a root that has it as a producer, re-indexed by its own channels."""
+    walk), or of a layer inside a module Torch-Pruning sees as one node: the group of a root
+    that has it as a producer of one channel per root channel, re-indexed by its own
+    channels."""
     found = {}
-    for root_members in groups.values():
+    for root, root_members in groups.items():
         for member in root_members:
-            if member.layer not in out_projs or member.role != "producer":
+            if member.layer not in out_projs or member.role != "producer" or member.layer == root:
                 continue
+            if len(set(member.root_idxs)) < len(member.root_idxs):
+                continue  # several of its channels per root channel (fused q, k, v rows)
             if member.layer in found:
                 continue
             own = dict(zip(member.root_idxs, member.idxs, strict=True))  # root -> out_proj

@@ -92,15 +92,18 @@ def conv1d_pruner():
 
 
 def torch_pruning_extensions(model: nn.Module) -> dict:
-    """Keyword arguments that teach Torch-Pruning the model's ``Conv1D`` layers:
-    ``customized_pruners`` (for ``DependencyGraph.build_dependency`` and the pruners) and
-    ``root_module_types`` (for the pruners); empty dicts where the model has none."""
+    """Keyword arguments that teach Torch-Pruning the model's ``Conv1D`` layers and the
+    structures of :mod:`causalprune_fast.model.structures` (window attention, patch
+    merging, LeViT and CoaT attention): ``customized_pruners`` (for
+    ``DependencyGraph.build_dependency`` and the pruners) and ``root_module_types`` (for the
+    pruners); empty where the model has none."""
+    from causalprune_fast.model.structures import graph_extensions
+
     kinds = {type(m) for m in model.modules() if is_conv1d(m)}
-    if not kinds:
-        return {"customized_pruners": {}, "root_module_types": []}
+    structures = graph_extensions(model)
     return {
-        "customized_pruners": {k: conv1d_pruner() for k in kinds},
-        "root_module_types": sorted(kinds, key=lambda k: k.__qualname__),
+        "customized_pruners": {**{k: conv1d_pruner() for k in kinds}, **structures.pruners},
+        "root_module_types": [*sorted(kinds, key=lambda k: k.__qualname__), *structures.roots],
     }
 
 
@@ -169,9 +172,15 @@ def traceable(model: nn.Module) -> Iterator[None]:
     """While Torch-Pruning traces ``model``: no key/value cache (``config.use_cache = False``:
     Torch-Pruning 1.6's concat mapping fails on the cache's ``torch.cat``), rotary attention
     without the rotation and with the ``"eager"`` attention, and splits of a layer's features
-    along the last dimension mapped (:func:`_split_mapping`); see the module doc. Puts
-    everything back on exit, also on an error."""
+    along the last dimension mapped (:func:`_split_mapping`); see the module doc; and the
+    structures of :mod:`causalprune_fast.model.structures` traced as their pruners
+    expect (:func:`~causalprune_fast.model.structures.trace.structure_trace`). Puts
+    everything back on exit, also on an error. Graphs built inside need
+    :func:`~causalprune_fast.model.structures.extend_graph` once built."""
     from torch_pruning.dependency import index_mapping
+
+    from causalprune_fast.model.structures import graph_extensions
+    from causalprune_fast.model.structures.trace import structure_trace
 
     rotary = {sys.modules[type(m).__module__] for m in model.modules() if is_rotary_attention(m)}
     configs = {}  # id -> (config, its instance attributes): the properties may set several
@@ -189,7 +198,8 @@ def traceable(model: nn.Module) -> Iterator[None]:
             c.use_cache = False
             if rotary and hasattr(c, "_attn_implementation"):
                 c._attn_implementation = "eager"
-        yield
+        with structure_trace(graph_extensions(model)):
+            yield
     finally:
         index_mapping.update_split_index_mapping = split
         for mod, fn in saved.items():

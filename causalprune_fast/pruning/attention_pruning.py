@@ -49,6 +49,7 @@ from causalprune_fast.model.llm_graph import (
     torch_pruning_extensions,
     traceable,
 )
+from causalprune_fast.model.structures import extend_graph, graph_extensions
 from causalprune_fast.pruning.llm_pruning import ratio_for_customized_root, rmsnorm_parameters
 
 
@@ -60,7 +61,8 @@ class AttentionPruning:
     out_channel_groups: dict[nn.Module, int] = field(default_factory=dict)
     modules: list[tuple[str, nn.Module]] = field(default_factory=list)  # (kind, module)
     extensions: dict = field(default_factory=dict)  # customized_pruners, root_module_types
-    unwrapped: list = field(default_factory=list)  # (parameter, dim): RMSNorm weights
+    unwrapped: list = field(default_factory=list)  # (parameter, dim): RMSNorm weights, ...
+    kept: dict = field(default_factory=dict)  # layer -> why a structure keeps its outputs
     tied: bool = False  # input and output embeddings share one weight
 
     @property
@@ -120,7 +122,9 @@ class AttentionPruning:
         ``Conv1D``, RMSNorm, ``output_transform``), traced under
         :func:`~causalprune_fast.model.llm_graph.traceable`, with
         :meth:`keep_shared_key_value_heads` and ``pruning_ratio_dict`` entries for ``Conv1D``
-        roots (:func:`~causalprune_fast.pruning.llm_pruning.ratio_for_customized_root`).
+        roots (:func:`~causalprune_fast.pruning.llm_pruning.ratio_for_customized_root`);
+        the structures of :mod:`causalprune_fast.model.structures` (their layers whose
+        outputs must stay, ``kept``, are added to ``ignored_layers``).
         With ``pruning_ratio_dict``, only its layers are pruned (``pruning_ratio`` 0; whole
         heads only of the attention whose query projection it names). ``kwargs`` go to the
         pruner (``importance``, ``ignored_layers``, ...); call :meth:`sync` after each step.
@@ -133,6 +137,7 @@ class AttentionPruning:
 
         self.check_iterative_steps(kwargs.get("iterative_steps", 1))
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class
+        kwargs["ignored_layers"] = [*(kwargs.get("ignored_layers") or []), *self.kept]
         with traceable(model):
             pruner = cls(
                 model,
@@ -142,6 +147,7 @@ class AttentionPruning:
                 **self.pruner_kwargs(ratio, pruning_ratio_dict),
                 **kwargs,
             )
+        extend_graph(pruner.DG)
         self.keep_shared_key_value_heads(pruner)
         for root, r in (pruning_ratio_dict or {}).items():
             ratio_for_customized_root(pruner, root, r)
@@ -331,14 +337,20 @@ def attention_pruning(model: nn.Module) -> AttentionPruning:
             attention whose head counts do not divide), or a model mixing attention whose head
             dims are pruned with attention whose whole heads are pruned.
     """
+    structures = graph_extensions(model)  # handled there (model/structures)
     plan = AttentionPruning(
-        extensions=torch_pruning_extensions(model), unwrapped=rmsnorm_parameters(model)
+        extensions=torch_pruning_extensions(model),
+        unwrapped=rmsnorm_parameters(model) + structures.unwrapped,
+        kept=dict(structures.ignored),
     )
+    claimed = {id(m) for m in structures.claimed}
     emb, out = _embeddings(model)
     plan.tied = emb is not None and out is not None and out.weight is emb.weight
     dims_kinds = []
     for name, m in model.named_modules():
         qkv, heads = getattr(m, "qkv", None), getattr(m, "num_heads", None)
+        if id(m) in claimed:
+            continue
         if isinstance(m, nn.MultiheadAttention):
             if m.num_heads > 1:
                 plan.out_channel_groups[m] = m.num_heads

@@ -35,6 +35,7 @@ from causalprune_fast.base.model_state import preserved
 from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.channel_members import attention_layers, members_of_group
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
+from causalprune_fast.model.structures import extend_graph
 from causalprune_fast.results.causal_scores import CausalScores
 from causalprune_fast.results.channel_scores import channel_scores
 from causalprune_fast.scoring.score import check_score_arguments, score_model, score_model_keywords
@@ -164,6 +165,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
                     customized_pruners=extensions["customized_pruners"],
                     verbose=False,
                 )
+                extend_graph(self._graph)
             self._graph_key = model_state_key(self.model)
         return self._graph
 

@@ -392,4 +392,5 @@ def _prune(
         ratio=ratio,
         achieved=removed / total if total else 0.0,
         short=short,
+        kept={names[m]: why for m, why in attention.kept.items() if m in names},
     )

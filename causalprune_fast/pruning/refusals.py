@@ -5,22 +5,13 @@ cannot prune a model, ``prune()`` says so with a ``ValueError`` naming the modul
 reason, before any change and (for the structures below) before any long work:
 
 - :func:`check_structures` (first, no forward pass): structures for which Torch-Pruning's own
-  pruner fails or leaves a model that no longer runs (its
-  ``examples/torchvision_models`` lists ShuffleNetV2 and Swin as failure cases):
-
-  - channel shuffle (torchvision ShuffleNetV2's ``InvertedResidual``): the
-    ``view``/``transpose`` that interleaves the channels of two branches; Torch-Pruning's
-    reshape mapping divides by zero on it.
-  - window attention with window partitioning (timm and torchvision Swin, MaxViT): the
-    window reshapes are mapped as flattenings; on Swin the pruned LayerNorms and Linears
-    disagree (timm ``swin_tiny_patch4_window7_224``: a LayerNorm of 355 channels fed 268),
-    on MaxViT the group search of one channel creates ~1e6 index entries (MemoryError).
-  - LeViT attention (timm): ``qkv`` is split per head into q, k and v of different widths
-    (``key_dim``, ``key_dim``, ``val_dim``), which Torch-Pruning's head pruning does not model
-    (its own pruner raises IndexError) and it caches the attention biases.
-  - CoaT's convolutional relative position encoding (timm ``ConvRelPosEnc``): the value is
-    split into head groups, each convolved on its own, and concatenated; Torch-Pruning's concat
-    mapping fails on it (TypeError).
+  pruner fails or leaves a model that no longer runs, and which
+  :mod:`causalprune_fast.model.structures` does not teach it (that module handles
+  ShuffleNetV2's channel shuffle, torchvision and timm Swin and MaxViT, LeViT and CoaT):
+  window attention of timm's Swin V2 (``swin_transformer_v2``, ``swin_transformer_v2_cr``)
+  and of timm MaxViT's NCHW and parallel partition blocks. Their window reshapes are mapped
+  as flattenings, so the pruned LayerNorms and Linears disagree or the group search of one
+  channel creates ~1e6 index entries (MemoryError).
 
 - :func:`check_channel_groups` (after the cheap checks, before Torch-Pruning's own unbounded group
   search): any other model whose dependency graph cannot be built, or where the group of a
@@ -40,42 +31,18 @@ import torch.nn as nn
 from causalprune_fast.model.channel_graph import find_groups
 
 # (module path of the class, class name) -> why Torch-Pruning 1.6.1 cannot prune it.
-_SHUFFLE = (
-    "channel shuffle (a view/transpose interleaving the channels of two branches): "
-    "Torch-Pruning 1.6.1 cannot map channels through it (its reshape mapping divides by zero; "
-    "its torchvision example lists ShuffleNetV2 as a failure case)"
-)
 _WINDOWS = (
-    "window attention with window partitioning (Swin, MaxViT): Torch-Pruning 1.6.1 maps the "
-    "window reshapes as flattenings, so its groups either leave LayerNorms and Linears of "
-    "different widths (the pruned model does not run) or its group search of one channel "
-    "creates millions of indices and exhausts memory (its torchvision example lists Swin as a "
-    "failure case)"
-)
-_LEVIT = (
-    "LeViT attention (qkv split per head into q, k and v of different widths, cached "
-    "attention biases): Torch-Pruning 1.6.1's head pruning does not model that layout (its "
-    "own pruner raises IndexError on LeViT)"
-)
-_COAT = (
-    "CoaT's convolutional relative position encoding (the value split into head groups, each "
-    "convolved on its own, then concatenated): Torch-Pruning 1.6.1's concat mapping fails on "
-    "it (TypeError)"
+    "window attention with window partitioning that causalprune_fast does not map for "
+    "Torch-Pruning (it knows torchvision and timm Swin and MaxViT's channels-last blocks): "
+    "Torch-Pruning 1.6.1 maps the window reshapes as flattenings, so its groups either leave "
+    "LayerNorms and Linears of different widths (the pruned model does not run) or its group "
+    "search of one channel creates millions of indices and exhausts memory"
 )
 UNSUPPORTED: dict[tuple[str, str], str] = {
-    ("torchvision.models.shufflenetv2", "InvertedResidual"): _SHUFFLE,
-    ("torchvision.models.swin_transformer", "ShiftedWindowAttention"): _WINDOWS,
-    ("torchvision.models.swin_transformer", "ShiftedWindowAttentionV2"): _WINDOWS,
-    ("torchvision.models.maxvit", "PartitionAttentionLayer"): _WINDOWS,
-    ("timm.models.swin_transformer", "WindowAttention"): _WINDOWS,
     ("timm.models.swin_transformer_v2", "WindowAttention"): _WINDOWS,
     ("timm.models.swin_transformer_v2_cr", "WindowMultiHeadAttention"): _WINDOWS,
-    ("timm.models.maxxvit", "PartitionAttentionCl"): _WINDOWS,
     ("timm.models.maxxvit", "PartitionAttention2d"): _WINDOWS,
     ("timm.models.maxxvit", "ParallelPartitionAttention"): _WINDOWS,
-    ("timm.models.levit", "Attention"): _LEVIT,
-    ("timm.models.levit", "AttentionDownsample"): _LEVIT,
-    ("timm.models.coat", "ConvRelPosEnc"): _COAT,
 }
 
 

@@ -13,7 +13,9 @@ class PruneReport:
     ``groups`` has one entry per channel group Torch-Pruning could prune (named after its root
     layer): ``(width before, width after)``. ``channels`` has the output channels of every
     measured layer before and after. ``ratio`` is the fraction of the groups' channels that
-    was asked for, ``achieved`` the fraction removed.
+    was asked for, ``achieved`` the fraction removed. ``kept`` names the layers whose output
+    channels a structure of the model forbids to prune (ShuffleNetV2's shuffled streams), with
+    why: their groups are not among ``groups``.
     """
 
     params_before: int
@@ -26,6 +28,7 @@ class PruneReport:
     ratio: float = 0.0
     achieved: float = 0.0
     short: dict[str, int] = field(default_factory=dict)  # root: channels it should have lost
+    kept: dict[str, str] = field(default_factory=dict)  # layer: why its outputs are kept
 
     def summary(self) -> str:
         """Params and MACs before and after, the ratio asked for and reached, every group."""
@@ -45,6 +48,12 @@ class PruneReport:
         for name, (before, after) in self.channels.items():
             if before != after and name not in self.groups:
                 lines.append(f"  {name}: {before} -> {after} output channels")
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.kept.items():
+            by_reason.setdefault(why, []).append(name)
+        for why, names in by_reason.items():
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            lines.append(f"  kept, {why}: {shown}")
         return "\n".join(lines)
 
 
