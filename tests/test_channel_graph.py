@@ -322,6 +322,21 @@ def test_window_attention_groups_fall_back_per_layer_without_structures(monkeypa
     torch.testing.assert_close(scores["features.0.0"], scores["features.1.0.mlp.3"])
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["torchvision_swin_v2", "timm_swin", "torchvision_maxvit", "timm_maxvit", "levit", "coat"],
+)
+def test_structure_groups_are_walked_within_a_small_budget(monkeypatch, name):
+    """With model/structures, Torch-Pruning builds the graph of every family and walks every
+    group within 2e4 index entries (without it, one qkv channel of MaxViT alone needed ~1e6)."""
+    from structure_models import MODELS
+
+    net, shape = MODELS[name]()
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    found = cg.find_groups(net, torch.rand(1, *shape), names, index_budget=20_000)
+    assert not found.graph_error and not found.uncoupled and found.bounded
+
+
 def test_channel_shuffle_maps_every_channel_through_the_permutation():
     """ShuffleNetV2: channel k of a downsampling block's branch2 lands at position 2k+1 of the
     shuffled stream; the next block's chunk sends positions >= C/2 into its branch2, the others
