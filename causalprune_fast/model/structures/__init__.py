@@ -123,10 +123,11 @@ def claimed_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def extend_graph(dg) -> None:
-    """What Torch-Pruning's ``build_dependency`` cannot be told: the real sizes of
-    ``chunk``/``split`` nodes along the channels (:func:`.trace.fix_chunks`) and the index maps
-    of channel permutations (:func:`.trace.map_permutations`). Call it on every graph built
-    under :func:`causalprune_fast.model.llm_graph.traceable`."""
+    """What Torch-Pruning's ``build_dependency`` cannot be told: the index maps of channel
+    permutations (:func:`.trace.map_permutations`) and, in a graph with them, the real sizes of
+    the splits and concats along the channels (:func:`.trace.fix_chunks`). Call it on every
+    graph built under :func:`causalprune_fast.model.llm_graph.traceable`; other graphs are left
+    as they are."""
     from torch_pruning.dependency import index_mapping
 
     from causalprune_fast.model.structures.trace import fix_chunks, map_permutations

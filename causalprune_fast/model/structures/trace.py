@@ -121,14 +121,15 @@ class _ChunksAsSplits(torch.overrides.TorchFunctionMode):
 
 
 def fix_chunks(dg) -> bool:
-    """Give Torch-Pruning's nodes of a split along the channels their sizes in output order:
-    Torch-Pruning 1.6.1 pairs the sizes with the consumers in the order it met them. In a graph
-    with channel permutations (ShuffleNetV2) also the sizes and index maps of the channel concats
-    (:func:`_fix_concats`). Returns whether a node was changed (the index maps must then be
-    updated)."""
+    """In a graph with channel permutations (ShuffleNetV2; other graphs are left as they are):
+    give Torch-Pruning's nodes of a split along the channels their sizes in output order
+    (Torch-Pruning 1.6.1 pairs the sizes with the consumers in the order it met them), and the
+    channel concats their sizes and index maps (:func:`_fix_concats`). Returns whether the
+    graph was changed (its index maps must then be updated)."""
     import torch_pruning as tp
 
-    changed = False
+    if not any(isinstance(n.grad_fn, _Permute._backward_cls) for n in dg.module2node.values()):
+        return False
     for node in dg.module2node.values():
         g = node.grad_fn
         sizes = getattr(g, "_saved_split_sizes", None)
@@ -150,11 +151,8 @@ def fix_chunks(dg) -> bool:
         node.outputs[:] = [out for _, out in order]
         node.module.split_sizes = sizes
         node.module.offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
-        changed = True
-    if any(isinstance(n.grad_fn, _Permute._backward_cls) for n in dg.module2node.values()):
-        _fix_concats(dg)
-        changed = True
-    return changed
+    _fix_concats(dg)
+    return True
 
 
 class _Shift:
@@ -181,8 +179,13 @@ def _fix_concats(dg) -> None:
     for cat in dg.module2node.values():
         if cat.type != tp.ops.OPTYPE.CONCAT or getattr(cat.grad_fn, "_saved_dim", None) != 1:
             continue
+        fns = [(f, nr) for f, nr in cat.grad_fn.next_functions if f is not None]
+        if len(fns) != len(cat.inputs) or any(
+            f is not src.grad_fn for (f, _), src in zip(fns, cat.inputs, strict=True)
+        ):
+            continue  # an input Torch-Pruning does not list (a constant, a parameter)
         sizes = []
-        for (f, nr), src in zip(cat.grad_fn.next_functions, cat.inputs, strict=False):
+        for (f, nr), src in zip(fns, cat.inputs, strict=True):
             split = getattr(f, "_saved_split_sizes", None)
             if src.type == tp.ops.OPTYPE.SPLIT and f is src.grad_fn and split is not None:
                 sizes.append(int(split[nr]))
