@@ -123,8 +123,7 @@ class AttentionPruning:
         :func:`~causalprune_fast.model.llm_graph.traceable`, with
         :meth:`keep_shared_key_value_heads` and ``pruning_ratio_dict`` entries for ``Conv1D``
         roots (:func:`~causalprune_fast.pruning.llm_pruning.ratio_for_customized_root`);
-        the structures of :mod:`causalprune_fast.model.structures` (their layers whose
-        outputs must stay, ``kept``, are added to ``ignored_layers``).
+        ``kept`` (model/structures) joins ``ignored_layers``.
         With ``pruning_ratio_dict``, only its layers are pruned (``pruning_ratio`` 0; whole
         heads only of the attention whose query projection it names). ``kwargs`` go to the
         pruner (``importance``, ``ignored_layers``, ...); call :meth:`sync` after each step.
@@ -337,7 +336,7 @@ def attention_pruning(model: nn.Module) -> AttentionPruning:
             attention whose head counts do not divide), or a model mixing attention whose head
             dims are pruned with attention whose whole heads are pruned.
     """
-    structures = graph_extensions(model)  # handled there (model/structures)
+    structures = graph_extensions(model)  # what model/structures handles is skipped here
     plan = AttentionPruning(
         extensions=torch_pruning_extensions(model),
         unwrapped=rmsnorm_parameters(model) + structures.unwrapped,
