@@ -30,7 +30,7 @@ RATIO = 0.3
 
 def _quiet_prune(model, shape, **kwargs):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # few samples per layer; CoaT's shared MLP unscored
+        warnings.simplefilter("ignore")  # few samples per layer
         return cf.prune(model, RATIO, shape, **KW, **kwargs)
 
 
@@ -154,6 +154,22 @@ def test_coat_prunes_the_shared_position_encoding_once_with_the_head_dims():
     same(attn.qkv.weight, cols(rows(old_attn.qkv.weight, qkv), s))
     same(model.cpe1.proj.weight, rows(old.cpe1.proj.weight, s))
     same(model.cls_token1, old.cls_token1[..., torch.tensor(s)])
+
+
+def test_coat_shared_mlp_is_scored_over_its_calls_and_pruned():
+    """CoaT's parallel blocks run one MLP at three scales: it is measured on all three calls'
+    rows pooled, so its hidden group is scored and pruned like the serial blocks' MLPs."""
+    model, shape = MODELS["coat"]()
+    mlp = model.parallel_blocks[0].mlp2
+    assert mlp is model.parallel_blocks[0].mlp3 is model.parallel_blocks[0].mlp4
+    hidden = mlp.fc1.out_features
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few samples per layer
+        scores = cf.score_model(model, shape, **KW)
+    assert scores.layers["parallel_blocks.0.mlp2.fc1"].calls == 3
+    _, report = _quiet_prune(model, shape)
+    assert mlp.fc1.out_features == mlp.fc2.in_features < hidden, report.summary()
+    assert model(torch.rand(1, *shape)).shape == (1, 5)
 
 
 def test_shufflenet_prunes_the_bottlenecks_and_keeps_the_shuffled_streams():
