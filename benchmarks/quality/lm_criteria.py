@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from causalprune_fast.integrations.attention_pruning import attention_pruning
-from causalprune_fast.integrations.torch_pruning import CausalImportance, model_state_key
+from causalprune_fast.pruning.attention_pruning import attention_pruning
+from causalprune_fast.pruning.importance import CausalImportance, model_state_key
 
 KINDS = ("hidden", "heads", "mlp")
 DIRECTIONS = ("in", "out", "both")
