@@ -42,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from causalprune_fast.results.channel_scores import DIRECTIONS
     from causalprune_fast.scoring.score import DEFAULT_EXAMPLES, DEFAULT_SAMPLES_PER_LAYER
 
     p = _Parser(
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", help="regular expression on qualified layer names")
     s.add_argument(
         "--direction",
-        choices=["in", "out", "both"],
+        choices=list(DIRECTIONS),
         default="in",
         help="channel score: MI into the channel, out of it, or both",
     )
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("file", help="a scores file written by 'score --out'")
     m.add_argument(
         "--direction",
-        choices=["in", "out", "both"],
+        choices=list(DIRECTIONS),
         help="rescore under this direction (default: the file's)",
     )
 
@@ -140,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="image file, e.g. fig.png")
     g.add_argument(
         "--direction",
-        choices=["in", "out", "both"],
+        choices=list(DIRECTIONS),
         help="rescore under this direction (default: the file's)",
     )
 

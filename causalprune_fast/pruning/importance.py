@@ -36,7 +36,7 @@ from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.channel_members import attention_layers, members_of_group
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
 from causalprune_fast.results.causal_scores import CausalScores
-from causalprune_fast.results.channel_scores import channel_scores
+from causalprune_fast.results.channel_scores import DIRECTIONS, channel_scores
 from causalprune_fast.scoring.score import check_score_arguments, score_model, score_model_keywords
 
 __all__ = ["CausalImportance"]
@@ -105,8 +105,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             )
         v.check_model(model)
         shape = v.check_input_shape(input_shape)
-        if direction not in ("in", "out", "both"):
-            raise ValueError(f"direction must be 'in', 'out' or 'both', got {direction!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if group_reduction not in ("sum", "mean", "max"):
             raise ValueError(
                 f"group_reduction must be 'sum', 'mean' or 'max', got {group_reduction!r}"
@@ -211,8 +211,15 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             return None  # nothing measured produces these channels: Torch-Pruning skips it
         incoming = {n: s.incoming for n, s in scores.layers.items()}
         outgoing = {n: s.outgoing for n, s in scores.layers.items()}
+        kinds = {n: s.kind for n, s in scores.layers.items()}
         imp = channel_scores(
-            remapped, len(root_idxs), incoming, outgoing, self.direction, self.group_reduction
+            remapped,
+            len(root_idxs),
+            incoming,
+            outgoing,
+            self.direction,
+            self.group_reduction,
+            kinds,
         ).float()
         if not bool(imp.any()):
             return imp  # all zero: every normalizer would divide 0 by 0
