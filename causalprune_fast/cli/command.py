@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--direction",
         choices=list(DIRECTIONS),
-        default="in",
-        help="channel score: MI into the channel, out of it, or both",
+        default="auto",
+        help="channel score: MI into the channel, out of it, both, or auto (the default: 'in' "
+        "for conv channels, 'out' for the others; docs/method.md 6.3)",
     )
     s.add_argument(
         "--reduction",

@@ -3,7 +3,7 @@
     import torch_pruning as tp
     from causalprune_fast.pruning.importance import CausalImportance
 
-    imp = CausalImportance(model, input_shape=(3, 224, 224), direction="in")
+    imp = CausalImportance(model, input_shape=(3, 224, 224))  # direction="auto"
     pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.3,
                                   ignored_layers=[model.fc])
     pruner.step()
@@ -72,7 +72,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         model: the network whose groups will be scored (the one given to the pruner).
         input_shape: one example's shape, without the batch dimension (or give
             ``example_input`` among the keyword arguments).
-        direction: ``"in"``, ``"out"`` or ``"both"``.
+        direction: ``"auto"`` (the default: ``"in"`` for conv channels, ``"out"`` for every
+            other channel), ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6.3).
         group_reduction: ``"sum"``, ``"mean"`` or ``"max"`` over the coupled layers.
         normalizer: Torch-Pruning's: ``None``, ``"mean"``, ``"max"``, ``"sum"``,
             ``"standarization"``, ``"gaussian"``, ``"lamp"``, ``"sentinel_<fraction>"`` or a
@@ -93,7 +94,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         model: nn.Module,
         input_shape: Sequence[int] | None = None,
         *,
-        direction: str = "in",
+        direction: str = "auto",
         group_reduction: str = "sum",
         normalizer: str | Callable | None = None,
         **score_model_kwargs,
