@@ -9,7 +9,8 @@ and ``plan.sync(model, pruner)``: exactly what ``causalprune_fast.prune`` builds
 
 - ``causal-<spec>-<variant>``: :class:`CausalImportance` on the scores of the unpruned model
   (computed once per seed, testbed and variant, handed to the importance as its cache).
-  ``<spec>`` is one direction for every channel (``in``, ``out``, ``both``) or one per kind of
+  ``<spec>`` is one direction for every channel (``in``, ``out``, ``both``, ``auto``: the
+  package's per-kind rule, ``out`` on these models) or one per kind of
   channel, ``<hidden>/<heads>/<mlp>`` (``in/out/out``: ``in`` for the hidden size, ``out`` for
   attention heads or head dims and MLP neurons). ``<variant>``: ``local``, ``local-mm``
   (``correction="miller-madow"``), ``propagated``.
@@ -36,7 +37,7 @@ from causalprune_fast.pruning.attention_pruning import attention_pruning
 from causalprune_fast.pruning.importance import CausalImportance, model_state_key
 
 KINDS = ("hidden", "heads", "mlp")
-DIRECTIONS = ("in", "out", "both")
+DIRECTIONS = ("in", "out", "both", "auto")
 # Score variants: (mode, correction).
 VARIANTS = {
     "local": ("local", None),

@@ -48,23 +48,26 @@ import causalprune_fast as cf  # noqa: E402
 from causalprune_fast.results import CausalScores  # noqa: E402
 
 DEFAULT_METHODS = [
+    "causal-auto-local",
     "causal-in-local",
-    "causal-out-local",
-    "causal-both-local",
     "causal-in/out/out-local",
-    "causal-out-local-mm",
-    "causal-in/out/out-local-mm",
-    "causal-out-propagated",
     "l2",
     "random",
     "taylor",
     "wanda-sp",
-    "flap",
 ]
-SMOKE_METHODS = ["causal-in/out/out-local", "l2", "random", "taylor", "wanda-sp"]
+SMOKE_METHODS = [
+    "causal-auto-local",
+    "causal-in/out/out-local",
+    "l2",
+    "random",
+    "taylor",
+    "wanda-sp",
+]
 # The criterion the package's defaults select (cf.prune with no direction/mode/correction),
-# checked against cf.prune itself on the first seed.
-PACKAGE_DEFAULT = "causal-in-local"
+# checked against cf.prune itself on the first seed; on these models "auto" is "out" for every
+# kind of channel, also checked there.
+PACKAGE_DEFAULT = "causal-auto-local"
 
 
 def example_ids() -> torch.Tensor:
@@ -135,6 +138,14 @@ def check_plan(model, scores, seed, ratio) -> dict:
     out = {"cached_default_equals_cf_prune": same_state(a, b)}
     if not out["cached_default_equals_cf_prune"]:
         raise RuntimeError("the cached default criterion prunes differently from cf.prune")
+    c = copy.deepcopy(model)
+    C.prune_lm(
+        c,
+        C.causal_importance(c, ids, C.parse_spec("out"), variant, seed, scores[variant]),
+        ratio,
+        ids,
+    )
+    out["default_equals_out_everywhere"] = same_state(a, c)
     if not hasattr(model, "transformer"):  # Llama: Linear layers only, Torch-Pruning's own
         a, b = copy.deepcopy(model), copy.deepcopy(model)
         C.prune_lm(a, C.Magnitude(), ratio, ids)
