@@ -205,7 +205,7 @@ def run_seed(name, seed, args, corpus, cfgs, writer) -> dict:
                 prune_s = time.perf_counter() - t0
                 loss = M.evaluate(model, heldout)
                 loss_ft = float("nan")
-                if cfgs["finetune"] and ratio in args.ft_ratios:
+                if cfgs["finetune"] and ratio in args.ft_ratios and method in args.ft_methods:
                     M.fit(model, corpus, cfgs["finetune"], 1000 + seed)  # same batches for all
                     loss_ft = M.evaluate(model, heldout)
                 writer(
@@ -296,6 +296,9 @@ def parse(argv):
         default=None,
         help="fine-tune at these ratios only (default: every ratio)",
     )
+    p.add_argument(
+        "--ft-methods", nargs="*", default=None, help="fine-tune these criteria only (default: all)"
+    )
     p.add_argument("--cache", default=None, help="folder for trained models and scores")
     p.add_argument(
         "--no-check",
@@ -319,6 +322,9 @@ def parse(argv):
     args.methods = args.methods or DEFAULT_METHODS
     args.testbeds = args.testbeds or list(T.TESTBEDS)
     args.ft_ratios = args.ratios if args.ft_ratios is None else args.ft_ratios
+    args.ft_methods = args.methods if args.ft_methods is None else args.ft_methods
+    if set(args.ft_methods) - set(args.methods):
+        p.error(f"--ft-methods {sorted(set(args.ft_methods) - set(args.methods))} not in --methods")
     for m in args.methods:
         try:
             C.check_criterion(m)
@@ -397,6 +403,7 @@ def main(argv=None) -> int:
         "train": cfgs["train"],
         "finetune": cfgs["finetune"],
         "ft_ratios": args.ft_ratios,
+        "ft_methods": args.ft_methods,
         "causal": {
             v: {
                 **C.score_kwargs(None, *C.VARIANTS[v], "per seed"),
