@@ -96,14 +96,21 @@ def summarise(rows: list[dict], references=REFERENCES) -> list[dict]:
     for (model, testbed, method, ratio), runs in by.items():
         rec = {"model": model, "testbed": testbed, "method": method, "ratio": ratio, "n": len(runs)}
         for key in protocols:
-            vals = [r[key] for r in runs.values()]
+            runs_k = {s: r for s, r in runs.items() if math.isfinite(r[key])}
+            vals = [r[key] for r in runs_k.values()]
+            if not vals:  # not measured in this protocol (e.g. no fine-tune at this ratio)
+                continue
             rec[f"{key}_mean"] = statistics.fmean(vals)
             rec[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
             for ref in references:
                 ref_runs = by.get((model, testbed, ref, ratio), {})
                 if ref == method or not ref_runs:
                     continue
-                diffs = [r[key] - ref_runs[s][key] for s, r in runs.items() if s in ref_runs]
+                diffs = [
+                    r[key] - ref_runs[s][key]
+                    for s, r in runs_k.items()
+                    if s in ref_runs and math.isfinite(ref_runs[s][key])
+                ]
                 if diffs:
                     for k, v in paired(diffs).items():
                         rec[f"{key}_vs_{ref}_{k}"] = v
@@ -211,7 +218,7 @@ def plot(summary: list[dict], methods: list[str], dense: dict, path: str, key: s
     fig, axes = plt.subplots(
         len(models),
         len(testbeds),
-        figsize=(5.2 * len(testbeds), 4.2 * len(models)),
+        figsize=(5.2 * len(testbeds) + 2.4, 4.2 * len(models)),
         squeeze=False,
     )
     palette = plt.get_cmap("tab10")
@@ -255,8 +262,9 @@ def plot(summary: list[dict], methods: list[str], dense: dict, path: str, key: s
             ax.set_xlabel("pruning ratio")
             ax.set_ylabel("held-out loss (nats/byte)")
             ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6.5, loc="upper left", ncol=1)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.745, 0.5))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
