@@ -175,6 +175,23 @@ def table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(out, rows, seeds, ratio, info) -> None:
+    """diagnostics.md and diagnostics.json (and diagnostics.csv when merging)."""
+    path = os.path.join(out, "diagnostics.csv")
+    if not os.path.exists(path):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    with open(os.path.join(out, "diagnostics.md"), "w") as f:
+        f.write(
+            f"One kind of channel pruned at {ratio:.0%}, held-out loss (nats/byte), mean over "
+            f"seeds {seeds} (difference to random in brackets).\n\n" + table(rows)
+        )
+    with open(os.path.join(out, "diagnostics.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
@@ -183,7 +200,18 @@ def main(argv=None) -> int:
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--cache", default=None)
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge runs over disjoint seeds")
     args = p.parse_args(argv)
+    if args.merge:
+        rows, infos = [], []
+        for d in args.merge:
+            with open(os.path.join(d, "diagnostics.csv"), newline="") as f:
+                rows += list(csv.DictReader(f))
+            with open(os.path.join(d, "diagnostics.json")) as f:
+                infos.append(json.load(f))
+        os.makedirs(args.out, exist_ok=True)
+        write(args.out, rows, sorted({int(r["seed"]) for r in rows}), infos[0]["ratio"], infos)
+        return 0
     for m in args.methods:
         try:
             C.check_criterion(m)
