@@ -170,6 +170,54 @@ def tables(summary: list[dict], methods: list[str], ratios: list[float], dense: 
     return "\n\n".join(parts) + "\n"
 
 
+def key_tables(summary: list[dict], methods: list[str], ratios=(0.2, 0.3)) -> str:
+    """Per model and testbed, one compact table at ``ratios``, both protocols: mean loss, the
+    paired difference to ``l2`` (mean ± 95% CI, seeds better/worse) and to ``random``
+    (mean, seeds better/worse)."""
+    cell = {(s["model"], s["testbed"], s["method"], s["ratio"]): s for s in summary}
+    parts = []
+    for model in dict.fromkeys(s["model"] for s in summary):
+        for testbed in dict.fromkeys(s["testbed"] for s in summary):
+            cols = [(k, r) for k in PROTOCOLS for r in ratios]
+            head = [f"{r:.0%} {'no FT' if k == 'loss' else 'FT'}" for k, r in cols]
+            lines = [
+                f"#### {model}, {testbed}",
+                "",
+                "| criterion | " + " | ".join(head) + " |",
+                "|---" * (len(cols) + 1) + "|",
+            ]
+            rows = 0
+            for m in methods:
+                txt = []
+                for k, r in cols:
+                    c = cell.get((model, testbed, m, r))
+                    if c is None or f"{k}_mean" not in c:
+                        txt.append("")
+                        continue
+                    t = f"{c[f'{k}_mean']:.3f}"
+                    if f"{k}_vs_l2_mean" in c:
+                        t += (
+                            f"; L2 {c[f'{k}_vs_l2_mean']:+.3f} ± {c[f'{k}_vs_l2_ci']:.3f} "
+                            f"({c[f'{k}_vs_l2_better']}/{c[f'{k}_vs_l2_worse']})"
+                        )
+                    if f"{k}_vs_random_mean" in c:
+                        t += (
+                            f"; rnd {c[f'{k}_vs_random_mean']:+.3f} "
+                            f"({c[f'{k}_vs_random_better']}/{c[f'{k}_vs_random_worse']})"
+                        )
+                    txt.append(t)
+                if any(txt):
+                    rows += 1
+                    lines.append(f"| {m} | " + " | ".join(txt) + " |")
+            if rows:
+                parts.append("\n".join(lines))
+    return (
+        "Key tables: held-out loss (nats/byte), mean over seeds; `L2`: paired difference to `l2` "
+        "(mean ± 95% CI, seeds better/worse); `rnd`: paired difference to `random` (mean, seeds "
+        "better/worse). Negative = lower loss = better.\n\n" + "\n\n".join(parts) + "\n"
+    )
+
+
 def invariance(rows: list[dict], testbed: str = "rescaled") -> str:
     """Per model and criterion: loss on the ``testbed`` copy minus loss on the trained model,
     same seed and ratio, no fine-tuning: mean and largest absolute difference."""
@@ -287,6 +335,7 @@ def write_reports(out: str, rows: list[dict], config: dict) -> None:
     seeds = sorted({r["seed"] for r in rows})
     with open(os.path.join(out, "tables.md"), "w") as f:
         f.write(f"Seeds {seeds}; command and settings in config.json.\n\n")
+        f.write(key_tables(summary, methods) + "\n")
         f.write(tables(summary, methods, ratios, dense))
         for testbed in ("rescaled", "outliers"):
             f.write("\n" + invariance(rows, testbed))
