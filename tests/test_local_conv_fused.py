@@ -102,7 +102,7 @@ KINDS = [
         "all",
     ),  # fmt: skip
 ]
-EPILOGUES = [("identity", False), ("relu", True), ("silu", True)]
+RESPONSES = [("identity", False), ("relu", True), ("silu", True)]  # activation, affine
 
 
 def _run(conv, shape, taps, samples, seed, act="identity", affine=False, reduce=None,
@@ -123,8 +123,8 @@ def _run(conv, shape, taps, samples, seed, act="identity", affine=False, reduce=
     return d, geo, kw, bias
 
 
-# Each kind with one epilogue in turn (every epilogue on 1d, 2d and 3d): fewer compiles on a GPU.
-CASES = [(*kind, *EPILOGUES[i % len(EPILOGUES)]) for i, kind in enumerate(KINDS)]
+# Each kind with one response in turn (every response on 1d, 2d and 3d): fewer compiles on a GPU.
+CASES = [(*kind, *RESPONSES[i % len(RESPONSES)]) for i, kind in enumerate(KINDS)]
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 a ValueError naming the modules and why, and the model left as found. Known structures are
 refused before any work (refusals.check_structures); without that list, the generic
 checks still refuse them: a dependency graph that cannot be built or groups that cannot be
-found within bounds (check_groups, before Torch-Pruning's own search), or a pruned model that
-fails on the example input (the model is put back)."""
+found within bounds (check_channel_groups, before Torch-Pruning's own search), or a pruned
+model that fails on the example input (the model is put back)."""
 
 from __future__ import annotations
 
@@ -138,4 +138,4 @@ def test_ordinary_models_pass_the_group_check():
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     found = cg.find_groups(model, torch.rand(1, 3, 8, 8), names)
     assert not found.uncoupled and not found.graph_error
-    refusals.check_groups(model, torch.rand(1, 3, 8, 8), names)  # no error
+    refusals.check_channel_groups(model, torch.rand(1, 3, 8, 8), names)  # no error

@@ -5,6 +5,7 @@ items 3 and 4; issue 11's token-id crash). Pruning them: tests/test_llm_pruning.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import hf_models
@@ -151,6 +152,32 @@ def test_conv1d_is_measured_as_a_linear_with_transposed_weight():
     assert m.shape == (E, 4 * E)  # [input units, output channels]
     # GPT-2's MLP activation follows c_fc: its response point
     assert scores.layers["transformer.h.0.mlp.c_fc"].response.endswith("act")
+
+
+@pytest.mark.parametrize("why", ["no torch-pruning", "graph fails"])
+def test_gpt2_without_a_dependency_graph_scores_every_layer_alone(monkeypatch, why):
+    """Without Torch-Pruning, or where its graph cannot be built, a model with transformers
+    Conv1D layers is scored with every layer alone (their output channels read from the
+    transposed weight), not an AttributeError for Conv1D's missing out_features."""
+    import causalprune_fast.model.channel_graph as cg
+
+    if why == "no torch-pruning":
+        monkeypatch.setattr(cg, "torch_pruning_available", lambda: False)
+    else:
+        tp = pytest.importorskip("torch_pruning")
+
+        def untraceable(self, model, example_inputs, **kwargs):
+            raise RuntimeError("no graph")
+
+        monkeypatch.setattr(tp.DependencyGraph, "build_dependency", untraceable)
+    kw = dict(input_dtype=torch.long, input_range=(0, VOCAB), samples=4, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the graph failure's own warning
+        scores = cf.score_model(gpt2(), (T,), **kw)
+    name = "transformer.h.0.mlp.c_fc"
+    assert [(m.layer, m.role) for m in scores.groups[name]] == [(name, "producer")]
+    assert scores.groups[name][0].idxs == tuple(range(4 * E))
+    assert scores[name].shape == (4 * E,) and bool(torch.isfinite(scores[name]).all())
 
 
 def test_prune_bert_keeps_heads_and_config_consistent():

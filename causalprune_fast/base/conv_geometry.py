@@ -1,5 +1,8 @@
-"""The spatial geometry of a convolution on one input shape, as the fused local-mode convolution
-kernel (estimator/triton/local_conv.py) takes it; no Triton import, so scoring can build it."""
+"""A convolution's geometry on one input shape, in one place: the padding its forward applies
+(:func:`conv_padding`, timm's dynamic "SAME" padding included), its output size, taps and
+centre tap (:class:`ConvGeometry`). The unfused rows (``model/layers.py``), local mode's patch
+rows (``scoring/sampling.py``) and the fused convolution kernel
+(``estimator/triton/local_conv.py``) all read it from here."""
 
 from __future__ import annotations
 
@@ -101,7 +104,12 @@ class ConvGeometry:
         return math.prod(self.kernel_size)
 
     @property
+    def center_taps(self) -> tuple[int, ...]:
+        """The centre tap's index in each dimension: ``(k - 1) // 2``."""
+        return tuple((k - 1) // 2 for k in self.kernel_size)
+
+    @property
     def center(self) -> int:
-        """The centre tap (``(k - 1) // 2`` per dimension), row-major, as the unfused path."""
+        """The centre tap (:attr:`center_taps`) as a flat, row-major tap index."""
         ks = self.kernel_size
-        return sum(((k - 1) // 2) * math.prod(ks[d + 1 :]) for d, k in enumerate(ks))
+        return sum(c * math.prod(ks[d + 1 :]) for d, c in enumerate(self.center_taps))

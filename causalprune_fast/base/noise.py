@@ -10,6 +10,7 @@ the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -81,3 +82,38 @@ def uniform_examples(
         else:
             out[k].uniform_(float(low), float(high), generator=gen)
     return out
+
+
+def input_noise(
+    input_shape: Sequence[int],
+    start: int,
+    count: int,
+    input_range: tuple[float, float],
+    *,
+    seed: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Noise examples ``start .. start + count - 1`` at the model's input (stream INPUT),
+    uniform on ``input_range``; a batch that cannot be allocated is a ValueError naming
+    input_shape (and batch_size)."""
+    try:
+        return uniform_examples(
+            input_shape,
+            start,
+            count,
+            *input_range,
+            seed=seed,
+            stream=stream(INPUT),
+            device=device,
+            dtype=dtype,
+        )
+    except (RuntimeError, MemoryError) as e:
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
+            raise
+        size = count * math.prod(input_shape) * dtype.itemsize
+        raise ValueError(
+            f"input_shape={tuple(input_shape)}: a noise batch of {count} example(s) needs "
+            f"{size} bytes on {device}, which cannot be allocated; check input_shape "
+            f"(one example, without the batch dimension) or lower batch_size"
+        ) from None

@@ -67,14 +67,30 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def count_non_finite(t: torch.Tensor) -> int:
+    """How many values of ``t`` are NaN or +-Inf (0 after one fast pass where none is:
+    :func:`all_finite`)."""
+    return 0 if all_finite(t) else int((~torch.isfinite(t)).sum())
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
-    if all_finite(t):
-        return
-    bad = int((~torch.isfinite(t)).sum())
+    """ValueError naming the argument ``name`` if ``t`` holds NaN or Inf."""
+    bad = count_non_finite(t)
     if bad:
         raise ValueError(
             f"{name} holds {bad} non-finite value(s) (NaN or +-Inf) out of {t.numel()}; "
             "binning needs finite activations"
+        )
+
+
+def check_layer_finite(t: torch.Tensor, layer: str, what: str) -> None:
+    """ValueError naming ``layer`` and ``what`` of it (its input, output, response) if ``t``
+    holds NaN or Inf under the noise."""
+    bad = count_non_finite(t)
+    if bad:
+        raise ValueError(
+            f"layer '{layer}' produced {bad} non-finite value(s) (NaN/Inf) in its {what} "
+            "under the noise input; check the model (or input_range) for overflow"
         )
 
 
@@ -109,7 +125,9 @@ def check_ranges(ranges: object, columns: int, device: torch.device, name: str) 
     return r
 
 
-def check_groups(groups: object, cx: int, cy: int) -> int:
+def check_column_groups(groups: object, cx: int, cy: int) -> int:
+    """``groups`` of ``pairwise_mi``: a positive int dividing the columns of x and of y
+    (grouped convolutions: only pairs within a group of columns are measured)."""
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if cx % groups or cy % groups:
@@ -129,8 +147,17 @@ def check_memory_budget(budget: object) -> int:
     return int(budget)
 
 
-def check_int(value: object, name: str, minimum: int | None = None) -> int:
-    """An int (not a bool, not a float), at least ``minimum`` where given."""
+def check_int(
+    value: object, name: str, minimum: int | None = None, below: int | None = None
+) -> int:
+    """An int (not a bool, not a float), at least ``minimum`` where given, and with ``below``
+    in ``[minimum, below)``."""
+    if below is not None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an int in [{minimum}, {below}), got {value!r}")
+        if not minimum <= int(value) < below:
+            raise ValueError(f"{name} must be in [{minimum}, {below}), got {value}")
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         kind = "an int" if minimum is None else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
@@ -307,3 +334,8 @@ def check_layer_record(name: str, incoming: object, outgoing: object, meta: obje
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"layer {name!r}: {key} must be a non-negative int, got {value!r}")
+    calls = meta.get("calls", 1)
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise ValueError(f"layer {name!r}: calls must be a positive int, got {calls!r}")
+    if not isinstance(meta.get("called_by"), str | None):
+        raise ValueError(f"layer {name!r}: called_by must be a string or null")

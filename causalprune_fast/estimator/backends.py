@@ -193,13 +193,13 @@ def resolve(backend: str, device: torch.device) -> Backend:
             backend = "cpu"
         else:
             backend = "reference"
-    problem = _unusable(backend, device)
+    problem = unusable(backend, device)
     if problem is not None:
         raise ValueError(problem)
     return get_backend(backend)
 
 
-def _unusable(backend: str, device: torch.device) -> str | None:
+def unusable(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run on tensors of ``device``, or None if it can."""
     status = available_backends()[backend]
     if not status.available:
@@ -225,7 +225,7 @@ def capability(backend: str, device: torch.device, name: str) -> Callable | None
     offers it and runs on ``device``."""
     backend = _requested(backend)
     for candidate in BACKENDS if backend == "auto" else (backend,):
-        if _unusable(candidate, device) is None:
+        if unusable(candidate, device) is None:
             fn = getattr(get_backend(candidate), name, None)
             if fn is not None:
                 return fn

@@ -139,7 +139,7 @@ def pairwise_mi(
         raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
     bins_x, bins_y = v.check_bins_pair(bins)
     miller_madow = v.check_correction(correction)
-    groups = v.check_groups(groups, x.shape[1], y.shape[1])
+    groups = v.check_column_groups(groups, x.shape[1], y.shape[1])
     if reduce not in (None, "sum"):
         raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
     budget = v.check_memory_budget(

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from causalprune_fast.model.channel_members import Member
+from causalprune_fast.model.channel_members import alone
 from causalprune_fast.model.families import TransposedLinearLayer, hf_head_spec, is_conv1d
 from causalprune_fast.model.layers import Layer
 from causalprune_fast.model.response import ResponsePoint
@@ -249,11 +249,7 @@ def special_layers(name: str, module: nn.Module) -> Special | None:
 def own_groups(layers: list[Layer]) -> dict:
     """Channel groups of layers that are not in the dependency graph: each layer is the only
     producer of its output channels."""
-    out = {}
-    for layer in layers:
-        r = tuple(range(layer.out_channels))
-        out[layer.name] = [Member(layer.name, "producer", r, r)]
-    return out
+    return {layer.name: alone(layer.name, layer.out_channels) for layer in layers}
 
 
 def find_heads(model: nn.Module, measured: set[str]) -> dict[str, dict]:

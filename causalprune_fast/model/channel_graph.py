@@ -25,11 +25,11 @@ from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.channel_members import (
     Attention,
     Member,
-    _alone,
-    _members,
-    _out_proj_groups,
+    alone_groups,
     attention_layers,
     members_of_group,
+    members_of_items,
+    out_proj_groups,
     torch_pruning_available,
 )
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
@@ -75,9 +75,9 @@ def find_groups(
 
     ``virtual``: measured virtual layers of ``nn.MultiheadAttention`` (``<mha>.in_proj``,
     ``<mha>.out_proj``); they join the groups Torch-Pruning couples their module to (see
-    :func:`_members`), and each ``out_proj`` gets the group of the stream it writes into."""
+    :func:`members_of_items`), and each ``out_proj`` gets the group of the stream it writes into."""
     if not torch_pruning_available():
-        return GroupSearch(_alone(model, layer_names), {}, "torch-pruning is not installed")
+        return GroupSearch(alone_groups(model, layer_names), {}, "torch-pruning is not installed")
     import torch_pruning as tp
 
     try:
@@ -91,7 +91,7 @@ def find_groups(
                 verbose=False,
             )  # its last step maps indices (update_index_mapping), as get_pruning_group does
     except Exception as e:  # tracing arbitrary models can fail in many ways
-        return GroupSearch(_alone(model, layer_names), {}, f"{type(e).__name__}: {e}")
+        return GroupSearch(alone_groups(model, layer_names), {}, f"{type(e).__name__}: {e}")
     if index_budget is None:
         index_budget = max(1, default_memory_budget() // BYTES_PER_INDEX)
     time_limit = GROUP_TIME_LIMIT_S if time_limit is None else time_limit
@@ -103,7 +103,7 @@ def find_groups(
     for name in layer_names:
         module = model.get_submodule(name)
         if module not in dg.module2node:
-            groups[name] = _alone(model, [name])[name]
+            groups[name] = alone_groups(model, [name])[name]
             continue
         try:
             if bounded:
@@ -116,13 +116,13 @@ def find_groups(
             members, why = None, f"Torch-Pruning raised {type(e).__name__}: {e}"
         if members is None:
             uncoupled[name] = why
-            groups[name] = _alone(model, [name])[name]
+            groups[name] = alone_groups(model, [name])[name]
             continue
         if not any(m.layer == name and m.role == "producer" for m in members):
-            members.insert(0, _alone(model, [name])[name][0])
+            members.insert(0, alone_groups(model, [name])[name][0])
         groups[name] = members
     del dg  # its nodes hold the traced autograd graph and its saved activations
-    groups.update(_out_proj_groups(groups, [out for _, out in attention.values() if out]))
+    groups.update(out_proj_groups(groups, [out for _, out in attention.values() if out]))
     return GroupSearch(groups, uncoupled, "", bounded)
 
 
@@ -295,7 +295,7 @@ def _bounded_group(
         spent += used
         merge(items)
     triples = ((deps[key], tuple(m), tuple(m.values())) for key, m in merged.items())
-    return _members(triples, names, attention), ""
+    return members_of_items(triples, names, attention), ""
 
 
 def _walk(dg, root_node, fn, channels: range, budget: int, deadline: float) -> tuple[list, int]:

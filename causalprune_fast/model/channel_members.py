@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from causalprune_fast.model.families import out_channels
 from causalprune_fast.model.llm_graph import conv1d_pruner
 
 
@@ -78,10 +79,10 @@ def members_of_group(
     skipped: norms, activations, unmeasured layers); ``attention`` (see
     :func:`attention_layers`) adds the virtual layers of the ``nn.MultiheadAttention`` members."""
     items = ((item.dep, item.idxs, item.root_idxs) for item in group)
-    return _members(items, module_names, attention)
+    return members_of_items(items, module_names, attention)
 
 
-def _members(
+def members_of_items(
     items, module_names: Mapping[nn.Module, str], attention: Attention | None = None
 ) -> list[Member]:
     """Members from ``(dependency, idxs, root_idxs)`` triples of a Torch-Pruning group.
@@ -132,7 +133,7 @@ def _members(
     return members
 
 
-def _out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> dict:
+def out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> dict:
     """The group of each ``<mha>.out_proj`` (a virtual layer, never a root of Torch-Pruning's
     walk): the group of a root that has it as a producer, re-indexed by its own channels."""
     found = {}
@@ -159,10 +160,13 @@ def _out_proj_groups(groups: dict[str, list[Member]], out_projs: list[str]) -> d
     return found
 
 
-def _alone(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
-    out = {}
-    for name in layer_names:
-        m = model.get_submodule(name)
-        c = m.out_channels if hasattr(m, "out_channels") else m.out_features
-        out[name] = [Member(name, "producer", tuple(range(c)), tuple(range(c)))]
-    return out
+def alone(name: str, channels: int) -> list[Member]:
+    """The group of a layer without coupling: the only producer of its ``channels`` output
+    channels, no consumer."""
+    r = tuple(range(channels))
+    return [Member(name, "producer", r, r)]
+
+
+def alone_groups(model: nn.Module, layer_names: list[str]) -> dict[str, list[Member]]:
+    """:func:`alone` for every layer of ``layer_names`` (modules of ``model``)."""
+    return {name: alone(name, out_channels(model.get_submodule(name))) for name in layer_names}

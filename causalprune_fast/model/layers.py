@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from causalprune_fast.base.conv_geometry import conv_padding
+from causalprune_fast.base.conv_geometry import ConvGeometry, conv_padding
 
 MEASURED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -114,11 +114,8 @@ def input_rows(layer: Layer, x: torch.Tensor, rows: torch.Tensor, taps: str) -> 
     m = layer.module
     xp = _pad(layer, x)
     dims = xp.dim() - 2
-    padded = xp.shape[2:]
-    out = [
-        (padded[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1) // m.stride[d] + 1
-        for d in range(dims)
-    ]
+    geometry = ConvGeometry.of(m, tuple(x.shape[1:]))
+    out = list(geometry.output_size)
     if rows.numel() and int(rows.max()) >= x.shape[0] * math.prod(out):
         raise ValueError(
             f"layer '{layer.name}' ({layer.kind}): its output has more positions than its "
@@ -134,7 +131,7 @@ def input_rows(layer: Layer, x: torch.Tensor, rows: torch.Tensor, taps: str) -> 
     coords.reverse()
     example = rest
     if taps == "center":
-        tap_grid = [torch.tensor([(k - 1) // 2], device=x.device) for k in m.kernel_size]
+        tap_grid = [torch.tensor([c], device=x.device) for c in geometry.center_taps]
     else:
         tap_grid = [torch.arange(k, device=x.device) for k in m.kernel_size]
     mesh = torch.meshgrid(*tap_grid, indexing="ij")  # each [k_1, ..., k_D]

@@ -20,18 +20,12 @@ import torch.nn as nn
 from causalprune_fast.base import validation as v
 from causalprune_fast.base.model_state import ModelSnapshot, rng_forked
 from causalprune_fast.base.outputs import output_tensors
-from causalprune_fast.model.families import is_conv1d
+from causalprune_fast.model.families import is_conv1d, out_channels
 from causalprune_fast.model.layers import MEASURED_TYPES
 from causalprune_fast.pruning.attention_pruning import attention_pruning
-from causalprune_fast.pruning.refusals import check_groups, check_structures
+from causalprune_fast.pruning.refusals import check_channel_groups, check_structures
 from causalprune_fast.pruning.report import PruneReport, shortfall_message, wanted_removals
 from causalprune_fast.scoring.score import score_model_keywords
-
-
-def _out_channels(m: nn.Module) -> int:
-    if is_conv1d(m):
-        return int(m.weight.shape[1])
-    return m.out_channels if hasattr(m, "out_channels") else m.out_features
 
 
 def _is_layer(m: nn.Module) -> bool:
@@ -66,7 +60,7 @@ def model_output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modu
         if r.dim() < 2:
             continue
         for m in reversed(ran):
-            if _out_channels(m) == r.shape[-1] or _out_channels(m) == r.shape[1]:
+            if out_channels(m) == r.shape[-1] or out_channels(m) == r.shape[1]:
                 if m not in heads:
                     heads.append(m)
                 break
@@ -316,8 +310,8 @@ def _prune(
     # Before Torch-Pruning's own (unbounded) group search: every group it will walk must be
     # found within bounded memory and time.
     skip = set(map(id, ignored))
-    check_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
-    before = {names[m]: _out_channels(m) for m in measured}
+    check_channel_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
+    before = {names[m]: out_channels(m) for m in measured}
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
 
     def make_pruner(ratio_dict=None):
@@ -337,6 +331,7 @@ def _prune(
         )
 
     base = make_pruner()
+    names = {m: n for n, m in model.named_modules()}  # fused projections are split now
     dg = base.DG
     groups = list(
         dg.get_all_groups(
@@ -362,12 +357,16 @@ def _prune(
         for i, root in enumerate(roots):
             pruner = make_pruner({root: ratio})
             pruner.step()
-            attention.sync(model, pruner, warn=i == len(roots) - 1)
+            last = i == len(roots) - 1
+            attention.sync(model, pruner, warn=last, final=last)
     else:
         for step in range(iterative_steps):
             base.step()
             # before the next step rescores the model
-            attention.sync(model, base, warn=step == iterative_steps - 1)
+            last = step == iterative_steps - 1
+            attention.sync(model, base, warn=last, final=last)
+    if attention.fused is not None:
+        attention.fused.join()  # also where no group was pruned
     try:
         with torch.no_grad():
             model(example_input)
@@ -392,7 +391,7 @@ def _prune(
         params_after=int(params_after),
         macs_before=float(macs_before),
         macs_after=float(macs_after),
-        channels={n: (c, _out_channels(model.get_submodule(n))) for n, c in before.items()},
+        channels={n: (c, out_channels(model.get_submodule(n))) for n, c in before.items()},
         rescored=importance.rescored,
         groups=group_widths,
         ratio=ratio,

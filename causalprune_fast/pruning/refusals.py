@@ -22,7 +22,7 @@ reason, before any change and (for the structures below) before any long work:
     split into head groups, each convolved on its own, and concatenated; Torch-Pruning's concat
     mapping fails on it (TypeError).
 
-- :func:`check_groups` (after the cheap checks, before Torch-Pruning's own unbounded group
+- :func:`check_channel_groups` (after the cheap checks, before Torch-Pruning's own unbounded group
   search): any other model whose dependency graph cannot be built, or where the group of a
   prunable layer cannot be found within the bounded walk of
   :func:`causalprune_fast.model.channel_graph.find_groups` (memory and time), is refused naming the
@@ -102,7 +102,7 @@ def check_structures(model: nn.Module) -> None:
         )
 
 
-def check_groups(
+def check_channel_groups(
     model: nn.Module,
     example_input: torch.Tensor,
     layer_names: list[str],

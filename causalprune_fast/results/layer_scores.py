@@ -33,6 +33,12 @@ class LayerScores:
     # written before these were recorded.
     path: str | None = None
     backend: str | None = None
+    # Calls of the layer per forward pass whose rows are pooled (a layer used several times,
+    # docs/method.md section 3.4), and where it is called through its weight by functional
+    # calls (``"F.linear in 'features.1.0.attn'"``), or None. Files written before these were
+    # recorded read as 1 and None.
+    calls: int = 1
+    called_by: str | None = None
 
     def meta(self) -> dict:
         return {
@@ -43,6 +49,8 @@ class LayerScores:
             "samples": self.samples,
             "path": self.path,
             "backend": self.backend,
+            "calls": self.calls,
+            "called_by": self.called_by,
             "input_units": self.input_units,
             "groups": self.groups,
             "taps": self.taps,

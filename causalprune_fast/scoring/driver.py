@@ -22,7 +22,6 @@ from causalprune_fast.scoring.hooks import BEFORE_FIRST, LayerHooks
 from causalprune_fast.scoring.layer_mi import LayerMI, MISettings, layer_mi, layer_scores
 from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.plan import ScorePlan
-from causalprune_fast.scoring.probe import input_noise
 
 Batch = tuple[int, int]  # (first example, count) of one forward pass
 
@@ -129,7 +128,7 @@ class Driver:
             self.batch = (start, count)
             with LayerHooks(states, hook_for) as hooks:
                 try:
-                    x = input_noise(self.plan, start, count)
+                    x = self.plan.input_noise(start, count)
                     before = sum(sum(s.timings.values()) for s in states)
                     t0 = clock(self.device)
                     with torch.no_grad():

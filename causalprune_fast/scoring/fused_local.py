@@ -1,4 +1,4 @@
-"""Which layers the fused local kernels can measure, and with what epilogue.
+"""Which layers the fused local kernels can measure, and the response they apply.
 
 Two backend capabilities (``backends.py``): ``local_linear_mi`` runs a Linear layer or a 1x1
 convolution (stride 1, no padding, one group) on its own Philox noise; ``local_conv_mi`` any
@@ -29,7 +29,7 @@ _ACTIVATION_FUNCTIONS = {"relu", "relu6", "silu", "sigmoid", "tanh", "hardswish"
 
 
 @dataclass(frozen=True)
-class FusedEpilogue:
+class FusedResponse:
     """The response of a layer as the fused kernel applies it: ``act(scale * y + shift)``."""
 
     scale: torch.Tensor | None = None
@@ -60,7 +60,7 @@ def fused_capability(layer: Layer) -> str | None:
     return None
 
 
-def fused_epilogue(layer: Layer, response: ResponsePoint) -> FusedEpilogue | None:
+def fused_response(layer: Layer, response: ResponsePoint) -> FusedResponse | None:
     """How the fused kernel measures ``layer`` at ``response``, or None where it cannot.
 
     It can for the layers of :func:`fused_capability` whose response is at most an eval
@@ -85,4 +85,4 @@ def fused_epilogue(layer: Layer, response: ResponsePoint) -> FusedEpilogue | Non
             activation = label
         else:
             return None
-    return FusedEpilogue(scale, shift, activation)
+    return FusedResponse(scale, shift, activation)

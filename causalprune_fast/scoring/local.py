@@ -21,12 +21,21 @@ import torch
 from causalprune_fast.base.conv_geometry import ConvGeometry
 from causalprune_fast.base.distributed import DistContext
 from causalprune_fast.base.noise import LOCAL, example_seed, stream
+from causalprune_fast.base.validation import check_layer_finite
 from causalprune_fast.estimator.backends import capability
 from causalprune_fast.scoring.driver import Driver
-from causalprune_fast.scoring.fused_local import FusedEpilogue, fused_capability, fused_epilogue
+from causalprune_fast.scoring.fused_local import FusedResponse, fused_capability, fused_response
 from causalprune_fast.scoring.layer_mi import LayerMI
-from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
+from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.sampling import RowSource, row_source
+
+
+def _calls(s: LayerState) -> list[tuple[tuple[int, ...], int, int]]:
+    """``(input shape, batch rows, positions)`` of each call of a layer called several times
+    per forward pass (see :func:`~causalprune_fast.scoring.sampling.row_source`)."""
+    if s.calls < 2:
+        return []
+    return list(zip(s.call_shapes, s.call_batches, s.call_positions, strict=True))
 
 
 class LocalMode:
@@ -57,8 +66,8 @@ class LocalMode:
                 dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
                 lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
                 if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-                    check_finite(x, s.layer.name, "input")  # min and max keep a NaN
-                check_finite(output, s.layer.name, "output")
+                    check_layer_finite(x, s.layer.name, "input")  # min and max keep a NaN
+                check_layer_finite(output, s.layer.name, "output")
                 lo, hi = lo.double(), hi.double()
                 if s.channel_lo is not None:
                     lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
@@ -83,13 +92,14 @@ class LocalMode:
             index=s.index,
             rows=s.rows,
             input_shape=s.input_shape,
-            positions=s.positions,
+            positions=s.call_positions[0] if s.calls > 1 else s.positions,
             lo=s.channel_lo.to(dtype),
             hi=s.channel_hi.to(dtype),
             taps=self.plan.taps,
             seed=self.plan.seed,
             device=self.device,
             dtype=dtype,
+            calls=_calls(s),
         )
 
     def tiles(self, s: LayerState, source: RowSource, a: int, b: int) -> list[tuple[int, int]]:
@@ -125,7 +135,7 @@ class LocalMode:
         except ValueError as e:
             if "finite" not in str(e):
                 raise
-            check_finite(yr, s.layer.name, f"response ({s.response.description})")
+            check_layer_finite(yr, s.layer.name, f"response ({s.response.description})")
             raise ValueError(f"layer '{s.layer.name}': {e}") from e
 
     def measure(self, s: LayerState) -> None:
@@ -169,19 +179,22 @@ class LocalMode:
         self.d.finish(s, xc, yc, ctx)
 
     # ---------------------------------------------------------------- fused
-    def _fused(self, s: LayerState) -> tuple[Callable, FusedEpilogue] | None:
-        """The backend's fused local measurement and the layer's epilogue, where both apply:
+    def _fused(self, s: LayerState) -> tuple[Callable, FusedResponse] | None:
+        """The backend's fused local measurement and the layer's response as the kernel applies
+        it, where both apply:
         one process, ``fused_local`` not False, a CUDA device (any device with True)."""
         wanted = self.plan.fused_local
         if self.ctx.enabled or wanted is False:
             return None
         if self.device.type != "cuda" and not wanted:
             return None
-        epilogue = fused_epilogue(s.layer, s.response)
-        if epilogue is None:
+        response = fused_response(s.layer, s.response)
+        if response is None:
             return None
+        if s.layer.is_conv and len(set(s.call_shapes)) > 1:
+            return None  # one geometry per fused run: the patches path pools the calls
         kernel = self._fused_kernel(fused_capability(s.layer))
-        return None if kernel is None else (kernel, epilogue)
+        return None if kernel is None else (kernel, response)
 
     def _fused_kernel(self, name: str) -> Callable | None:
         """The backend's fused local measurement ``name`` on this device, looked up once per
@@ -190,7 +203,7 @@ class LocalMode:
             self._kernels[name] = capability(self.plan.backend, self.device, name)
         return self._kernels[name]
 
-    def _measure_fused(self, s: LayerState, kernel: Callable, epilogue: FusedEpilogue) -> None:
+    def _measure_fused(self, s: LayerState, kernel: Callable, response: FusedResponse) -> None:
         """Local mode of a Linear layer or convolution in the fused kernels: noise regenerated
         in registers in each pass (never stored), the layer and its response computed for
         the ranges and once more for the output codes (the only thing stored: ``C_out x
@@ -213,9 +226,9 @@ class LocalMode:
                 samples=s.rows,
                 seed=example_seed(self.plan.seed, stream(LOCAL, s.index), 0),
                 bins=self.plan.bins,
-                scale=epilogue.scale,
-                shift=epilogue.shift,
-                activation=epilogue.activation,
+                scale=response.scale,
+                shift=response.shift,
+                activation=response.activation,
                 miller_madow=self.plan.miller_madow,
                 reduce=None if self.plan.return_matrices else "sum",
                 return_ranges=True,

@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from causalprune_fast.base import validation as v
 from causalprune_fast.base.memory import default_memory_budget
-from causalprune_fast.estimator.backends import BACKENDS
-from causalprune_fast.estimator.backends import _unusable as backend_problem
+from causalprune_fast.base.noise import input_noise
+from causalprune_fast.estimator.backends import BACKENDS, unusable
 from causalprune_fast.model.discovery import check_layer_filter
 from causalprune_fast.model.layers import TAPS
 from causalprune_fast.results.channel_scores import DIRECTIONS, REDUCTIONS
@@ -122,6 +122,19 @@ class ScorePlan:
     def miller_madow(self) -> bool:
         return self.correction == "miller-madow"
 
+    def input_noise(self, start: int, count: int) -> torch.Tensor:
+        """Noise examples ``start .. start + count - 1`` at the model's input
+        (:func:`~causalprune_fast.base.noise.input_noise` with these settings)."""
+        return input_noise(
+            self.input_shape,
+            start,
+            count,
+            self.input_range,
+            seed=self.seed,
+            device=self.device,
+            dtype=self.input_dtype,
+        )
+
     @classmethod
     def build(
         cls,
@@ -213,7 +226,7 @@ class ScorePlan:
         lo, hi = _check_range(input_range)
         v.check_noise_range(lo, hi, dtype)
         if backend != "auto":
-            problem = backend_problem(backend, device)
+            problem = unusable(backend, device)
             if problem is not None:
                 raise ValueError(problem)
         budget = v.check_memory_budget(

@@ -151,7 +151,7 @@ def main(argv=None) -> int:
 
 
 def _local_linear_kernels(args, run) -> None:
-    ll = importlib.import_module(__package__ + ".local_linear")
+    lm = importlib.import_module(__package__ + ".local_mi")
     lp = importlib.import_module(__package__ + ".local_plan")
     lr = importlib.import_module(__package__ + ".linear_response")
     layer = dict(
@@ -164,10 +164,13 @@ def _local_linear_kernels(args, run) -> None:
         seed="i64", S="i32", CIN="i32", COUT="i32", bins="i32", C0="i32", C1="i32",
         rows_per_program="i32",
     )  # fmt: skip
+    # Pass 2 (local_mi.py) without rows' coordinates and geometry (the launcher passes the
+    # noise ranges in their place, unused).
     msig = dict(
-        noise_ptr="*fp32", ranges_ptr="*fp64", codes_ptr="*u8", out_ptr="*fp32",
-        sums_ptr="*fp64", seed="i64", S="i32", CIN="i32", COUT="i32", bins="i32", C0="i32",
-        C1="i32", TILES_Y="i32",
+        noise_ptr="*fp32", base_ptr="*fp32", geo_ptr="*fp32", ranges_ptr="*fp64",
+        codes_ptr="*u8", out_ptr="*fp32", sums_ptr="*fp64", seed="i64", S="i32", XCOLS="i32",
+        XSTRIDE="i32", XOFF="i32", XG="i32", COUT="i32", bins="i32", C0="i32", C1="i32",
+        TILES_Y="i32",
     )  # fmt: skip
     cases = list(LOCAL_LINEAR_CASES[:1] if args.smoke else LOCAL_LINEAR_CASES)
     if args.all:
@@ -185,16 +188,16 @@ def _local_linear_kernels(args, run) -> None:
         if args.smoke:  # one compile of each kernel: sums with Miller-Madow
             variants = [(True, True)]
         for sums, mm in variants:
-            consts = dict(MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx,
-                          BLOCK_S=c.block_s)  # fmt: skip
+            consts = dict(CONV=False, MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx,
+                          K=c.kx, BLOCK_S=c.block_s)  # fmt: skip
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"local_linear mi{'_sums' if sums else ''} {name} ({tile})"
-            run(label, ll._mi_kernel, msig, consts, c.num_warps, c.num_stages,
+            run(label, lm._local_mi_kernel, msig, consts, c.num_warps, c.num_stages,
                 enable_fp_fusion=False)  # fmt: skip
 
 
 def _local_conv_kernels(args, run) -> None:
-    lc = importlib.import_module(__package__ + ".local_conv")
+    lm = importlib.import_module(__package__ + ".local_mi")
     lp = importlib.import_module(__package__ + ".local_plan")
     cr = importlib.import_module(__package__ + ".conv_response")
     layer = dict(w_ptr="*fp32", chan_ptr="*fp32", noise_ptr="*fp32", base_ptr="*i32",
@@ -218,11 +221,11 @@ def _local_conv_kernels(args, run) -> None:
             1, enable_fp_fusion=False)  # fmt: skip
         variants = [(True, True)] if args.smoke else [(False, False), (True, i % 2 == 1)]
         for sums, mm in variants:
-            consts = dict(MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx, K=c.kx,
-                          BLOCK_S=c.block_s)  # fmt: skip
+            consts = dict(CONV=True, MILLER_MADOW=mm, SUMS=sums, PX=c.px, PY=c.py, SB=c.sbx,
+                          K=c.kx, BLOCK_S=c.block_s)  # fmt: skip
             tile = f"{c.px}x{c.sbx * c.kx} by {c.py}x{c.sby * c.ky}, {c.num_warps} warps"
             label = f"local_conv mi{'_sums' if sums else ''} {name} ({tile})"
-            run(label, lc._conv_mi_kernel, msig, consts, c.num_warps, c.num_stages,
+            run(label, lm._local_mi_kernel, msig, consts, c.num_warps, c.num_stages,
                 enable_fp_fusion=False)  # fmt: skip
 
 

@@ -18,7 +18,7 @@ row are i.i.d. uniform on their channels' ranges and 0 in the padding, independe
 exactly the distribution of a patch-path row.
 
 The response of output channel j (group ``g = j // (Cout / groups)``) is the dot of its weight
-row with the ``Cin / groups * K`` units of group g, then ``linear_response.channel_epilogue``. A
+row with the ``Cin / groups * K`` units of group g, then ``linear_response.channel_response``. A
 block of ``YW`` channels may span several groups: it is computed as one product with the
 block-diagonal weight, the units of the groups it spans loaded ``BLOCK_K`` at a time and the
 weight 0 outside each channel's own group, so each channel's sum runs over its own units in
@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from .linear_response import (
-    channel_epilogue,
+    channel_response,
     minmax_init,
     minmax_step,
     noise,
@@ -119,7 +119,7 @@ def conv_response_t(seed, offs_s, b0, b1, b2, oc0, w_ptr, chan_ptr, noise_ptr, g
         w_mask = valid_oc[:, None] & (local >= 0) & (local < UG)
         w = tl.load(w_rows[:, None] + local, mask=w_mask, other=0.0)
         acc = tl.dot(w, u_t, acc, input_precision="ieee", out_dtype=tl.float32)
-    return channel_epilogue(acc, oc, chan_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE)
+    return channel_response(acc, oc, chan_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE)
 
 
 # ----------------------------------------------------------------------------- pass 1

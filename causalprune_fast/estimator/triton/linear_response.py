@@ -143,11 +143,11 @@ def response_t(
         w_mask = valid_oc[:, None] & in_k[None, :]
         w = tl.load(w_rows[:, None] + offs_k[None, :], mask=w_mask, other=0.0)
         acc = tl.dot(w, u_t, acc, input_precision="ieee", out_dtype=tl.float32)
-    return channel_epilogue(acc, oc, chan_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE)
+    return channel_response(acc, oc, chan_ptr, COUT, ACT, HAS_BIAS, HAS_AFFINE)
 
 
 @triton.jit
-def channel_epilogue(z, oc, chan_ptr, COUT, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def channel_response(z, oc, chan_ptr, COUT, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_AFFINE: tl.constexpr):  # fmt: skip
     """The response of pre-activations z^T [YW, BLOCK_S] of output channels oc: (+ b)
     (* scale + shift) in torch's order, then the activation (chan_ptr: [3, COUT])."""

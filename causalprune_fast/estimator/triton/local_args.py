@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from causalprune_fast.base.validation import check_int
+
 from .linear_response import SUPPORTED_ACTIVATIONS
 
 
@@ -17,14 +19,6 @@ def check_device(t: torch.Tensor, name: str) -> None:
     ok, why = is_available(t.device)
     if not ok:
         raise ValueError(f"{name}: the fused Triton kernels cannot run here: {why}")
-
-
-def check_int(value, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}), got {value!r}")
-    if not lo <= int(value) < hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}), got {value}")
-    return int(value)
 
 
 def check_vector(t, n: int, name: str, device, allow_scalar: bool = False) -> torch.Tensor:
@@ -112,9 +106,9 @@ def check_layer_args(
     if bool((hi_t < lo_t).any()):
         i = int(torch.nonzero(hi_t < lo_t)[0, 0])
         raise ValueError(f"hi must be >= lo for every {unit}, got lo[{i}] > hi[{i}]")
-    samples = check_int(samples, "samples", 1, 2**31)
-    seed = check_int(seed, "seed", 0, 2**63)
-    bins = check_int(bins, "bins", 2, 257)
+    samples = check_int(samples, "samples", 1, below=2**31)
+    seed = check_int(seed, "seed", 0, below=2**63)
+    bins = check_int(bins, "bins", 2, below=257)
     if activation not in SUPPORTED_ACTIVATIONS:
         raise ValueError(f"activation must be one of {SUPPORTED_ACTIVATIONS}, got {activation!r}")
     ones, zeros = torch.ones(cout, device=device), torch.zeros(cout, device=device)

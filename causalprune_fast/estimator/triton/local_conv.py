@@ -12,10 +12,11 @@ tap) on the channel's range and 0 for taps in the padding. Then, like local_line
 * pass 1b (``conv_response._conv_code_kernel``): the response recomputed as pass 1 computed it,
   binned on pass 1's ranges and stored as uint8 codes per slab of output channels (within
   ``memory_budget``, ``local_plan.channel_slabs``);
-* pass 2 (``_conv_mi_kernel`` below): one program per tile of ``PX`` x columns x ``PY`` output
-  channels of the slab; for each chunk of rows it regenerates only its x columns' noise, bins it
-  on the pass-1 ranges, loads its channels' stored codes and adds the one-hot product into int32
-  counts (``mi_blocks``), and ends with the same float64 MI epilogue.
+* pass 2 (``local_mi._local_mi_kernel``, shared with the Linear layers): one program per tile
+  of ``PX`` x columns x ``PY`` output channels of the slab; for each chunk of rows it
+  regenerates only its x columns' noise, bins it on the pass-1 ranges, loads its channels'
+  stored codes and adds the one-hot product into int32 counts (``mi_blocks``), and ends with
+  the same float64 MI epilogue.
 
 Input units (x columns) are ``(channel, tap)`` pairs, channel-major (``taps="all"``), or the
 centre tap of each channel (``taps="center"``), as on the unfused path. With ``groups > 1`` only
@@ -38,31 +39,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import triton
-import triton.language as tl
 
 from causalprune_fast.base.conv_geometry import ConvGeometry
 
-from .conv_response import (
-    GEO_FIELDS,
-    _conv_code_kernel,
-    _conv_range_kernel,
-    patch_noise,
-    row_base,
-)
+from .conv_response import GEO_FIELDS, _conv_code_kernel, _conv_range_kernel
 from .local_args import check_device, check_layer_args, check_options
-from .local_plan import LocalTileConfig, channel_slabs, code_budget, local_tile_config
-from .local_run import LocalRun, pass1_ranges, run_slabs
-from .mi_blocks import (
-    add_block,
-    add_rows,
-    bin_code,
-    count_pairs,
-    load_codes,
-    store_mi,
-    tile_mi,
-    tile_sums,
-)
+from .local_plan import LocalTileConfig
+from .local_run import LocalRun, run_fused
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -94,79 +77,6 @@ def geo_values(geometry: ConvGeometry, cin: int, cout: int) -> list[int]:
                   E2=ext[2], D0=dil[0], D1=dil[1], D2=dil[2], UG=cin // g * k,
                   COUT_G=cout // g)  # fmt: skip
     return [values[f] for f in GEO_FIELDS]
-
-
-# ----------------------------------------------------------------------------- pass 2
-@triton.jit
-def _conv_mi_kernel(
-    noise_ptr,  # [2, CIN] float32: noise ranges lo, hi
-    base_ptr,  # [3, S] int32
-    geo_ptr,  # int32 geometry (conv_response.GEO_FIELDS)
-    ranges_ptr,  # [XCOLS + COUT, 2] float64 binning ranges of x, then of y (pass 1)
-    codes_ptr,  # [C1 - C0, S] uint8 y codes of the slab's channels (pass 1b)
-    out_ptr,  # [XCOLS, COUT] float32 MI matrix (unless SUMS)
-    sums_ptr,  # [XCOLS + COUT] float64 row sums, then column sums (SUMS)
-    seed,
-    S,
-    XCOLS,
-    XSTRIDE,
-    XOFF,
-    XG,  # x columns per group
-    COUT,
-    bins,
-    C0,  # the slab's channels [C0, C1)
-    C1,
-    TILES_Y,  # pair tiles along the slab's channels: cdiv(C1 - C0, PY)
-    MILLER_MADOW: tl.constexpr,
-    SUMS: tl.constexpr,
-    PX: tl.constexpr,
-    PY: tl.constexpr,
-    SB: tl.constexpr,
-    K: tl.constexpr,  # sub-blocks per column
-    BLOCK_S: tl.constexpr,
-):
-    """Pass 2: joint counts and MI of PX x columns (of the groups of the tile's channels) and
-    PY output channels of the slab: x regenerated and binned, y codes loaded; pairs across
-    groups are 0."""
-    pid = tl.program_id(0)
-    t_y = pid % TILES_Y
-    COUT_G = tl.load(geo_ptr + 12)
-    jy = t_y * PY + tl.arange(0, PY)  # rows of the slab's codes
-    oc0 = C0 + t_y * PY
-    x_begin = (oc0 // COUT_G) * XG
-    x_end = ((tl.minimum(oc0 + PY, C1) - 1) // COUT_G + 1) * XG
-    ix = x_begin + (pid // TILES_Y) * PX + tl.arange(0, PX)
-    iy = C0 + jy
-    valid_x = ix < x_end
-    valid_y = iy < C1
-    unit_x = tl.where(valid_x, ix * XSTRIDE + XOFF, 2147483647)
-
-    xr = ranges_ptr + ix.to(tl.int64) * 2
-    xr_lo = tl.load(xr, mask=valid_x, other=0.0)[:, None]
-    xr_hi = tl.load(xr + 1, mask=valid_x, other=0.0)[:, None]
-
-    joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SB)
-    for kx in tl.static_range(K):
-        rows = tl.zeros([PX, SB, PY], tl.int32)
-        for ky in tl.static_range(K):
-            acc = tl.zeros([PX * SB, PY * SB], tl.int32)
-            for s0 in range(0, S, BLOCK_S):
-                offs_s = s0 + tl.arange(0, BLOCK_S)
-                in_s = offs_s < S
-                b0, b1, b2 = row_base(base_ptr, offs_s, S)
-                u_x = patch_noise(seed, offs_s, b0, b1, b2, unit_x, noise_ptr, geo_ptr)
-                cx = bin_code(u_x, xr_lo, xr_hi, bins, False)
-                cx = tl.where(valid_x[:, None] & in_s[None, :], cx, -1)
-                cy = load_codes(codes_ptr, jy, valid_y, offs_s, S)
-                acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
-            joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
-                                                         cols1, PX, PY)  # fmt: skip
-        marg_x, nz_x = add_rows(rows, marg_x, nz_x)
-
-    mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, K, MILLER_MADOW)
-    same = (ix // XG)[:, None] == (iy // COUT_G)[None, :]
-    mi = tl.where(same, mi, 0.0)
-    store_mi(mi, ix, iy, valid_x, valid_y, out_ptr, sums_ptr, XCOLS, COUT, SUMS)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -234,32 +144,14 @@ def run_local_conv(
                          activation, unit="input channel")  # fmt: skip
     k, g = geometry.taps, geometry.groups
     xcols, xstride, xoff = (cin * k, 1, 0) if taps == "all" else (cin, k, geometry.center)
-    cfg = config or local_tile_config(xcols, cout, a.bins, a.samples)
-    assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
-    slabs = channel_slabs(cout, a.samples, cfg.py, cfg.yw, code_budget(memory_budget))
     base = row_positions(geometry, a.samples, a.seed, device)
     geo = torch.tensor(geo_values(geometry, cin, cout), dtype=torch.int32, device=device)
-    common = dict(noise_ptr=a.noise, base_ptr=base, geo_ptr=geo, seed=a.seed, S=a.samples,
-                  XCOLS=xcols, COUT=cout, BLOCK_S=cfg.block_s,
-                  enable_fp_fusion=False)  # fmt: skip
-    layer = dict(common, w_ptr=w, chan_ptr=a.chan, ACT=activation, HAS_BIAS=a.has_bias,
-                 HAS_AFFINE=a.has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
-    ranges = pass1_ranges(_conv_range_kernel, layer, xcols=xcols, cout=cout, cfg=cfg,
-                          activation=activation, XSTRIDE=xstride, XOFF=xoff)  # fmt: skip
-
-    # A y tile's programs cover the x columns of the groups of its channels.
-    cout_g, xg = cout // g, xcols // g
-
-    def x_span(c0: int, c1: int) -> int:
-        return max(
-            ((min(t + cfg.py, c1) - 1) // cout_g - t // cout_g + 1) * xg
-            for t in range(c0, c1, cfg.py)
-        )
-
-    return run_slabs(_conv_code_kernel, _conv_mi_kernel, layer, common, ranges, xcols=xcols,
-                     cout=cout, cfg=cfg, slabs=slabs, bins=a.bins, miller_madow=miller_madow,
-                     sums=reduce == "sum", keep_codes=keep_codes, x_span=x_span,
-                     mi_args=dict(XSTRIDE=xstride, XOFF=xoff, XG=xg), run_type=LocalConvRun,
+    return run_fused(_conv_range_kernel, _conv_code_kernel, w, a, xcols=xcols, groups=g,
+                     activation=activation, config=config, memory_budget=memory_budget,
+                     miller_madow=miller_madow, reduce=reduce, keep_codes=keep_codes,
+                     shared=dict(base_ptr=base, geo_ptr=geo), own=dict(XCOLS=xcols),
+                     pass1_args=dict(XSTRIDE=xstride, XOFF=xoff),
+                     mi_args=dict(CONV=True, XSTRIDE=xstride, XOFF=xoff), run_type=LocalConvRun,
                      base=base, geo=geo)  # fmt: skip
 
 

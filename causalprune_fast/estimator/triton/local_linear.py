@@ -11,14 +11,17 @@ noise and the activations never touch global memory, only the response's uint8 c
 * pass 1b (``linear_response._code_kernel``): y recomputed with pass 1's helper on pass 1's
   blocks, binned with ``mi_blocks.bin_code`` (quantize_value of mi_math.h) on pass 1's ranges
   and stored as uint8 codes ``[C1 - C0, S]`` for a slab ``[C0, C1)`` of output channels.
-* pass 2 (``_mi_kernel`` below): one program per tile of pairs of the slab (``PX`` input units
-  x ``PY`` output channels, as ``pairwise_mi.tile_config`` picks them). For every chunk of
-  samples it regenerates the noise of its own PX units, bins it on the pass-1 ranges, loads the
-  stored codes of its PY channels and adds the int8 one-hot product into an int32 count tile
-  with the blocks ``pairwise_mi.py`` uses (``mi_blocks``); the float64 MI epilogue is the same
-  too (plug-in MI in bits, optional Miller-Madow, clamp at 0, exactly 0 for a constant column),
-  storing the [Cin, Cout] float32 matrix or adding float64 per-row / per-column sums
-  atomically.
+* pass 2 (``local_mi._local_mi_kernel``, shared with the convolution): one program per tile
+  of pairs of the slab (``PX`` input units x ``PY`` output channels, as
+  ``pairwise_mi.tile_config`` picks them). For every chunk of samples it regenerates the noise
+  of its own PX units, bins it on the pass-1 ranges, loads the stored codes of its PY channels
+  and adds the int8 one-hot product into an int32 count tile with the blocks ``pairwise_mi.py``
+  uses (``mi_blocks``); the float64 MI epilogue is the same too (plug-in MI in bits, optional
+  Miller-Madow, clamp at 0, exactly 0 for a constant column), storing the [Cin, Cout] float32
+  matrix or adding float64 per-row / per-column sums atomically.
+
+The host side (launch shapes, slabs, the passes) is ``local_run.run_fused``, shared with the
+convolution.
 
 Codes. Pass 1b computes exactly the values whose min / max pass 1 took (same helper, same
 channel, row and input blocks: linear_response.py), so the y codes are those of the unfused
@@ -45,87 +48,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 
-from .linear_response import _code_kernel, _range_kernel, noise
+from .linear_response import _code_kernel, _range_kernel
 from .local_args import check_device, check_layer_args, check_options, check_weight
-from .local_plan import LocalTileConfig, channel_slabs, code_budget, local_tile_config
-from .local_run import LocalRun, pass1_ranges, run_slabs
-from .mi_blocks import (
-    add_block,
-    add_rows,
-    bin_code,
-    count_pairs,
-    load_codes,
-    store_mi,
-    tile_mi,
-    tile_sums,
-)
-
-
-# ----------------------------------------------------------------------------- pass 2
-@triton.jit
-def _mi_kernel(
-    noise_ptr,  # [2, CIN] float32: noise ranges lo, hi
-    ranges_ptr,  # [CIN + COUT, 2] float64 binning ranges of u, then of y (pass 1)
-    codes_ptr,  # [C1 - C0, S] uint8 y codes of the slab's channels (pass 1b)
-    out_ptr,  # [CIN, COUT] float32 MI matrix (unless SUMS)
-    sums_ptr,  # [CIN + COUT] float64 row sums, then column sums (SUMS)
-    seed,
-    S,
-    CIN,
-    COUT,
-    bins,
-    C0,  # the slab's channels [C0, C1)
-    C1,
-    TILES_Y,  # pair tiles along the slab's channels: cdiv(C1 - C0, PY)
-    MILLER_MADOW: tl.constexpr,
-    SUMS: tl.constexpr,
-    PX: tl.constexpr,
-    PY: tl.constexpr,
-    SB: tl.constexpr,  # padded bins per sub-block (x and y have the same bins)
-    K: tl.constexpr,  # sub-blocks per column: padded bins = K * SB
-    BLOCK_S: tl.constexpr,
-):
-    """Pass 2: joint counts and MI of a PX x PY tile of (input unit, output channel) pairs of
-    the slab: x regenerated and binned, y codes loaded."""
-    pid = tl.program_id(0)
-    t_y = pid % TILES_Y
-    ix = (pid // TILES_Y) * PX + tl.arange(0, PX)
-    jy = t_y * PY + tl.arange(0, PY)  # rows of the slab's codes
-    iy = C0 + jy
-    valid_x = ix < CIN
-    valid_y = iy < C1
-
-    lo_x = tl.load(noise_ptr + ix, mask=valid_x, other=0.0)[:, None]
-    hi_x = tl.load(noise_ptr + CIN + ix, mask=valid_x, other=0.0)[:, None]
-    xr = ranges_ptr + ix.to(tl.int64) * 2
-    xr_lo = tl.load(xr, mask=valid_x, other=0.0)[:, None]
-    xr_hi = tl.load(xr + 1, mask=valid_x, other=0.0)[:, None]
-
-    joint, marg_x, nz_xy, nz_x, cols0, cols1 = tile_sums(PX, PY, SB)
-    for kx in tl.static_range(K):
-        rows = tl.zeros([PX, SB, PY], tl.int32)
-        for ky in tl.static_range(K):
-            acc = tl.zeros([PX * SB, PY * SB], tl.int32)
-            for s0 in range(0, S, BLOCK_S):
-                offs_s = s0 + tl.arange(0, BLOCK_S)
-                in_s = offs_s < S
-                # x: the tile's own inputs, regenerated and binned.
-                u_x = noise(seed, offs_s[None, :], ix[:, None], CIN, lo_x, hi_x)
-                # Ranges of float32 values: hi - lo cannot overflow a double (WIDE=False).
-                cx = bin_code(u_x, xr_lo, xr_hi, bins, False)
-                cx = tl.where(valid_x[:, None] & in_s[None, :], cx, -1)
-                # y: the codes pass 1b stored.
-                cy = load_codes(codes_ptr, jy, valid_y, offs_s, S)
-                acc = count_pairs(acc, cx, cy, kx, ky, SB, SB)
-            joint, nz_xy, rows, cols0, cols1 = add_block(acc, ky, joint, nz_xy, rows, cols0,
-                                                         cols1, PX, PY)  # fmt: skip
-        marg_x, nz_x = add_rows(rows, marg_x, nz_x)
-
-    mi = tile_mi(joint, marg_x, nz_x, nz_xy, cols0, cols1, S, K, MILLER_MADOW)
-    store_mi(mi, ix, iy, valid_x, valid_y, out_ptr, sums_ptr, CIN, COUT, SUMS)
+from .local_plan import LocalTileConfig
+from .local_run import LocalRun, run_fused
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -153,7 +80,7 @@ def run_local_linear(
     keep_codes: bool = False,
 ) -> LocalLinearRun:
     """:func:`local_linear_mi` with a given launch shape (``config``, default
-    :func:`local_tile_config`), returning the ranges, the slabs and the shape used (tests,
+    ``local_plan.local_tile_config``), returning the ranges, the slabs and the shape used (tests,
     benchmarks); ``keep_codes`` also returns the y codes pass 2 counted (tests: S x Cout bytes
     beyond the budget)."""
     check_options(reduce, miller_madow)
@@ -162,18 +89,11 @@ def run_local_linear(
     check_device(w, "weight")
     a = check_layer_args(cout, cin, w.device, bias, lo, hi, samples, seed, bins, scale, shift,
                          activation)  # fmt: skip
-    cfg = config or local_tile_config(cin, cout, a.bins, a.samples)
-    assert cfg.sbx == cfg.sby and cfg.kx == cfg.ky, "x and y share their bins"
-    slabs = channel_slabs(cout, a.samples, cfg.py, cfg.yw, code_budget(memory_budget))
-    common = dict(noise_ptr=a.noise, seed=a.seed, S=a.samples, CIN=cin, COUT=cout,
-                  BLOCK_S=cfg.block_s, enable_fp_fusion=False)  # fmt: skip
-    layer = dict(common, w_ptr=w, chan_ptr=a.chan, ACT=activation, HAS_BIAS=a.has_bias,
-                 HAS_AFFINE=a.has_affine, YW=cfg.yw, BLOCK_K=cfg.block_k)  # fmt: skip
-    ranges = pass1_ranges(_range_kernel, layer, xcols=cin, cout=cout, cfg=cfg,
-                          activation=activation)  # fmt: skip
-    return run_slabs(_code_kernel, _mi_kernel, layer, common, ranges, xcols=cin, cout=cout,
-                     cfg=cfg, slabs=slabs, bins=a.bins, miller_madow=miller_madow,
-                     sums=reduce == "sum", keep_codes=keep_codes, x_span=lambda c0, c1: cin,
+    return run_fused(_range_kernel, _code_kernel, w, a, xcols=cin, activation=activation,
+                     config=config, memory_budget=memory_budget, miller_madow=miller_madow,
+                     reduce=reduce, keep_codes=keep_codes, shared={}, own=dict(CIN=cin),
+                     mi_args=dict(CONV=False, base_ptr=a.noise, geo_ptr=a.noise, XSTRIDE=1,
+                                  XOFF=0),  # no rows' coordinates, no geometry
                      run_type=LocalLinearRun)  # fmt: skip
 
 

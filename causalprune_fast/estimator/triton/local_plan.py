@@ -13,7 +13,7 @@ from causalprune_fast.base import validation as v
 from causalprune_fast.base.memory import default_memory_budget
 
 from .mi_blocks import INTERPRET
-from .pairwise_mi import _MAX_SUB_BINS, _pow2, tile_config
+from .pairwise_mi import MAX_SUB_BINS, pow2, tile_config
 
 _MIN_DOT = 16  # smallest M / N / K of tl.dot
 # Launch shapes on a GPU; the interpreter (NumPy, one program at a time) takes larger blocks.
@@ -53,11 +53,11 @@ def local_tile_config(
         c = tile_config(cin, cout, bins, bins, interpret=False)
         return LocalTileConfig(c.px, c.sbx, c.kx, c.py, c.sby, c.ky, max(c.py, _MIN_DOT),
                                GPU_BLOCK_S, GPU_BLOCK_K, c.num_warps, 1)  # fmt: skip
-    pb = _pow2(bins)
-    sb = min(pb, _MAX_SUB_BINS)
-    px = max(min(_pow2(cin), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
-    py = max(min(_pow2(cout), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
-    block_s = INTERPRET_BLOCK_S if samples is None else min(INTERPRET_BLOCK_S, _pow2(samples))
+    pb = pow2(bins)
+    sb = min(pb, MAX_SUB_BINS)
+    px = max(min(pow2(cin), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
+    py = max(min(pow2(cout), max(1, _INTERPRET_SIDE // sb)), _MIN_DOT // sb)
+    block_s = INTERPRET_BLOCK_S if samples is None else min(INTERPRET_BLOCK_S, pow2(samples))
     block_s = max(block_s, GPU_BLOCK_S)
     return LocalTileConfig(px, sb, pb // sb, py, sb, pb // sb, max(py, _MIN_DOT), block_s,
                            INTERPRET_BLOCK_K, 4, 1)  # fmt: skip

@@ -120,11 +120,12 @@ class TileConfig:
     num_stages: int
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for n <= 1)."""
     return 1 << max(0, n - 1).bit_length()
 
 
-_MAX_SUB_BINS = 128  # larger padded bins are split into sub-blocks of this size
+MAX_SUB_BINS = 128  # larger padded bins are split into sub-blocks of this size
 _MAX_TILE = 128 * 128  # int32 accumulator elements per program
 _MAX_SIDE = 256  # rows (or columns) of the accumulator
 _MIN_DOT = 16  # smallest M / N of tl.dot
@@ -143,11 +144,11 @@ def tile_config(
     bound by building the one-hots on the CUDA cores (compare, select, byte store to shared
     memory per one-hot element), not by the tensor cores.
     """
-    pbx, pby = _pow2(bins_x), _pow2(bins_y)
-    sbx, sby = min(pbx, _MAX_SUB_BINS), min(pby, _MAX_SUB_BINS)
-    py = min(_pow2(cyg), max(1, _MAX_SUB_BINS // sby))
+    pbx, pby = pow2(bins_x), pow2(bins_y)
+    sbx, sby = min(pbx, MAX_SUB_BINS), min(pby, MAX_SUB_BINS)
+    py = min(pow2(cyg), max(1, MAX_SUB_BINS // sby))
     py = max(py, _MIN_DOT // sby)
-    px = min(_pow2(cxg), max(1, _MAX_TILE // (py * sby * sbx)), max(1, _MAX_SIDE // sbx))
+    px = min(pow2(cxg), max(1, _MAX_TILE // (py * sby * sbx)), max(1, _MAX_SIDE // sbx))
     px = max(px, _MIN_DOT // sbx)
     tile = px * sbx * py * sby
     if interpret:
