@@ -152,3 +152,34 @@ def test_default_scores_and_pruning_are_invariant_to_rescaling(case):
     w1 = [p.norm() for p in model.parameters()]
     w2 = [p.norm() for p in rescaled.parameters()]
     assert any(not torch.isclose(u, v, rtol=1e-2) for u, v in zip(w1, w2, strict=True))
+
+
+@pytest.mark.parametrize("case", ["llama", "cnn"])
+def test_l2_magnitude_pruning_is_not_invariant_to_rescaling(case):
+    """The contrast: Torch-Pruning's L2 magnitude, through the same plan, keeps other channels
+    of the rescaled copy, so the two pruned models no longer compute the same function."""
+    import torch_pruning as tp
+
+    from causalprune_fast.pruning.attention_pruning import attention_pruning
+
+    model, rescaled, x, _, _ = {"llama": _llama_case, "cnn": _cnn_case}[case]()
+    pruned = []
+    for m in (model, rescaled):
+        kwargs = dict(
+            importance=tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"),
+            global_pruning=False,
+            iterative_steps=1,
+        )
+        if case == "llama":
+            plan = attention_pruning(m)
+            pruner = plan.pruner(
+                m, TOKENS["example_input"], 0.25, ignored_layers=[m.lm_head], **kwargs
+            )
+            pruner.step()
+            plan.sync(m, pruner)
+        else:
+            tp.pruner.MetaPruner(
+                m, x[:1], pruning_ratio=0.25, ignored_layers=[m[-1]], **kwargs
+            ).step()
+        pruned.append(_outputs(m, x))
+    assert not torch.allclose(pruned[0], pruned[1], rtol=1e-3, atol=1e-3)
