@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -242,35 +243,69 @@ def versions() -> dict:
     }
 
 
-def merge(dirs: list[str], out: str) -> None:
-    """One run's files in ``out`` from runs over disjoint seeds with otherwise equal settings."""
+def revision() -> str | None:
+    """The git commit of the code that runs (a frozen snapshot: its COMMIT file), if known."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        path = os.path.join(root, "COMMIT")
+        return open(path).read().strip() if os.path.exists(path) else None
+
+
+def merge(dirs: list[str], out: str, models: list[str] | None = None) -> None:
+    """One run's files in ``out`` from runs with equal settings (ratios, training, fine-tune,
+    corpus, versions) that do not overlap in (model, seed, testbed): e.g. the trained-model runs
+    and the testbed runs of several seeds, whose criteria may differ (the union is reported).
+    ``models``: keep only these models' rows (runs made on another revision for one model)."""
     configs, rows = [], []
     for d in dirs:
         with open(os.path.join(d, "config.json")) as f:
             configs.append(json.load(f))
-        rows += R.read_runs(os.path.join(d, "runs.csv"))
-    same = ("ratios", "methods", "models", "testbeds", "train", "finetune", "corpus", "versions")
-    for c in configs[1:]:
+        rows += [
+            r
+            for r in R.read_runs(os.path.join(d, "runs.csv"))
+            if models is None or r["model"] in models
+        ]
+    same = ("ratios", "train", "finetune", "corpus", "versions")
+    for d, c in zip(dirs[1:], configs[1:], strict=True):
         diff = [k for k in same if c[k] != configs[0][k]]
         if diff:
-            raise SystemExit(f"cannot merge runs that differ in {diff}")
-    seeds = [s for c in configs for s in c["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"seeds overlap between the runs: {seeds}")
+            raise SystemExit(f"cannot merge {d}: its settings differ in {diff}")
+    cells = [(r["model"], r["seed"], r["testbed"], r["method"], r["ratio"]) for r in rows]
+    if len(set(cells)) != len(cells):
+        raise SystemExit("the runs overlap in (model, seed, testbed, criterion, ratio)")
+
+    def union(key):
+        return list(dict.fromkeys(x for c in configs for x in c[key]))
+
+    kept = union("models") if models is None else [m for m in union("models") if m in models]
     config = {
         **configs[0],
         "command": [c["command"] for c in configs]
-        + [f"python {os.path.relpath(sys.argv[0])} --merge {' '.join(dirs)} --out {out}"],
+        + [
+            f"python {os.path.relpath(sys.argv[0])} --merge {' '.join(dirs)}"
+            + (f" --models {' '.join(models)}" if models else "")
+            + f" --out {out}"
+        ],
         "date": [c["date"] for c in configs],
-        "seeds": sorted(seeds),
+        "seeds": sorted({r["seed"] for r in rows}),
+        "models": kept,
+        "testbeds": union("testbeds"),
+        "methods": union("methods"),
+        "ft_methods": union("ft_methods"),
         "per_seed": sorted(
-            (i for c in configs for i in c["per_seed"]), key=lambda i: (i["seed"], i["model"])
+            (i for c in configs for i in c["per_seed"] if i["model"] in kept),
+            key=lambda i: (i["seed"], i["model"]),
         ),
         "total_seconds": [c["total_seconds"] for c in configs],
         "machine": [c["machine"] for c in configs],
+        "revision": [c.get("revision") for c in configs],
         "merged_from": dirs,
     }
-    rows.sort(key=lambda r: r["seed"])
+    rows.sort(key=lambda r: (r["model"], r["seed"]))
     os.makedirs(out, exist_ok=True)
     R.write_runs(os.path.join(out, "runs.csv"), rows)
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -309,7 +344,12 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared machine: 1)")
     p.add_argument("--size", choices=sorted(M.SIZES), default="small", help="model size")
     p.add_argument("--smoke", action="store_true", help="1 seed, tiny models, corpus, training")
-    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge runs over disjoint seeds")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="merge runs that do not overlap (with --models: only these models' rows)",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the reports of --out")
     args = p.parse_args(argv)
     if args.merge or args.report_only:
@@ -344,7 +384,7 @@ def parse(argv):
 def main(argv=None) -> int:
     p, args = parse(argv)
     if args.merge:
-        merge(args.merge, args.out)
+        merge(args.merge, args.out, None if set(args.models) == set(M.MODELS) else args.models)
         return 0
     if args.report_only:
         with open(os.path.join(args.out, "config.json")) as f:
@@ -382,6 +422,7 @@ def main(argv=None) -> int:
     config = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "revision": revision(),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
