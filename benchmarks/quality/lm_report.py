@@ -14,6 +14,8 @@ import statistics
 
 PROTOCOLS = {"loss": "no fine-tuning", "loss_ft": "after the short fine-tune"}
 REFERENCES = ("l2", "random")
+# pairs of criteria compared head to head in tables.md when both were run
+HEAD_TO_HEAD = [("causal-in/out/out-local", "causal-auto-local")]
 FIELDS = [
     "seed",
     "model",
@@ -245,6 +247,48 @@ def invariance(rows: list[dict], testbed: str = "rescaled") -> str:
     return "\n".join(out) + "\n"
 
 
+def head_to_head(rows: list[dict], a: str, b: str, ratios=(0.2, 0.3)) -> str:
+    """Per model and testbed, ``loss(a) - loss(b)`` on the same seed at ``ratios``, both
+    protocols: mean ± 95% CI, seeds better/worse, Wilcoxon p (e.g. two causal rules)."""
+    by = index(rows)
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for testbed in dict.fromkeys(r["testbed"] for r in rows):
+            cells = []
+            for key in PROTOCOLS:
+                for ratio in ratios:
+                    ra = by.get((model, testbed, a, ratio), {})
+                    rb = by.get((model, testbed, b, ratio), {})
+                    diffs = [
+                        ra[s][key] - rb[s][key]
+                        for s in ra
+                        if s in rb and math.isfinite(ra[s][key]) and math.isfinite(rb[s][key])
+                    ]
+                    if not diffs:
+                        cells.append("")
+                        continue
+                    st = paired(diffs)
+                    p = "" if math.isnan(st["p_w"]) else f", p={st['p_w']:.2g}"
+                    cells.append(
+                        f"{st['mean']:+.3f} ± {st['ci']:.3f} ({st['better']}/{st['worse']}{p})"
+                    )
+            if any(cells):
+                lines.append(f"| {model} | {testbed} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = [f"{r:.0%} {'no FT' if k == 'loss' else 'FT'}" for k in PROTOCOLS for r in ratios]
+    return (
+        f"### `{a}` minus `{b}`, same seed (nats/byte: mean ± 95% CI, seeds better/worse, "
+        "Wilcoxon p)\n\n| model | testbed | "
+        + " | ".join(head)
+        + " |\n"
+        + "|---" * (len(head) + 2)
+        + "|\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 STYLE = {
     "l2": ("black", "-", "s"),
     "random": ("tab:red", "-", "s"),
@@ -339,6 +383,9 @@ def write_reports(out: str, rows: list[dict], config: dict) -> None:
         f.write(tables(summary, methods, ratios, dense))
         for testbed in ("rescaled", "outliers"):
             f.write("\n" + invariance(rows, testbed))
+        for a, b in HEAD_TO_HEAD:
+            if a in methods and b in methods:
+                f.write("\n" + head_to_head(rows, a, b))
     for key in PROTOCOLS:
         if any(f"{key}_mean" in s for s in summary):
             name = "loss_vs_ratio.png" if key == "loss" else "loss_vs_ratio_finetuned.png"
