@@ -23,6 +23,7 @@ reads it, Torch-Pruning's ``ActivationImportance``). Protocols: no fine-tuning, 
 fine-tune of ``study.py`` (same batches for every criterion).
 
     python benchmarks/quality/cnn_testbeds.py --out DIR [--seeds 0 1 ...] [--smoke]
+    python benchmarks/quality/cnn_testbeds.py --merge DIR1 DIR2 ... --out DIR
 """
 
 from __future__ import annotations
@@ -216,7 +217,11 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--smoke", action="store_true", help="1 seed, 1 ratio, 1 fine-tune epoch")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge runs over disjoint seeds")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        return 0
     args.methods = args.methods or [*CAUSAL, *BASELINES]
     cached = [m for m in S.method_names() if m.startswith("causal-") and "-seq-" not in m]
     known = {"nets": NETS, "testbeds": TESTBEDS, "methods": [*cached, *BASELINES]}
@@ -267,9 +272,15 @@ def main(argv=None) -> int:
         }
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
-    with open(os.path.join(args.out, "config.json")) as f:
+    write_report(args.out)
+    return 0
+
+
+def write_report(out: str) -> None:
+    """tables.md of the run in ``out`` (its runs.csv and config.json)."""
+    with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
-    rows = R.read_runs(path)
+    rows = R.read_runs(os.path.join(out, "runs.csv"))
     parts = [f"Seeds {config['seeds']}; settings in config.json.\n"]
     for net in config["nets"]:
         for testbed in config["testbeds"]:
@@ -278,10 +289,41 @@ def main(argv=None) -> int:
                     parts.append(
                         table(rows, net, testbed, key, ref, config["methods"], config["ratios"])
                     )
-    with open(os.path.join(args.out, "tables.md"), "w") as f:
+    with open(os.path.join(out, "tables.md"), "w") as f:
         f.write("\n\n".join(parts) + "\n")
-    print(f"{len(rows)} runs; results in {args.out}")
-    return 0
+    print(f"{len(rows)} runs; results in {out}")
+
+
+def merge(dirs: list[str], out: str) -> None:
+    """One run's files in ``out`` from runs over disjoint seeds with otherwise equal settings."""
+    configs, rows = [], []
+    for d in dirs:
+        with open(os.path.join(d, "config.json")) as f:
+            configs.append(json.load(f))
+        rows += R.read_runs(os.path.join(d, "runs.csv"))
+    same = ("nets", "testbeds", "ratios", "methods", "train", "finetune", "split", "versions")
+    for d, c in zip(dirs[1:], configs[1:], strict=True):
+        diff = [k for k in same if c[k] != configs[0][k]]
+        if diff:
+            raise SystemExit(f"cannot merge {d}: its settings differ in {diff}")
+    seeds = [s for c in configs for s in c["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"seeds overlap between the runs: {seeds}")
+    config = {
+        **configs[0],
+        "command": [c["command"] for c in configs]
+        + [f"python {os.path.relpath(sys.argv[0])} --merge {' '.join(dirs)} --out {out}"],
+        "date": [c["date"] for c in configs],
+        "seeds": sorted(seeds),
+        "per_seed": [i for c in configs for i in c["per_seed"]],
+        "total_seconds": [c["total_seconds"] for c in configs],
+        "merged_from": dirs,
+    }
+    os.makedirs(out, exist_ok=True)
+    R.write_runs(os.path.join(out, "runs.csv"), sorted(rows, key=lambda r: r["seed"]))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    write_report(out)
 
 
 if __name__ == "__main__":
