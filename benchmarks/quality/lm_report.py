@@ -15,7 +15,10 @@ import statistics
 PROTOCOLS = {"loss": "no fine-tuning", "loss_ft": "after the short fine-tune"}
 REFERENCES = ("l2", "random")
 # pairs of criteria compared head to head in tables.md when both were run
-HEAD_TO_HEAD = [("causal-in/out/out-local", "causal-auto-local")]
+HEAD_TO_HEAD = [
+    ("causal-auto-local", "causal-in-local"),  # the default against the previous one
+    ("causal-in/out/out-local", "causal-auto-local"),  # "in" for the hidden size instead
+]
 FIELDS = [
     "seed",
     "model",
