@@ -42,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from causalprune_fast.results.channel_scores import DIRECTIONS
     from causalprune_fast.scoring.score import DEFAULT_EXAMPLES, DEFAULT_SAMPLES_PER_LAYER
 
     p = _Parser(
@@ -92,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", help="regular expression on qualified layer names")
     s.add_argument(
         "--direction",
-        choices=["in", "out", "both"],
-        default="in",
-        help="channel score: MI into the channel, out of it, or both",
+        choices=list(DIRECTIONS),
+        default="auto",
+        help="channel score: MI into the channel, out of it, both, or auto (the default: 'in' "
+        "for conv channels, 'out' for the others; docs/method.md 6.3)",
     )
     s.add_argument(
         "--reduction",
@@ -131,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("file", help="a scores file written by 'score --out'")
     m.add_argument(
         "--direction",
-        choices=["in", "out", "both"],
+        choices=list(DIRECTIONS),
         help="rescore under this direction (default: the file's)",
     )
 
@@ -140,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="image file, e.g. fig.png")
     g.add_argument(
         "--direction",
-        choices=["in", "out", "both"],
+        choices=list(DIRECTIONS),
         help="rescore under this direction (default: the file's)",
     )
 

@@ -3,7 +3,7 @@
     import torch_pruning as tp
     from causalprune_fast.pruning.importance import CausalImportance
 
-    imp = CausalImportance(model, input_shape=(3, 224, 224), direction="in")
+    imp = CausalImportance(model, input_shape=(3, 224, 224))  # direction="auto"
     pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.3,
                                   ignored_layers=[model.fc])
     pruner.step()
@@ -37,7 +37,7 @@ from causalprune_fast.model.channel_members import attention_layers, members_of_
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
 from causalprune_fast.model.structures import extend_graph
 from causalprune_fast.results.causal_scores import CausalScores
-from causalprune_fast.results.channel_scores import channel_scores
+from causalprune_fast.results.channel_scores import DIRECTIONS, channel_scores
 from causalprune_fast.scoring.score import check_score_arguments, score_model, score_model_keywords
 
 __all__ = ["CausalImportance"]
@@ -73,7 +73,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         model: the network whose groups will be scored (the one given to the pruner).
         input_shape: one example's shape, without the batch dimension (or give
             ``example_input`` among the keyword arguments).
-        direction: ``"in"``, ``"out"`` or ``"both"``.
+        direction: ``"auto"`` (the default: ``"in"`` for conv channels, ``"out"`` for every
+            other channel), ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6.3).
         group_reduction: ``"sum"``, ``"mean"`` or ``"max"`` over the coupled layers.
         normalizer: Torch-Pruning's: ``None``, ``"mean"``, ``"max"``, ``"sum"``,
             ``"standarization"``, ``"gaussian"``, ``"lamp"``, ``"sentinel_<fraction>"`` or a
@@ -94,7 +95,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         model: nn.Module,
         input_shape: Sequence[int] | None = None,
         *,
-        direction: str = "in",
+        direction: str = "auto",
         group_reduction: str = "sum",
         normalizer: str | Callable | None = None,
         **score_model_kwargs,
@@ -106,8 +107,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             )
         v.check_model(model)
         shape = v.check_input_shape(input_shape)
-        if direction not in ("in", "out", "both"):
-            raise ValueError(f"direction must be 'in', 'out' or 'both', got {direction!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if group_reduction not in ("sum", "mean", "max"):
             raise ValueError(
                 f"group_reduction must be 'sum', 'mean' or 'max', got {group_reduction!r}"
@@ -213,8 +214,15 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             return None  # nothing measured produces these channels: Torch-Pruning skips it
         incoming = {n: s.incoming for n, s in scores.layers.items()}
         outgoing = {n: s.outgoing for n, s in scores.layers.items()}
+        kinds = {n: s.kind for n, s in scores.layers.items()}
         imp = channel_scores(
-            remapped, len(root_idxs), incoming, outgoing, self.direction, self.group_reduction
+            remapped,
+            len(root_idxs),
+            incoming,
+            outgoing,
+            self.direction,
+            self.group_reduction,
+            kinds,
         ).float()
         if not bool(imp.any()):
             return imp  # all zero: every normalizer would divide 0 by 0

@@ -179,7 +179,7 @@ def prune(
     ignored_layers: Sequence[nn.Module] | None = None,
     round_to: int | None = None,
     iterative_steps: int = 1,
-    direction: str = "in",
+    direction: str = "auto",
     group_reduction: str = "sum",
     normalizer: str | None = None,
     on_shortfall: str = "warn",

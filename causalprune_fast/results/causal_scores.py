@@ -56,9 +56,10 @@ class CausalScores(Mapping):
         outgoing = {n: s.outgoing for n, s in self.layers.items()}
         # Layers scored by "in" although direction is "out"/"both" (no measured consumer).
         self.fallbacks = direction_fallbacks(self.groups, self.layers, direction)
+        kinds = {n: s.kind for n, s in self.layers.items()}
         return {
             name: channel_scores(
-                self.groups[name], len(s.incoming), incoming, outgoing, direction, reduction
+                self.groups[name], len(s.incoming), incoming, outgoing, direction, reduction, kinds
             )
             for name, s in self.layers.items()
         }
@@ -67,7 +68,7 @@ class CausalScores(Mapping):
         """The same measurements, scored under another direction (and reduction).
 
         Raises:
-            ValueError: ``direction`` not one of "in", "out", "both", or ``reduction`` not
+            ValueError: ``direction`` not one of "in", "out", "both", "auto", or ``reduction`` not
                 None, "sum", "mean" or "max".
         """
         if not isinstance(direction, str) or direction not in DIRECTIONS:

@@ -1,5 +1,6 @@
-"""Channel scores from per-layer MI sums: directions ``in``/``out``/``both`` and reductions
-``sum``/``mean``/``max`` over a channel's producers or consumers (docs/method.md section 6).
+"""Channel scores from per-layer MI sums: directions ``in``/``out``/``both``/``auto`` and
+reductions ``sum``/``mean``/``max`` over a channel's producers or consumers (docs/method.md
+section 6).
 
 A channel's entries are every (member layer, feature of that layer that carries the channel)
 pair of its group (``channel_graph.Member``): a conv channel read through Flatten by a Linear
@@ -15,8 +16,29 @@ import torch
 
 from causalprune_fast.model.channel_members import Member
 
-DIRECTIONS = ("in", "out", "both")
+DIRECTIONS = ("in", "out", "both", "auto")
 REDUCTIONS = ("sum", "mean", "max")
+# Layer kinds (``LayerScores.kind``, the module's class name) that are convolutions: torch's
+# Conv1d/2d/3d and their subclasses named after them (timm's Conv2dSame, StdConv2d, ...).
+# transformers' ``Conv1D`` (GPT-2, a Linear layer) is not one.
+_CONV_NAMES = ("Conv1d", "Conv2d", "Conv3d")
+
+
+def is_convolution(kind: str) -> bool:
+    """Whether a measured layer of this kind (its class name) is a convolution."""
+    return any(name in kind for name in _CONV_NAMES)
+
+
+def auto_direction(members: list[Member], kinds: Mapping[str, str] | None) -> str:
+    """The direction ``"auto"`` takes for one channel group: ``"in"`` for conv channels (every
+    measured producer a convolution), ``"out"`` for every other channel (attention heads or
+    head dims, MLP neurons, the hidden size of transformers). Where no consumer is measured,
+    ``"out"`` falls back to ``"in"`` as it always does. The choice follows
+    ``benchmarks/quality/RESULTS.md`` (docs/method.md section 6.3)."""
+    producers = [m.layer for m in members if m.role == "producer"]
+    if kinds is not None and producers and all(is_convolution(kinds.get(p, "")) for p in producers):
+        return "in"
+    return "out"
 
 
 def _reduce(
@@ -71,16 +93,21 @@ def channel_scores(
     outgoing: Mapping[str, torch.Tensor],
     direction: str,
     reduction: str = "sum",
+    kinds: Mapping[str, str] | None = None,
 ) -> torch.Tensor:
     """Scores of a root layer's output channels (docs/method.md section 6).
 
     ``in``: reduction of the producers' ``incoming``; ``out``: of the consumers'
-    ``outgoing``; ``both``: the two, each divided by its mean over the channels, added. The
-    reduction runs over every (member, feature) entry of a channel (see ``_reduce``). Where no
-    consumer is measured (``has_measured_consumer`` is False), ``out`` falls back to the ``in``
-    scores and ``both`` to the ``in`` term alone (``in`` divided by its mean);
-    ``direction_fallbacks`` lists those layers.
+    ``outgoing``; ``both``: the two, each divided by its mean over the channels, added;
+    ``auto``: ``in`` or ``out`` by the kind of channel (:func:`auto_direction`; ``kinds`` maps
+    each measured layer's name to its ``LayerScores.kind``). The reduction runs over every
+    (member, feature) entry of a channel (see ``_reduce``). Where no consumer is measured
+    (``has_measured_consumer`` is False), ``out`` falls back to the ``in`` scores and ``both``
+    to the ``in`` term alone (``in`` divided by its mean); ``direction_fallbacks`` lists those
+    layers.
     """
+    if direction == "auto":
+        direction = auto_direction(members, kinds)
     score_in = _reduce(members, "producer", incoming, channels, reduction)
     if score_in is None:
         raise ValueError("no measured producer for these channels")
@@ -106,24 +133,30 @@ def direction_fallbacks(
     warn: bool = True,
 ) -> dict[str, str]:
     """Layers whose ``out``/``both`` scores fell back to ``in`` (no measured consumer), with
-    the reason; empty for ``direction="in"``.
+    the reason; empty for ``direction="in"``. Under ``"auto"``, the layers it scores by
+    ``out`` that fell back (conv channels are scored by ``in`` by design, not listed).
 
-    ``layers`` maps each measured layer's name to its ``LayerScores`` (``model_output`` is
-    read). With ``warn``, one warning lists the fallbacks that are not model outputs (a model
-    output, such as the classifier, has no consumer by construction and is not pruned).
+    ``layers`` maps each measured layer's name to its ``LayerScores`` (``model_output`` and
+    ``kind`` are read). With ``warn``, one warning lists the fallbacks that are not model
+    outputs (a model output, such as the classifier, has no consumer by construction and is
+    not pruned); ``"auto"`` never warns (its fallback to ``in`` is part of its definition).
     """
     if direction == "in":
         return {}
+    kinds = {n: getattr(s, "kind", "") for n, s in layers.items()}
     out = {}
     for name, layer in layers.items():
-        if has_measured_consumer(groups.get(name, []), layers):
+        members = groups.get(name, [])
+        if has_measured_consumer(members, layers):
+            continue
+        if direction == "auto" and auto_direction(members, kinds) == "in":
             continue
         if getattr(layer, "model_output", False):
             out[name] = "model output, no consumer"
         else:
             out[name] = "no measured consumer"
     unexpected = [n for n, r in out.items() if r == "no measured consumer"]
-    if warn and unexpected:
+    if warn and unexpected and direction != "auto":
         shown = ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
         warnings.warn(
             f"direction={direction!r}: {len(unexpected)} layer(s) have no measured consumer "

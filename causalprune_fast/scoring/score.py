@@ -82,7 +82,7 @@ def score_model(
     batch_size: int | None = None,
     seed: int = 0,
     layers: str | Iterable | Callable | re.Pattern | None = None,
-    direction: str = "in",
+    direction: str = "auto",
     reduction: str = "sum",
     correction: str | None = None,
     backend: str = "auto",
@@ -125,7 +125,8 @@ def score_model(
             once).
         seed: seed of the noise and of the subsampling.
         layers: filter of measured layers by qualified name (a name, regex, callable or list).
-        direction: ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6).
+        direction: ``"auto"`` (the default: ``"in"`` for conv channels, ``"out"`` for every
+            other channel), ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6.3).
         reduction: reduction over a channel's producers/consumers: ``"sum"``, ``"mean"``,
             ``"max"``.
         correction: ``None`` or ``"miller-madow"``.
