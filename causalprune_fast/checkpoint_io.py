@@ -212,6 +212,21 @@ class Checkpoint:
                     out[n] = t.to(device)
         return out
 
+    def iter_tensors(self, names: Iterable[str] | None = None):
+        """``(name, tensor)`` of the named tensors (all by default), one at a time on the CPU,
+        shard by shard (each shard opened once), in the order given within a shard."""
+        from safetensors import safe_open
+
+        names = list(self.tensors if names is None else names)
+        order = {n: i for i, n in enumerate(names)}
+        by_shard: dict[str, list[str]] = {}
+        for n in names:
+            by_shard.setdefault(self.tensors[n].shard, []).append(n)
+        for shard in sorted(by_shard, key=lambda s: min(order[n] for n in by_shard[s])):
+            with safe_open(str(self.path / shard), framework="pt", device="cpu") as f:
+                for n in by_shard[shard]:
+                    yield n, f.get_tensor(n)
+
 
 def parse_size(size: int | str, name: str = "max_shard_size") -> int:
     """Bytes from an int or a string such as ``"5GB"``, ``"500MB"``, ``"2GiB"``, ``"10KB"``."""

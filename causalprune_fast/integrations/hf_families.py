@@ -110,32 +110,33 @@ class Family:
         readers.append(["lm_head"] if _has(model, "lm_head") else [])
         return producers, readers
 
+    def stream_group(self, model: nn.Module, producer: str) -> list[Member]:
+        """Every member of the residual stream's group walked from ``producer`` (one of the
+        layers that add into the stream), in the order of Torch-Pruning's walk."""
+        producers, readers = self._stream(model)
+        hidden = _out_features(model.get_submodule(producers[1]))
+        r = producers.index(producer)
+        order = list(range(r, len(producers))) + list(range(r - 1, -1, -1))
+        out = []
+        for j in order:
+            if producers[j]:
+                out.append(_identity(producers[j], "producer", hidden))
+            out += [_identity(n, "consumer", hidden) for n in readers[j]]
+        return out
+
+    def stream_producers(self, model: nn.Module) -> list[str]:
+        """The layers that add into the residual stream, in forward order."""
+        return self._stream(model)[0][1:]
+
     def groups(self, model: nn.Module, measured: list[str]) -> dict[str, list[Member]]:
         """The members of every measured layer's output-channel group (module docstring),
         restricted to the measured layers, as ``build_groups`` gives them."""
         keep = set(measured)
         width = {n: _out_features(model.get_submodule(n)) for n in measured}
-        producers, readers = self._stream(model)
-        hidden = _out_features(model.get_submodule(producers[1]))
         out: dict[str, list[Member]] = {}
-
-        def members(entries: list[tuple[str, str, Member | None]]) -> list[Member]:
-            return [
-                m if m is not None else _identity(n, role, hidden)
-                for n, role, m in entries
-                if n in keep
-            ]
-
-        for r in range(1, len(producers)):
-            if producers[r] not in keep:
-                continue
-            order = list(range(r, len(producers))) + list(range(r - 1, -1, -1))
-            entries = []
-            for j in order:
-                if producers[j]:
-                    entries.append((producers[j], "producer", None))
-                entries += [(n, "consumer", None) for n in readers[j]]
-            out[producers[r]] = members(entries)
+        for producer in self.stream_producers(model):
+            if producer in keep:
+                out[producer] = [m for m in self.stream_group(model, producer) if m.layer in keep]
         for block in self.block_names(model):
             out.update(self._block_groups(model, block, keep, width))
         if "lm_head" in keep:

@@ -67,16 +67,18 @@ def model_class(ckpt: Checkpoint):
     return cls
 
 
-def empty_model(ckpt: Checkpoint, dtype: torch.dtype | None = None) -> nn.Module:
+def empty_model(ckpt: Checkpoint, dtype: torch.dtype | None = None, config=None) -> nn.Module:
     """The model of ``ckpt``, in eval mode, parameters on ``meta`` (see the module docstring).
 
     ``dtype``: the parameters' dtype; default the dtype the checkpoint stores its floating
-    point weights in. The global RNG is left as found.
+    point weights in. ``config``: a config object to build it from (default: its
+    ``config.json``). The global RNG is left as found.
     """
     import transformers
 
     cls = model_class(ckpt)
-    config = transformers.AutoConfig.from_pretrained(str(ckpt.path))
+    if config is None:
+        config = transformers.AutoConfig.from_pretrained(str(ckpt.path))
     if dtype is None:
         floats = [i.dtype for i in ckpt.tensors.values() if i.dtype.is_floating_point]
         dtype = max(set(floats), key=floats.count) if floats else torch.float32
@@ -100,9 +102,9 @@ class CheckpointModel:
     them is loaded): each parameter's aliases are every name the same tensor has.
     """
 
-    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype | None = None):
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype | None = None, config=None):
         self.ckpt = ckpt
-        self.model = empty_model(ckpt, dtype)
+        self.model = empty_model(ckpt, dtype, config)
         self.dtype = dtype
         by_id: dict[int, list[str]] = {}
         for name, p in self.model.named_parameters(remove_duplicate=False):
@@ -171,10 +173,11 @@ class CheckpointModel:
         """Give the parameters ``names`` (qualified) their tensors from the checkpoint."""
         wanted = {name: self.stored_name(name) for name in names}
         tensors = self.ckpt.load(set(wanted.values()), device, self.dtype)
-        for name, key in wanted.items():
+        params = {key: nn.Parameter(t, requires_grad=False) for key, t in tensors.items()}
+        for name, key in wanted.items():  # tied names loaded together share one Parameter
             owner, _, leaf = name.rpartition(".")
             module = self.model.get_submodule(owner) if owner else self.model
-            module._parameters[leaf] = nn.Parameter(tensors[key], requires_grad=False)
+            module._parameters[leaf] = params[key]
 
     def free_parameters(self, names: list[str]) -> None:
         """Put the parameters ``names`` back on ``meta``."""

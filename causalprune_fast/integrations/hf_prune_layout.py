@@ -1,0 +1,230 @@
+"""How ``prune()`` cuts a Llama-layout or GPT-2 model, stated as rules of the layout, so that a
+checkpoint can be pruned without Torch-Pruning's graph (which needs the whole model in memory).
+
+The channel groups :func:`~causalprune_fast.prune` hands to Torch-Pruning's pruner
+(``integrations/attention_pruning.py`` sets it up) are, for these layouts:
+
+- **the hidden size** (the residual stream): every embedding, norm weight and projection
+  that reads or writes the stream. Torch-Pruning roots it at the last layer that adds into the
+  stream (``model.layers[-1].mlp.down_proj``, ``transformer.h[-1].mlp.c_proj``), and its
+  importance is that root's channel group
+  (:meth:`~causalprune_fast.integrations.hf_families.Family.stream_group`);
+- **the MLP width** of every block: rooted at ``up_proj`` (members ``up_proj``,
+  ``down_proj``, ``gate_proj``) or ``c_fc`` (``c_fc``, ``mlp.c_proj``);
+- **the attention** of every block, which Torch-Pruning re-roots at the output projection's
+  input channels: Llama ``o_proj`` (members ``o_proj`` and ``q_proj``; without grouped-query
+  attention also ``v_proj`` and ``k_proj``, one-to-one) whose whole query heads are pruned;
+  GPT-2 ``attn.c_proj`` (members ``c_proj`` and ``c_attn``, whose query, key and value
+  channel ``i`` all carry channel ``i``) whose head dims are pruned, the same in every head.
+
+:func:`tensor_cuts` says which dimensions of every checkpoint tensor follow which kept
+channels, and :func:`pruned_config` writes the config of the pruned model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from causalprune_fast.channel_members import Member
+from causalprune_fast.integrations.hf_families import Family, _identity, _out_features
+
+
+@dataclass(frozen=True)
+class PruneGroup:
+    """One of the groups prune() hands to Torch-Pruning (module docstring).
+
+    ``members`` carry the channels of the importance's index space (``width`` channels):
+    the stream's, the MLP's, or the attention output projection's input channels.
+    ``root`` names the group as prune()'s report does.
+    """
+
+    kind: str  # "hidden", "mlp" or "attention"
+    root: str
+    block: int | None
+    members: list[Member]
+    width: int
+    heads: int = 0  # attention: query heads
+    kv_heads: int = 0  # attention: key/value heads
+
+
+def prune_groups(family: Family, model: nn.Module) -> list[PruneGroup]:
+    """The groups prune() prunes in a model of ``family``, in module order."""
+    out = []
+    for k, block in enumerate(family.block_names(model)):
+        out += _block_groups(family, model, k, block)
+    last = family.stream_producers(model)[-1]
+    hidden = _out_features(model.get_submodule(last))
+    out.append(PruneGroup("hidden", last, None, family.stream_group(model, last), hidden))
+    return out
+
+
+def _block_groups(family: Family, model: nn.Module, k: int, block: str) -> list[PruneGroup]:
+    get = model.get_submodule
+    if family.name == "llama":
+        a, m = f"{block}.self_attn", f"{block}.mlp"
+        q, kp, v, o = (f"{a}.{p}_proj" for p in "qkvo")
+        attn = get(a)
+        hd = attn.head_dim
+        heads, kv = _out_features(get(q)) // hd, _out_features(get(kp)) // hd
+        width = heads * hd
+        if kv < heads:
+            members = [_identity(o, "consumer", width), _identity(q, "producer", width)]
+            root = q
+        else:
+            members = [_identity(o, "consumer", width)] + [
+                _identity(n, "producer", width) for n in (v, kp, q)
+            ]
+            root = v
+        inner = _out_features(get(f"{m}.up_proj"))
+        mlp = [
+            _identity(f"{m}.up_proj", "producer", inner),
+            _identity(f"{m}.down_proj", "consumer", inner),
+            _identity(f"{m}.gate_proj", "producer", inner),
+        ]
+        return [
+            PruneGroup("attention", root, k, members, width, heads, kv),
+            PruneGroup("mlp", f"{m}.up_proj", k, mlp, inner),
+        ]
+    c_attn, c_proj = f"{block}.attn.c_attn", f"{block}.attn.c_proj"
+    e = _out_features(get(c_attn)) // 3
+    heads = get(f"{block}.attn").num_heads
+    qkv = tuple(range(3 * e))
+    members = [
+        _identity(c_proj, "consumer", e),
+        Member(c_attn, "producer", qkv, tuple(i % e for i in qkv)),
+    ]
+    fc, proj = f"{block}.mlp.c_fc", f"{block}.mlp.c_proj"
+    inner = _out_features(get(fc))
+    mlp = [_identity(fc, "producer", inner), _identity(proj, "consumer", inner)]
+    return [
+        PruneGroup("attention", c_attn, k, members, e, heads, heads),
+        PruneGroup("mlp", fc, k, mlp, inner),
+    ]
+
+
+# ---------------------------------------------------------------------------- tensors
+
+# (pattern, [(dim, what)]): ``what`` names kept channels: "hidden", or per block "mlp",
+# "q" (query channels), "kv" (key/value channels), "qkv" (GPT-2 c_attn outputs), "attn"
+# (GPT-2 attention width: c_proj inputs). An empty list: copied as it is.
+_LLAMA = [
+    (r"model\.embed_tokens\.weight", [(1, "hidden")]),
+    (r"lm_head\.weight", [(1, "hidden")]),
+    (r"model\.norm\.weight", [(0, "hidden")]),
+    (r"model\.layers\.(\d+)\.(input|post_attention)_layernorm\.weight", [(0, "hidden")]),
+    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.weight", [(0, "q"), (1, "hidden")]),
+    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.bias", [(0, "q")]),
+    (r"model\.layers\.(\d+)\.self_attn\.[kv]_proj\.weight", [(0, "kv"), (1, "hidden")]),
+    (r"model\.layers\.(\d+)\.self_attn\.[kv]_proj\.bias", [(0, "kv")]),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", [(0, "hidden"), (1, "q")]),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.bias", [(0, "hidden")]),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up)_proj\.weight", [(0, "mlp"), (1, "hidden")]),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up)_proj\.bias", [(0, "mlp")]),
+    (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", [(0, "hidden"), (1, "mlp")]),
+    (r"model\.layers\.(\d+)\.mlp\.down_proj\.bias", [(0, "hidden")]),
+]
+_GPT2 = [
+    (r"transformer\.(wte|wpe)\.weight", [(1, "hidden")]),
+    (r"lm_head\.weight", [(1, "hidden")]),
+    (r"transformer\.ln_f\.(weight|bias)", [(0, "hidden")]),
+    (r"transformer\.h\.(\d+)\.ln_[12]\.(weight|bias)", [(0, "hidden")]),
+    (r"transformer\.h\.(\d+)\.attn\.c_attn\.weight", [(0, "hidden"), (1, "qkv")]),
+    (r"transformer\.h\.(\d+)\.attn\.c_attn\.bias", [(0, "qkv")]),
+    (r"transformer\.h\.(\d+)\.attn\.c_proj\.weight", [(0, "attn"), (1, "hidden")]),
+    (r"transformer\.h\.(\d+)\.attn\.c_proj\.bias", [(0, "hidden")]),
+    (r"transformer\.h\.(\d+)\.mlp\.c_fc\.weight", [(0, "hidden"), (1, "mlp")]),
+    (r"transformer\.h\.(\d+)\.mlp\.c_fc\.bias", [(0, "mlp")]),
+    (r"transformer\.h\.(\d+)\.mlp\.c_proj\.weight", [(0, "mlp"), (1, "hidden")]),
+    (r"transformer\.h\.(\d+)\.mlp\.c_proj\.bias", [(0, "hidden")]),
+    (r"transformer\.h\.(\d+)\.attn\.(masked_)?bias", []),  # causal-mask buffers of old files
+]
+
+
+def tensor_cuts(family: Family, name: str) -> list[tuple[int, str, int | None]]:
+    """``(dim, what, block)`` for every dimension of checkpoint tensor ``name`` that loses
+    channels (module constants above); ValueError naming a tensor the layout does not have."""
+    for pattern, cuts in _LLAMA if family.name == "llama" else _GPT2:
+        m = re.fullmatch(pattern, name)
+        if m:
+            block = int(m.group(1)) if m.groups() and m.group(1).isdigit() else None
+            return [(dim, what, None if what == "hidden" else block) for dim, what in cuts]
+    raise ValueError(
+        f"checkpoint tensor {name!r} is not part of the {family.name} layout that the shard "
+        "pruner knows; it cannot say which of its channels to keep"
+    )
+
+
+def pruned_config(family: Family, config: dict, widths: dict[str, int]) -> dict:
+    """``config.json`` of the pruned model. ``widths``: ``hidden``, ``mlp``, ``heads``,
+    ``kv_heads``, ``head_dim`` (Llama) or ``attn`` (GPT-2's attention width), the same in
+    every block (prune() prunes every block alike)."""
+    out = dict(config)
+    if family.name == "llama":
+        out["hidden_size"] = widths["hidden"]
+        out["intermediate_size"] = widths["mlp"]
+        out["num_attention_heads"] = widths["heads"]
+        out["num_key_value_heads"] = widths["kv_heads"]
+        out["head_dim"] = widths["head_dim"]
+    else:
+        out["n_embd"] = widths["hidden"]
+        out["n_inner"] = widths["mlp"]
+        # GPT-2's config ties the attention width to n_embd: the pruned width is recorded
+        # for load_pruned (the stock from_pretrained cannot rebuild it).
+        out["causalprune_attention_width"] = widths["attn"]
+        out.setdefault("causalprune_original_head_dim", widths["original_head_dim"])
+    return out
+
+
+def buildable_config(family: Family, config_class, config: dict):
+    """A config object for a pruned ``config`` that transformers would refuse to build: its
+    config classes check that the hidden size is a multiple of the attention heads
+    (``LlamaConfig.validate_architecture``, ``GPT2Attention``), which pruning does not keep
+    (Llama's head size is explicit; GPT-2's attention width is its own). The config is built
+    from values that pass the checks and the real ones are set afterwards (attributes set
+    later are not checked again); GPT-2 keeps the attention width as its ``n_embd`` until the
+    model is built (:func:`finish_pruned_model` sets the real one)."""
+    safe = dict(config)
+    if family.name == "llama":
+        safe["hidden_size"] = config["num_attention_heads"] * config["head_dim"]
+    elif config.get("causalprune_attention_width") is not None:
+        safe["n_embd"] = config["causalprune_attention_width"]
+    built = config_class.from_dict(safe)
+    if family.name == "llama":
+        built.hidden_size = config["hidden_size"]
+    return built
+
+
+def finish_pruned_model(family: Family, model: nn.Module, config: dict) -> None:
+    """After a pruned checkpoint's weights were loaded into the model built from
+    :func:`buildable_config`: every module's size attributes follow its weights, GPT-2's
+    attention width, head size and scaling are set as prune() leaves them (the scaling of the
+    unpruned head size, ``causalprune_original_head_dim``: the trained attention temperature),
+    and the config holds the real hidden size."""
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if w is None:
+            continue
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
+        elif isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = int(w.shape[0]), int(w.shape[1])
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = tuple(w.shape)
+        elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # is_conv1d needs nf right
+            m.nx, m.nf = int(w.shape[0]), int(w.shape[1])
+    width = config.get("causalprune_attention_width")
+    if family.name != "gpt2" or width is None:
+        return
+    model.config.n_embd = config["n_embd"]
+    model.get_submodule(family.blocks.rpartition(".")[0]).embed_dim = config["n_embd"]
+    original = config["causalprune_original_head_dim"]
+    for block in family.block_names(model):
+        attn = model.get_submodule(f"{block}.attn")
+        attn.split_size = attn.embed_dim = width
+        attn.head_dim = width // attn.num_heads
+        attn.scaling = original**-0.5 if attn.scale_attn_weights else 1.0
+        if attn.scale_attn_by_inverse_layer_idx:
+            attn.scaling /= float(attn.layer_idx + 1)
