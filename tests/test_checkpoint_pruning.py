@@ -16,9 +16,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch_pruning")
 
 import causalprune_fast as cf  # noqa: E402
-from causalprune_fast.checkpoint_io import Checkpoint  # noqa: E402
-from causalprune_fast.checkpoint_prune import load_pruned, prune_checkpoint  # noqa: E402
-from causalprune_fast.scoring.checkpoint import score_checkpoint  # noqa: E402
+from causalprune_fast.base.checkpoint_io import Checkpoint  # noqa: E402
+from causalprune_fast.pruning.checkpoint_prune import load_pruned, prune_checkpoint  # noqa: E402
+from causalprune_fast.scoring.score_checkpoint import score_checkpoint  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checkpoints import MODELS, VOCAB, save  # noqa: E402
@@ -101,7 +101,7 @@ def test_precomputed_scores_and_their_check(tmp_path):
 
 def test_interrupted_prune_leaves_nothing(tmp_path, monkeypatch):
     _, path = _saved("llama", tmp_path)
-    from causalprune_fast import checkpoint_io
+    from causalprune_fast.base import checkpoint_io
 
     calls = {"n": 0}
     add = checkpoint_io.CheckpointWriter.add

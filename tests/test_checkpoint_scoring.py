@@ -16,12 +16,12 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch_pruning")
 
 import causalprune_fast as cf  # noqa: E402
-from causalprune_fast.channel_graph import build_groups  # noqa: E402
-from causalprune_fast.checkpoint_io import Checkpoint  # noqa: E402
-from causalprune_fast.discovery import find_layers  # noqa: E402
-from causalprune_fast.integrations.hf_families import family_of  # noqa: E402
-from causalprune_fast.integrations.hf_meta import CheckpointModel  # noqa: E402
-from causalprune_fast.scoring.checkpoint import score_checkpoint  # noqa: E402
+from causalprune_fast.base.checkpoint_io import Checkpoint  # noqa: E402
+from causalprune_fast.model.block_layouts import family_of  # noqa: E402
+from causalprune_fast.model.channel_graph import build_groups  # noqa: E402
+from causalprune_fast.model.checkpoint_model import CheckpointModel  # noqa: E402
+from causalprune_fast.model.discovery import find_layers  # noqa: E402
+from causalprune_fast.scoring.score_checkpoint import score_checkpoint  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checkpoints import MODELS, VOCAB, save  # noqa: E402

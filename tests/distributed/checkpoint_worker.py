@@ -15,7 +15,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from causalprune_fast.scoring.checkpoint import score_checkpoint
+from causalprune_fast.scoring.score_checkpoint import score_checkpoint
 
 
 def main() -> int:

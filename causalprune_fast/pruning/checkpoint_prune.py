@@ -1,13 +1,13 @@
 """Pruning a checkpoint larger than memory, from shards to shards: :func:`prune_checkpoint`.
 
 1. The checkpoint is scored block by block
-   (:func:`~causalprune_fast.scoring.checkpoint.score_checkpoint`; or give ``scores``).
+   (:func:`~causalprune_fast.scoring.score_checkpoint.score_checkpoint`; or give ``scores``).
 2. The channels to remove are chosen from the scores with the rules of ``prune()``'s
-   Torch-Pruning plan (:mod:`causalprune_fast.checkpoint_plan`): whole query heads (Llama) or
-   head dims (GPT-2), the hidden size and the MLP width, ``ratio`` of each.
+   Torch-Pruning plan (:mod:`causalprune_fast.pruning.checkpoint_plan`): whole query heads
+   (Llama) or head dims (GPT-2), the hidden size and the MLP width, ``ratio`` of each.
 3. A second pass reads the checkpoint one tensor at a time, keeps the chosen channels of
    every dimension that carries them
-   (:func:`~causalprune_fast.integrations.hf_prune_layout.tensor_cuts`) and writes a new
+   (:func:`~causalprune_fast.pruning.checkpoint_layout.tensor_cuts`) and writes a new
    checkpoint directory with its updated config, one shard at a time, into a temporary
    directory next to ``out`` that is renamed to ``out`` only when complete: an interrupted or
    failed prune leaves nothing under ``out``.
@@ -30,17 +30,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from causalprune_fast.checkpoint_io import Checkpoint, CheckpointWriter, check_destination
-from causalprune_fast.checkpoint_plan import ShardPlan, plan_checkpoint_pruning
-from causalprune_fast.integrations.hf_families import Family, family_of
-from causalprune_fast.integrations.hf_meta import CheckpointModel
-from causalprune_fast.integrations.hf_prune_layout import (
+from causalprune_fast.base.checkpoint_io import Checkpoint, CheckpointWriter, check_destination
+from causalprune_fast.model.block_layouts import Family, family_of
+from causalprune_fast.model.checkpoint_model import CheckpointModel
+from causalprune_fast.pruning.checkpoint_layout import (
     buildable_config,
     finish_pruned_model,
     pruned_config,
     tensor_cuts,
 )
-from causalprune_fast.prune_report import PruneReport, shortfall_message, wanted_removals
+from causalprune_fast.pruning.checkpoint_plan import ShardPlan, plan_checkpoint_pruning
+from causalprune_fast.pruning.report import PruneReport, shortfall_message, wanted_removals
 from causalprune_fast.results import CausalScores
 
 SHORTFALL = ("warn", "raise", "ignore")
@@ -58,7 +58,7 @@ def _check(ratio, direction, group_reduction, normalizer, on_shortfall) -> float
         raise ValueError(f"direction must be 'in', 'out' or 'both', got {direction!r}")
     if group_reduction not in ("sum", "mean", "max"):
         raise ValueError(f"group_reduction must be 'sum', 'mean' or 'max', got {group_reduction!r}")
-    from causalprune_fast.integrations.torch_pruning import _check_normalizer
+    from causalprune_fast.pruning.importance import _check_normalizer
 
     _check_normalizer(normalizer)
     if on_shortfall not in SHORTFALL:
@@ -98,7 +98,7 @@ def prune_checkpoint(
         scores: scores of this checkpoint from ``score_checkpoint`` (default: scored here).
         max_shard_size: bytes (or ``"2GB"``) per written shard.
         device, dtype, max_memory, progress, **score_model_kwargs: for scoring, see
-            :func:`~causalprune_fast.scoring.checkpoint.score_checkpoint`. The written
+            :func:`~causalprune_fast.scoring.score_checkpoint.score_checkpoint`. The written
             tensors keep the checkpoint's dtype.
 
     Returns:
@@ -119,7 +119,7 @@ def prune_checkpoint(
     cm.check_complete()
     cuts = {name: tensor_cuts(family, name) for name in ckpt.tensors}
     if scores is None:
-        from causalprune_fast.scoring.checkpoint import score_checkpoint
+        from causalprune_fast.scoring.score_checkpoint import score_checkpoint
 
         scores = score_checkpoint(
             path,
@@ -308,9 +308,9 @@ def load_pruned(
     ``from_pretrained`` loads a pruned Mistral or Qwen2 checkpoint, and a pruned Llama one
     whose hidden size is still a multiple of its attention heads; transformers'
     ``LlamaConfig`` refuses the others and GPT-2's config cannot describe a pruned attention
-    width, which this builds (:func:`~causalprune_fast.integrations.hf_prune_layout.
+    width, which this builds (:func:`~causalprune_fast.pruning.checkpoint_layout.
     buildable_config`)."""
-    from causalprune_fast.integrations.hf_meta import model_class
+    from causalprune_fast.model.checkpoint_model import model_class
 
     ckpt = Checkpoint(path)
     family = family_of(ckpt.config, str(ckpt.path / "config.json"))

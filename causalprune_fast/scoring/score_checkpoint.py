@@ -1,8 +1,8 @@
 """Scoring a checkpoint larger than memory: :func:`score_checkpoint` (issue 20).
 
 The model of a Hugging Face checkpoint directory is built with its parameters on ``meta``
-(:mod:`causalprune_fast.integrations.hf_meta`) and walked one decoder block at a time
-(:mod:`causalprune_fast.scoring.blockwise`), the way SparseGPT and Wanda walk a model: the
+(:mod:`causalprune_fast.model.checkpoint_model`) and walked one decoder block at a time
+(:mod:`causalprune_fast.scoring.block_walk`), the way SparseGPT and Wanda walk a model: the
 calibration pass of local mode runs block by block on activations kept between blocks, and
 each block's layers are measured in local mode (:class:`~causalprune_fast.scoring.local.
 LocalMode`, the code :func:`~causalprune_fast.score_model` runs) while it is loaded.
@@ -12,7 +12,7 @@ streams), the calibration batches are the same noise examples, and each block ru
 inputs and arguments it gets inside the whole model; so on the CPU the scores are
 bit-identical to those of ``score_model`` on the model held in memory with the same arguments.
 Channel groups come from the family's rules
-(:mod:`causalprune_fast.integrations.hf_families`), equal to Torch-Pruning's on the model in
+(:mod:`causalprune_fast.model.block_layouts`), equal to Torch-Pruning's on the model in
 memory.
 
 Peak memory is about one block (or the output head) plus the kept activations
@@ -37,19 +37,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from causalprune_fast.attention import find_heads
-from causalprune_fast.checkpoint_io import Checkpoint
-from causalprune_fast.discovery import find_layers
-from causalprune_fast.distributed import DistContext
-from causalprune_fast.integrations.hf_families import family_of
-from causalprune_fast.integrations.hf_meta import CheckpointModel
-from causalprune_fast.response import ResponseFinder
+from causalprune_fast.base.checkpoint_io import Checkpoint
+from causalprune_fast.base.distributed import DistContext
+from causalprune_fast.model.attention import find_heads
+from causalprune_fast.model.block_layouts import family_of
+from causalprune_fast.model.checkpoint_model import CheckpointModel
+from causalprune_fast.model.discovery import find_layers
+from causalprune_fast.model.response import ResponseFinder
 from causalprune_fast.results import CausalScores, few_sample_layers
-from causalprune_fast.scoring.blockwise import BlockWalk
+from causalprune_fast.scoring.block_walk import BlockWalk
+from causalprune_fast.scoring.layer_state import LayerState
 from causalprune_fast.scoring.local import LocalMode
 from causalprune_fast.scoring.plan import ScorePlan
 from causalprune_fast.scoring.runner import Runner
-from causalprune_fast.scoring.state import LayerState
 from causalprune_fast.scoring.walk_memory import check_walk_memory, resolve_max_memory
 
 
@@ -110,7 +110,7 @@ def score_checkpoint(
             ``max_memory`` too small for one block (naming the block); all before any work.
     """
     t_start = time.perf_counter()
-    from causalprune_fast.score import score_model
+    from causalprune_fast.scoring.score import score_model
 
     ckpt = Checkpoint(path)
     family = family_of(ckpt.config, str(ckpt.path / "config.json"))
@@ -253,7 +253,7 @@ def _run(walk, pieces, tail_params, states, unsupported, plan, ctx, t_start, ckp
             stacklevel=3,
         )
     timings["total"] = time.perf_counter() - t_start
-    from causalprune_fast.backends import resolve
+    from causalprune_fast.estimator.backends import resolve
 
     config = plan.config(
         backend=resolve(plan.backend, plan.device).name,

@@ -1,4 +1,4 @@
-"""The block walk behind :func:`~causalprune_fast.scoring.checkpoint.score_checkpoint`: the
+"""The block walk behind :func:`~causalprune_fast.scoring.score_checkpoint.score_checkpoint`: the
 model's calibration forward pass cut into pieces that each need one block's weights.
 
 1. **Head.** The input embeddings are loaded; each calibration batch (the ``examples`` noise
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from causalprune_fast.integrations.hf_families import Family
-from causalprune_fast.integrations.hf_meta import CheckpointModel
-from causalprune_fast.layers import output_positions
+from causalprune_fast.model.block_layouts import Family
+from causalprune_fast.model.checkpoint_model import CheckpointModel
+from causalprune_fast.model.layers import output_positions
 from causalprune_fast.scoring.hooks import LayerHooks
+from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
 from causalprune_fast.scoring.plan import ScorePlan
 from causalprune_fast.scoring.probe import input_noise
-from causalprune_fast.scoring.state import LayerState, check_finite, clock
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
 

@@ -2,13 +2,13 @@
 checkpoint can be pruned without Torch-Pruning's graph (which needs the whole model in memory).
 
 The channel groups :func:`~causalprune_fast.prune` hands to Torch-Pruning's pruner
-(``integrations/attention_pruning.py`` sets it up) are, for these layouts:
+(``pruning/attention_pruning.py`` sets it up) are, for these layouts:
 
 - **the hidden size** (the residual stream): every embedding, norm weight and projection
   that reads or writes the stream. Torch-Pruning roots it at the last layer that adds into the
   stream (``model.layers[-1].mlp.down_proj``, ``transformer.h[-1].mlp.c_proj``), and its
   importance is that root's channel group
-  (:meth:`~causalprune_fast.integrations.hf_families.Family.stream_group`);
+  (:meth:`~causalprune_fast.model.block_layouts.Family.stream_group`);
 - **the MLP width** of every block: rooted at ``up_proj`` (members ``up_proj``,
   ``down_proj``, ``gate_proj``) or ``c_fc`` (``c_fc``, ``mlp.c_proj``);
 - **the attention** of every block, which Torch-Pruning re-roots at the output projection's
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from causalprune_fast.channel_members import Member
-from causalprune_fast.integrations.hf_families import Family, _identity, _out_features
+from causalprune_fast.model.block_layouts import Family, identity_member, out_features
+from causalprune_fast.model.channel_members import Member
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def prune_groups(family: Family, model: nn.Module) -> list[PruneGroup]:
     for k, block in enumerate(family.block_names(model)):
         out += _block_groups(family, model, k, block)
     last = family.stream_producers(model)[-1]
-    hidden = _out_features(model.get_submodule(last))
+    hidden = out_features(model.get_submodule(last))
     out.append(PruneGroup("hidden", last, None, family.stream_group(model, last), hidden))
     return out
 
@@ -68,37 +68,37 @@ def _block_groups(family: Family, model: nn.Module, k: int, block: str) -> list[
         q, kp, v, o = (f"{a}.{p}_proj" for p in "qkvo")
         attn = get(a)
         hd = attn.head_dim
-        heads, kv = _out_features(get(q)) // hd, _out_features(get(kp)) // hd
+        heads, kv = out_features(get(q)) // hd, out_features(get(kp)) // hd
         width = heads * hd
         if kv < heads:
-            members = [_identity(o, "consumer", width), _identity(q, "producer", width)]
+            members = [identity_member(o, "consumer", width), identity_member(q, "producer", width)]
             root = q
         else:
-            members = [_identity(o, "consumer", width)] + [
-                _identity(n, "producer", width) for n in (v, kp, q)
+            members = [identity_member(o, "consumer", width)] + [
+                identity_member(n, "producer", width) for n in (v, kp, q)
             ]
             root = v
-        inner = _out_features(get(f"{m}.up_proj"))
+        inner = out_features(get(f"{m}.up_proj"))
         mlp = [
-            _identity(f"{m}.up_proj", "producer", inner),
-            _identity(f"{m}.down_proj", "consumer", inner),
-            _identity(f"{m}.gate_proj", "producer", inner),
+            identity_member(f"{m}.up_proj", "producer", inner),
+            identity_member(f"{m}.down_proj", "consumer", inner),
+            identity_member(f"{m}.gate_proj", "producer", inner),
         ]
         return [
             PruneGroup("attention", root, k, members, width, heads, kv),
             PruneGroup("mlp", f"{m}.up_proj", k, mlp, inner),
         ]
     c_attn, c_proj = f"{block}.attn.c_attn", f"{block}.attn.c_proj"
-    e = _out_features(get(c_attn)) // 3
+    e = out_features(get(c_attn)) // 3
     heads = get(f"{block}.attn").num_heads
     qkv = tuple(range(3 * e))
     members = [
-        _identity(c_proj, "consumer", e),
+        identity_member(c_proj, "consumer", e),
         Member(c_attn, "producer", qkv, tuple(i % e for i in qkv)),
     ]
     fc, proj = f"{block}.mlp.c_fc", f"{block}.mlp.c_proj"
-    inner = _out_features(get(fc))
-    mlp = [_identity(fc, "producer", inner), _identity(proj, "consumer", inner)]
+    inner = out_features(get(fc))
+    mlp = [identity_member(fc, "producer", inner), identity_member(proj, "consumer", inner)]
     return [
         PruneGroup("attention", c_attn, k, members, e, heads, heads),
         PruneGroup("mlp", fc, k, mlp, inner),

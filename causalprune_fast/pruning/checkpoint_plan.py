@@ -1,10 +1,10 @@
 """Which channels :func:`~causalprune_fast.prune` would remove, chosen from scores without the
 model in memory: the rules of Torch-Pruning's pruner (``tp.pruner.BasePruner``, local
 pruning, one step) as ``prune()`` sets it up, applied to the groups of a Llama-layout or GPT-2
-model (:mod:`causalprune_fast.integrations.hf_prune_layout`).
+model (:mod:`causalprune_fast.pruning.checkpoint_layout`).
 
 For every group, the importance is what
-:class:`~causalprune_fast.integrations.torch_pruning.CausalImportance` returns for it: the
+:class:`~causalprune_fast.pruning.importance.CausalImportance` returns for it: the
 channel scores of its measured members under ``direction`` and ``group_reduction``, in
 float32, normalised by Torch-Pruning's ``normalizer``. Then, as Torch-Pruning does:
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from causalprune_fast.channel_scores import channel_scores
-from causalprune_fast.integrations.hf_families import Family
-from causalprune_fast.integrations.hf_prune_layout import PruneGroup, prune_groups
+from causalprune_fast.model.block_layouts import Family
+from causalprune_fast.pruning.checkpoint_layout import PruneGroup, prune_groups
 from causalprune_fast.results import CausalScores
+from causalprune_fast.results.channel_scores import channel_scores
 
 
 @dataclass

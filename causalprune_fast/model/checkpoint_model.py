@@ -1,5 +1,5 @@
 """A Hugging Face model built without its weights, filled one module at a time from a
-checkpoint directory (:class:`~causalprune_fast.checkpoint_io.Checkpoint`).
+checkpoint directory (:class:`~causalprune_fast.base.checkpoint_io.Checkpoint`).
 
 :func:`empty_model` builds the model class that ``config.json`` names (``architectures``) with
 every parameter on the ``meta`` device (no memory) and every buffer real, as accelerate's
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from causalprune_fast.checkpoint_io import Checkpoint
+from causalprune_fast.base.checkpoint_io import Checkpoint
 
 
 @contextlib.contextmanager

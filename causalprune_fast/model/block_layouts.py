@@ -12,10 +12,11 @@ Families:
   ``lm_head`` (tied to ``wte``).
 
 Channel groups (:meth:`Family.groups`) are those that
-:func:`~causalprune_fast.channel_graph.build_groups` reads from Torch-Pruning's dependency graph
-of the model held in memory, member for member and in the same order (the order fixes the
-float64 summation order of a channel's entries, so the channel scores are bit-identical); the
-tests compare the two on small models of every family. They follow from the layout:
+:func:`~causalprune_fast.model.channel_graph.build_groups` reads from Torch-Pruning's
+dependency graph of the model held in memory, member for member and in the same order (the
+order fixes the float64 summation order of a channel's entries, so the channel scores are
+bit-identical); the tests compare the two on small models of every family. They follow from
+the layout:
 
 - The residual stream: every layer that adds into it (``o_proj`` and ``down_proj``; GPT-2's
   two ``c_proj``) is a producer of every hidden channel, and every layer that reads it
@@ -25,7 +26,7 @@ tests compare the two on small models of every family. They follow from the layo
   every earlier one, nearest first.
 - The MLP: ``gate_proj`` and ``up_proj`` produce the MLP channels (multiplied together),
   ``down_proj`` consumes them; GPT-2: ``c_fc`` produces, ``mlp.c_proj`` consumes.
-- Llama attention (as traced for Torch-Pruning, see ``llm_pruning.traceable``):
+- Llama attention (as traced for Torch-Pruning, see ``llm_graph.traceable``):
   ``q_proj``'s channels are consumed by ``o_proj``; without grouped-query attention
   ``k_proj`` and ``v_proj`` are coupled to them one-to-one, with it they stand alone.
 - GPT-2 attention: Torch-Pruning's bounded walk (channel 0 first, then the others) couples
@@ -40,18 +41,18 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from causalprune_fast.channel_members import Member
-from causalprune_fast.integrations.hf import is_conv1d
+from causalprune_fast.model.channel_members import Member
+from causalprune_fast.model.families import is_conv1d
 
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
 
-def _identity(layer: str, role: str, n: int) -> Member:
+def identity_member(layer: str, role: str, n: int) -> Member:
     r = tuple(range(n))
     return Member(layer, role, r, r)
 
 
-def _out_features(m: nn.Module) -> int:
+def out_features(m: nn.Module) -> int:
     return m.out_features if isinstance(m, nn.Linear) else int(m.weight.shape[1])
 
 
@@ -114,14 +115,14 @@ class Family:
         """Every member of the residual stream's group walked from ``producer`` (one of the
         layers that add into the stream), in the order of Torch-Pruning's walk."""
         producers, readers = self._stream(model)
-        hidden = _out_features(model.get_submodule(producers[1]))
+        hidden = out_features(model.get_submodule(producers[1]))
         r = producers.index(producer)
         order = list(range(r, len(producers))) + list(range(r - 1, -1, -1))
         out = []
         for j in order:
             if producers[j]:
-                out.append(_identity(producers[j], "producer", hidden))
-            out += [_identity(n, "consumer", hidden) for n in readers[j]]
+                out.append(identity_member(producers[j], "producer", hidden))
+            out += [identity_member(n, "consumer", hidden) for n in readers[j]]
         return out
 
     def stream_producers(self, model: nn.Module) -> list[str]:
@@ -132,7 +133,7 @@ class Family:
         """The members of every measured layer's output-channel group (module docstring),
         restricted to the measured layers, as ``build_groups`` gives them."""
         keep = set(measured)
-        width = {n: _out_features(model.get_submodule(n)) for n in measured}
+        width = {n: out_features(model.get_submodule(n)) for n in measured}
         out: dict[str, list[Member]] = {}
         for producer in self.stream_producers(model):
             if producer in keep:
@@ -140,7 +141,7 @@ class Family:
         for block in self.block_names(model):
             out.update(self._block_groups(model, block, keep, width))
         if "lm_head" in keep:
-            out["lm_head"] = [_identity("lm_head", "producer", width["lm_head"])]
+            out["lm_head"] = [identity_member("lm_head", "producer", width["lm_head"])]
         return {n: out[n] for n in measured}
 
     def _block_groups(self, model, block: str, keep: set[str], width: dict[str, int]) -> dict:
@@ -149,12 +150,12 @@ class Family:
         def group(root: str, entries: list[tuple[str, str]]) -> None:
             if root in keep:
                 n = width[root]
-                out[root] = [_identity(m, role, n) for m, role in entries if m in keep]
+                out[root] = [identity_member(m, role, n) for m, role in entries if m in keep]
 
         if self.name == "llama":
             a, m = f"{block}.self_attn", f"{block}.mlp"
             q, k, v, o = (f"{a}.{p}_proj" for p in "qkvo")
-            gqa = _out_features(model.get_submodule(k)) < _out_features(model.get_submodule(q))
+            gqa = out_features(model.get_submodule(k)) < out_features(model.get_submodule(q))
             if gqa:
                 group(q, [(q, "producer"), (o, "consumer")])
                 group(k, [(k, "producer")])
