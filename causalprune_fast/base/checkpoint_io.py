@@ -237,7 +237,7 @@ def parse_size(size: int | str, name: str = "max_shard_size") -> int:
             raise ValueError(f"{name} must be positive, got {size}")
         return size
     if isinstance(size, str):
-        from causalprune_fast.base.validation import parse_bytes
+        from causalprune_fast.base.memory import parse_bytes
 
         return parse_bytes(size, name)
     raise ValueError(f"{name} must be bytes or a size such as '5GB', got {size!r}")

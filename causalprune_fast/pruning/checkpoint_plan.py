@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from causalprune_fast.model.block_layouts import Family
 from causalprune_fast.pruning.checkpoint_layout import PruneGroup, prune_groups
-from causalprune_fast.results import CausalScores
+from causalprune_fast.results.causal_scores import CausalScores
 from causalprune_fast.results.channel_scores import channel_scores
 
 

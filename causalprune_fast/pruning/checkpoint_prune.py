@@ -41,7 +41,7 @@ from causalprune_fast.pruning.checkpoint_layout import (
 )
 from causalprune_fast.pruning.checkpoint_plan import ShardPlan, plan_checkpoint_pruning
 from causalprune_fast.pruning.report import PruneReport, shortfall_message, wanted_removals
-from causalprune_fast.results import CausalScores
+from causalprune_fast.results.causal_scores import CausalScores
 
 SHORTFALL = ("warn", "raise", "ignore")
 

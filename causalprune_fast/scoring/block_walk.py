@@ -30,13 +30,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from causalprune_fast.base.validation import check_layer_finite
 from causalprune_fast.model.block_layouts import Family
 from causalprune_fast.model.checkpoint_model import CheckpointModel
 from causalprune_fast.model.layers import output_positions
 from causalprune_fast.scoring.hooks import LayerHooks
-from causalprune_fast.scoring.layer_state import LayerState, check_finite, clock
+from causalprune_fast.scoring.layer_state import LayerState, clock
+from causalprune_fast.scoring.local import calibration_hook
 from causalprune_fast.scoring.plan import ScorePlan
-from causalprune_fast.scoring.probe import input_noise
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
@@ -110,27 +111,20 @@ def _without_cache(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, 
     return args, kwargs
 
 
-def calibration_hook(s: LayerState, first: bool, calls: dict[str, int]) -> Callable:
-    """Local mode's calibration hook (``LocalMode.calibrate``: each input channel's min and
-    max, exact in any dtype); in the ``first`` batch it also records what the probe pass of
-    ``score_model`` records (input shape and dtype, output positions); ``calls`` counts."""
+def walk_hook(s: LayerState, first: bool, calls: dict[str, int]) -> Callable:
+    """Local mode's calibration hook (:func:`~causalprune_fast.scoring.local.
+    calibration_hook`) that also counts the layer's calls and, in the ``first`` batch,
+    records what the probe pass of ``score_model`` records (input shape and dtype, output
+    positions)."""
+    calibrate = calibration_hook(s)
 
     def hook(module, args, output):
-        x = args[0]
         calls[s.layer.name] = calls.get(s.layer.name, 0) + 1
         if first:
-            s.input_shape = tuple(x.shape[1:])
-            s.input_dtype = x.dtype
+            s.input_shape = tuple(args[0].shape[1:])
+            s.input_dtype = args[0].dtype
             s.positions = output_positions(s.layer, output)
-        dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
-        lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
-        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            check_finite(x, s.layer.name, "input")  # min and max keep a NaN
-        check_finite(output, s.layer.name, "output")
-        lo, hi = lo.double(), hi.double()
-        if s.channel_lo is not None:
-            lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
-        s.channel_lo, s.channel_hi = lo, hi
+        calibrate(module, args, output)
 
     return hook
 
@@ -175,7 +169,7 @@ class BlockWalk:
                 recorders = [_Recorder(k == 0, k == last) for k in range(len(real))]
                 for k, r in enumerate(recorders):
                     blocks[k] = r
-                x = input_noise(self.plan, start, count)
+                x = self.plan.input_noise(start, count)
                 try:
                     self._forward(self.model, x)
                 except _Stop:
@@ -206,7 +200,7 @@ class BlockWalk:
         block = self.model.get_submodule(name)
         for i, b in enumerate(batches):
             args, kwargs = b.calls[k]
-            hook = lambda s, first=i == 0: calibration_hook(s, first, self.calls)  # noqa: E731
+            hook = lambda s, first=i == 0: walk_hook(s, first, self.calls)  # noqa: E731
             with LayerHooks(states, hook):
                 out = self._forward(block, b.hidden, *args, **kwargs)
             if not isinstance(out, torch.Tensor):
@@ -214,7 +208,7 @@ class BlockWalk:
                     f"block '{name}' returned {type(out).__name__}, not the hidden states (a "
                     "tensor, as in transformers 5); the block walker cannot follow it"
                 )
-            check_finite(out, name, "output (hidden states)")
+            check_layer_finite(out, name, "output (hidden states)")
             b.hidden = out
 
     def tail(self, states: list[LayerState], batches: list[Batch], params: list[str]) -> None:
@@ -235,8 +229,8 @@ class BlockWalk:
             for i, b in enumerate(batches):
                 for k in range(len(real)):
                     blocks[k] = _Replay(b.hidden)
-                x = input_noise(self.plan, b.start, b.count)
-                hook = lambda s, first=i == 0: calibration_hook(s, first, self.calls)  # noqa: E731
+                x = self.plan.input_noise(b.start, b.count)
+                hook = lambda s, first=i == 0: walk_hook(s, first, self.calls)  # noqa: E731
                 with LayerHooks(states, hook):
                     self._forward(self.model, x)
         finally:

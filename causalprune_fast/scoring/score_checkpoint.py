@@ -44,12 +44,13 @@ from causalprune_fast.model.block_layouts import family_of
 from causalprune_fast.model.checkpoint_model import CheckpointModel
 from causalprune_fast.model.discovery import find_layers
 from causalprune_fast.model.response import ResponseFinder
-from causalprune_fast.results import CausalScores, few_sample_layers
+from causalprune_fast.results.causal_scores import CausalScores
+from causalprune_fast.results.layer_scores import few_sample_layers
 from causalprune_fast.scoring.block_walk import BlockWalk
+from causalprune_fast.scoring.driver import Driver
 from causalprune_fast.scoring.layer_state import LayerState
 from causalprune_fast.scoring.local import LocalMode
 from causalprune_fast.scoring.plan import ScorePlan
-from causalprune_fast.scoring.runner import Runner
 from causalprune_fast.scoring.walk_memory import check_walk_memory, resolve_max_memory
 
 
@@ -182,14 +183,9 @@ def _pieces(walk: BlockWalk, states: list[LayerState]) -> tuple[list[list[LayerS
 def _measure(states: list[LayerState], plan: ScorePlan, timings: dict) -> None:
     """Local mode's measurement of ``states`` (loaded and calibrated), each layer whole in
     this process: LocalMode's own code."""
-    runner = Runner(None, states, plan, DistContext(), timings)
-    local = LocalMode(runner)
+    local = LocalMode(Driver(None, states, plan, DistContext(), timings))
     for s in states:
-        fused = local._fused(s)
-        if fused is not None:
-            local._measure_fused(s, *fused)
-        else:
-            local.measure(s)
+        local.measure_layer(s)
 
 
 def _run(walk, pieces, tail_params, states, unsupported, plan, ctx, t_start, ckpt):

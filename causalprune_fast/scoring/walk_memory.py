@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from causalprune_fast.base.validation import parse_bytes
+from causalprune_fast.base.memory import parse_bytes
 
 
 def available_memory(device: torch.device) -> int:
