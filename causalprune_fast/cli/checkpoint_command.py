@@ -20,6 +20,7 @@ def check_in_memory_only(args) -> None:
         ("--max-memory", args.max_memory),
         ("--dtype", args.dtype),
         ("--max-shard-size", getattr(args, "max_shard_size", None)),
+        ("--scores", getattr(args, "scores", None)),
     ):
         if value is not None:
             raise ValueError(
@@ -106,6 +107,10 @@ def prune_checkpoint_command(args, device: torch.device, normalizer) -> int:
                 "block with every group's own ratio (local pruning, one step)"
             )
     kwargs = _checkpoint_kwargs(args)
+    if args.scores:
+        from causalprune_fast.results.causal_scores import CausalScores
+
+        kwargs["scores"] = CausalScores.load(args.scores)
     report = prune_checkpoint(
         args.model,
         args.ratio,

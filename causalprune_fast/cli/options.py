@@ -85,6 +85,12 @@ def add_noise_options(s: argparse.ArgumentParser) -> None:
         default=None,
         help="bias correction of the MI estimate (default none)",
     )
+    s.add_argument(
+        "--pairs-per-unit",
+        type=int,
+        help="estimate each unit's MI sum from this many random partner units (with standard "
+        "errors) instead of measuring every pair of a layer",
+    )
     s.add_argument("--backend", default="auto", help="estimator backend (see 'backends')")
     s.add_argument(
         "--device",
@@ -159,6 +165,7 @@ def noise_kwargs(args, input_range: tuple[float, float]) -> dict:
             samples=args.samples,
             samples_per_layer=args.samples_per_layer,
             max_samples_per_layer=args.max_samples_per_layer,
+            pairs_per_unit=args.pairs_per_unit,
         ),
         batch_size=args.batch_size,
         seed=args.seed,

@@ -71,6 +71,11 @@ def add_prune_parser(sub) -> None:
         help="when fewer channels go than asked for (raise: nothing is written)",
     )
     p.add_argument(
+        "--scores",
+        help="checkpoint directories: a scores file of this checkpoint ('causalprune score "
+        "... --out FILE') to prune by, instead of scoring it again",
+    )
+    p.add_argument(
         "--max-shard-size",
         help="checkpoint directories: bytes (or 2GB, ...) per written shard (default 2GB)",
     )

@@ -33,6 +33,11 @@ class LayerScores:
     # written before these were recorded.
     path: str | None = None
     backend: str | None = None
+    # With pairs_per_unit (docs/method.md section 5.4): incoming and outgoing are estimates,
+    # these their standard errors, and ``pairs`` the pairs measured. None: every pair measured.
+    incoming_se: torch.Tensor | None = None
+    outgoing_se: torch.Tensor | None = None
+    pairs: int | None = None
 
     def meta(self) -> dict:
         return {
@@ -48,6 +53,7 @@ class LayerScores:
             "taps": self.taps,
             "timings": self.timings,
             "model_output": self.model_output,
+            "pairs": self.pairs,
         }
 
 

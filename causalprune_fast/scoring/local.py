@@ -183,7 +183,7 @@ class LocalMode:
         it, where both apply:
         one process, ``fused_local`` not False, a CUDA device (any device with True)."""
         wanted = self.plan.fused_local
-        if self.ctx.enabled or wanted is False:
+        if self.ctx.enabled or wanted is False or self.plan.pairs_per_unit is not None:
             return None
         if self.device.type != "cuda" and not wanted:
             return None
