@@ -136,9 +136,13 @@ def run_size(name: str, args) -> dict:
     py = [sys.executable, "-m", "causalprune_fast"]
     scores = path + ".scores.safetensors"
     score = timed([*py, "score", path, *noise, "--out", scores])
-    prune = timed([*py, "prune", path, "--ratio", "0.3", "--out", out, "--scores", scores, *noise])
+    shards = ["--max-shard-size", args.shard]
+    prune = timed(
+        [*py, "prune", path, "--ratio", "0.3", "--out", out, "--scores", scores, *shards, *noise]
+    )
     pruned_disk = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     summary = [ln for ln in prune["stdout"].splitlines() if ln.startswith("params")]
+    stages = [ln for ln in score["stdout"].splitlines() if ln.startswith("time: ")]
     if not args.keep:
         for p in (path, out):
             shutil.rmtree(p, ignore_errors=True)
@@ -163,7 +167,52 @@ def run_size(name: str, args) -> dict:
         "prune_cpu_s": prune["cpu_seconds"],
         "prune_peak_rss": prune["peak_rss"],
         "prune_report": summary[0] if summary else "",
+        "score_stages": stages[-1] if stages else "",
     }
+
+
+# Llama 3 8B and 70B (grouped-query attention, vocabulary 128256), for the projection.
+PROJECTED = {
+    "8B": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, intermediate_size=14336, vocab_size=128256),
+    "70B": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, intermediate_size=28672, vocab_size=128256),
+}  # fmt: skip
+
+
+def layer_shapes(c: dict) -> list[tuple[int, int]]:
+    """(inputs, outputs) of every measured layer of a Llama-style model with config ``c``."""
+    return [
+        (s[1], s[0])
+        for n, s in tensor_shapes(c).items()
+        if n.endswith("proj.weight") or n == "lm_head.weight"
+    ]
+
+
+def projection(rates: dict[str, float], samples: int, examples: int, tokens: int, k: int):
+    """Rows of the 8B / 70B projection: pairs (exact and with pairs_per_unit=k), sizes, and
+    MI time at each of ``rates`` (pair-samples per second)."""
+    out = []
+    for name, c in PROJECTED.items():
+        shapes = layer_shapes(c)
+        exact = sum(x * y for x, y in shapes)
+        sampled = sum(min(k, x) * y + x * min(k, y) for x, y in shapes)
+        params = sum(math.prod(s) for s in tensor_shapes(c).values())
+        block = sum(math.prod(s) for n, s in tensor_shapes(c).items() if ".layers.0." in n)
+        row = {
+            "model": name,
+            "params": params,
+            "bf16_bytes": 2 * params,
+            "largest_piece_bytes": 2 * max(block, c["vocab_size"] * c["hidden_size"]),
+            "kept_hidden_bytes": 2 * examples * tokens * c["hidden_size"],
+            "pairs": exact,
+            "pairs_sampled": sampled,
+        }
+        for label, rate in rates.items():
+            row[f"mi_s_{label}"] = exact * samples / rate
+            row[f"mi_s_{label}_k{k}"] = sampled * samples / rate
+        out.append(row)
+    return out
 
 
 def plot(rows: list[dict], baseline: int, path: str) -> None:
@@ -199,7 +248,7 @@ def main() -> int:
     p.add_argument("--shard", default="200MB", help="shard size of the generated checkpoints")
     p.add_argument("--tokens", type=int, default=32, help="tokens per noise example")
     p.add_argument("--examples", type=int, default=8, help="calibration examples")
-    p.add_argument("--samples-per-layer", type=int, default=1024)
+    p.add_argument("--samples-per-layer", type=int, default=256)
     p.add_argument("--memory-budget", type=int, default=256 * 2**20)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--plot", help="write the plot here (.png)")
@@ -226,6 +275,7 @@ def main() -> int:
             for k in ("tokens", "examples", "samples_per_layer", "memory_budget", "shard")
         },  # fmt: skip
         "import_only_peak_rss": imports["peak_rss"],
+        "plot": os.path.basename(args.plot) if args.plot else None,
         "rows": rows,
     }
     if args.json:

@@ -138,3 +138,20 @@ def test_bad_checkpoints_are_one_line_errors(llama_dir, tmp_path, capsys):
         assert main(argv + base) == 2, argv
         one_line_error(capsys, match)
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_prune_from_a_scores_file(llama_dir, tmp_path, capsys):
+    """Score once (--out), prune from the file (--scores): the same checkpoint as pruning
+    with scoring, and the report says it did not score."""
+    scores = tmp_path / "s.safetensors"
+    base = ["--input-shape", str(T), *NOISE, "--device", "cpu", "--no-progress"]
+    assert main(["score", str(llama_dir), "--out", str(scores), *base]) == 0
+    assert (
+        main(["prune", str(llama_dir), "--ratio", "0.3", "--out", str(tmp_path / "a"), *base]) == 0
+    )
+    argv = ["prune", str(llama_dir), "--ratio", "0.3", "--out", str(tmp_path / "b"),
+            "--scores", str(scores), *base]  # fmt: skip
+    assert main(argv) == 0
+    assert "scored 0 time(s)" in capsys.readouterr().out
+    a, b = cf.load_pruned(tmp_path / "a").state_dict(), cf.load_pruned(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

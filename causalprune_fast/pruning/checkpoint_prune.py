@@ -96,7 +96,8 @@ def prune_checkpoint(
         on_shortfall: ``"warn"``, ``"raise"`` (nothing is written) or ``"ignore"`` when fewer
             channels go than asked for.
         scores: scores of this checkpoint from ``score_checkpoint`` (default: scored here).
-        max_shard_size: bytes (or ``"2GB"``) per written shard.
+        max_shard_size: bytes (or ``"2GB"``) per written shard; the writing pass holds one
+            shard and one tensor (checked against ``max_memory`` first).
         device, dtype, max_memory, progress, **score_model_kwargs: for scoring, see
             :func:`~causalprune_fast.scoring.score_checkpoint.score_checkpoint`. The written
             tensors keep the checkpoint's dtype.
@@ -118,6 +119,7 @@ def prune_checkpoint(
     family.check(cm.model)
     cm.check_complete()
     cuts = {name: tensor_cuts(family, name) for name in ckpt.tensors}
+    _check_write_memory(ckpt, max_shard_size, max_memory)
     if scores is None:
         from causalprune_fast.scoring.score_checkpoint import score_checkpoint
 
@@ -153,6 +155,24 @@ def prune_checkpoint(
         warnings.warn(message, UserWarning, stacklevel=2)
     _write(ckpt, dest, cuts, plan, config, max_shard_size, progress)
     return report
+
+
+def _check_write_memory(ckpt: Checkpoint, max_shard_size, max_memory) -> None:
+    """The second pass holds one output shard (up to ``max_shard_size``) and one tensor read
+    from the checkpoint: ValueError before any work where ``max_memory`` (default: the memory
+    available now) cannot hold them."""
+    from causalprune_fast.base.checkpoint_io import parse_size
+    from causalprune_fast.scoring.walk_memory import resolve_max_memory
+
+    shard = parse_size(max_shard_size)
+    largest = max(info.nbytes for info in ckpt.tensors.values())
+    budget = resolve_max_memory(max_memory, torch.device("cpu"))
+    if shard + 2 * largest > budget:
+        raise ValueError(
+            f"max_memory={budget} bytes cannot hold one output shard (max_shard_size={shard} "
+            f"bytes) beside the largest tensor read and cut ({largest} bytes, twice); lower "
+            "max_shard_size or raise max_memory"
+        )
 
 
 def _check_scores(scores: CausalScores, model: nn.Module) -> None:
