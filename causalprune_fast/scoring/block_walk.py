@@ -174,6 +174,12 @@ class BlockWalk:
                     self._forward(self.model, x)
                 except _Stop:
                     pass
+                except Exception as e:
+                    raise ValueError(
+                        f"the model raised before its first block on a noise input of shape "
+                        f"{tuple(x.shape)} (input_shape={self.plan.input_shape}, dtype="
+                        f"{self.plan.input_dtype}): {type(e).__name__}: {e}"
+                    ) from e
                 if any(len(r.calls) != 1 for r in recorders):
                     counts = [len(r.calls) for r in recorders]
                     raise ValueError(

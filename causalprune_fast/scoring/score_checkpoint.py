@@ -194,7 +194,14 @@ def _run(walk, pieces, tail_params, states, unsupported, plan, ctx, t_start, ckp
     kept: list[LayerState] = []
     bar = _progress(len(pieces), plan.progress and ctx.rank == 0)
     try:
-        batches = walk.head()
+        error, batches = None, []
+        try:
+            batches = walk.head()
+        except Exception as e:
+            if not ctx.enabled:
+                raise
+            error = e
+        ctx.check(error, "before the first block")
         for k, piece in enumerate(pieces):
             last = k == len(pieces) - 1
             where = "the output head" if last else f"block '{walk.blocks[k]}'"
