@@ -5,10 +5,11 @@ checkpoint directory (:class:`~causalprune_fast.base.checkpoint_io.Checkpoint`).
 every parameter on the ``meta`` device (no memory) and every buffer real, as accelerate's
 ``init_empty_weights(include_buffers=False)`` does: buffers that a checkpoint does not hold
 (rotary ``inv_freq``, GPT-2's causal mask in older versions) are computed by the model's own
-constructor, exactly as when the model is built in memory. :func:`load_module` gives one module's
-parameters (and saved buffers) their tensors from the checkpoint; :func:`free_module` puts its
-parameters back on ``meta``. Tied parameters (``lm_head.weight`` sharing the input embedding)
-are found by identity in the built model and read under whichever name the checkpoint holds.
+constructor, exactly as when the model is built in memory. :class:`CheckpointModel` gives one
+module's parameters (and saved buffers) their tensors from the checkpoint (``load``) and puts
+them back on ``meta`` (``free``). Tied parameters (``lm_head.weight`` sharing the input
+embedding) are found by identity when the model is built and read under whichever name the
+checkpoint holds.
 
 Nothing here imports ``transformers`` at module level: the package works without it.
 """
