@@ -97,7 +97,8 @@ def prune_checkpoint(
             channels go than asked for.
         scores: scores of this checkpoint from ``score_checkpoint`` (default: scored here).
         max_shard_size: bytes (or ``"2GB"``) per written shard; the writing pass holds one
-            shard and one tensor (checked against ``max_memory`` first).
+            shard (twice while it is written) and one tensor (checked against ``max_memory``
+            first).
         device, dtype, max_memory, progress, **score_model_kwargs: for scoring, see
             :func:`~causalprune_fast.scoring.score_checkpoint.score_checkpoint`. The written
             tensors keep the checkpoint's dtype.
@@ -158,20 +159,21 @@ def prune_checkpoint(
 
 
 def _check_write_memory(ckpt: Checkpoint, max_shard_size, max_memory) -> None:
-    """The second pass holds one output shard (up to ``max_shard_size``) and one tensor read
-    from the checkpoint: ValueError before any work where ``max_memory`` (default: the memory
-    available now) cannot hold them."""
+    """The second pass holds one output shard (up to ``max_shard_size``, twice while
+    safetensors serialises it) and one tensor read from the checkpoint and its cut copy:
+    ValueError before any work where ``max_memory`` (default: the memory available now)
+    cannot hold them."""
     from causalprune_fast.base.checkpoint_io import parse_size
     from causalprune_fast.scoring.walk_memory import resolve_max_memory
 
     shard = parse_size(max_shard_size)
     largest = max(info.nbytes for info in ckpt.tensors.values())
     budget = resolve_max_memory(max_memory, torch.device("cpu"))
-    if shard + 2 * largest > budget:
+    if 2 * shard + 2 * largest > budget:
         raise ValueError(
             f"max_memory={budget} bytes cannot hold one output shard (max_shard_size={shard} "
-            f"bytes) beside the largest tensor read and cut ({largest} bytes, twice); lower "
-            "max_shard_size or raise max_memory"
+            f"bytes, twice while it is written) beside the largest tensor read and cut "
+            f"({largest} bytes, twice); lower max_shard_size or raise max_memory"
         )
 
 
