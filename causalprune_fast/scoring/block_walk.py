@@ -38,6 +38,7 @@ from causalprune_fast.scoring.hooks import LayerHooks
 from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.local import calibration_hook
 from causalprune_fast.scoring.plan import ScorePlan
+from causalprune_fast.scoring.walk_memory import return_freed_memory
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
@@ -247,9 +248,11 @@ class BlockWalk:
 
     def free_block(self, k: int) -> None:
         self.cm.free(self.blocks[k])
+        return_freed_memory()
 
     def free_tail(self, params: list[str]) -> None:
         self.cm.free_parameters(params)
+        return_freed_memory()
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
