@@ -223,6 +223,13 @@ def plot(rows: list[dict], baseline: int, path: str) -> None:
     params = [r["params"] / 1e9 for r in rows]
     gib = 2**30
     a.plot(params, [r["checkpoint_bytes"] / gib for r in rows], "k--o", label="checkpoint (bf16)")
+    a.plot(
+        params,
+        [(r["checkpoint_bytes"] + baseline) / gib for r in rows],
+        ":",
+        color="gray",
+        label="model in memory + import (lower bound of score_model)",
+    )
     a.plot(params, [r["score_peak_rss"] / gib for r in rows], "o-", label="score: peak RSS")
     a.plot(params, [r["prune_peak_rss"] / gib for r in rows], "s-", label="prune: peak RSS")
     a.axhline(baseline / gib, color="gray", lw=0.8, label="import only")
@@ -244,7 +251,7 @@ def plot(rows: list[dict], baseline: int, path: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="0.1B,0.5B,1.5B", help=f"comma list of {list(SIZES)}")
-    p.add_argument("--work", required=True, help="folder for the generated checkpoints")
+    p.add_argument("--work", help="folder for the generated checkpoints")
     p.add_argument("--shard", default="200MB", help="shard size of the generated checkpoints")
     p.add_argument("--tokens", type=int, default=32, help="tokens per noise example")
     p.add_argument("--examples", type=int, default=8, help="calibration examples")
@@ -254,7 +261,15 @@ def main() -> int:
     p.add_argument("--plot", help="write the plot here (.png)")
     p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     p.add_argument("--smoke", action="store_true", help="tiny settings (for the test)")
+    p.add_argument("--plot-only", metavar="JSON", help="only redraw --plot from a run's JSON")
     args = p.parse_args()
+    if args.plot_only:
+        with open(args.plot_only, encoding="utf-8") as f:
+            done = json.load(f)
+        plot(done["rows"], done["import_only_peak_rss"], args.plot)
+        return 0
+    if args.work is None:
+        p.error("--work is required (but with --plot-only)")
     if args.smoke:
         args.examples, args.samples_per_layer, args.tokens, args.shard = 2, 256, 8, "20KB"
     os.makedirs(args.work, exist_ok=True)

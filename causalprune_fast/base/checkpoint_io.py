@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from causalprune_fast.base.memory import return_freed_memory
+
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -294,6 +296,7 @@ class CheckpointWriter:
         save_file(self._pending, str(self.tmp / file), metadata={"format": "pt"})
         self._shards.append((file, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
+        return_freed_memory()
 
     def finish(self, config: Mapping, side_files_from: str | os.PathLike | None = None) -> Path:
         """Write the last shard, the index (or the single ``model.safetensors``), ``config``

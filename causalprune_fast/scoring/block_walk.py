@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from causalprune_fast.base.memory import return_freed_memory
 from causalprune_fast.base.validation import check_layer_finite
 from causalprune_fast.model.block_layouts import Family
 from causalprune_fast.model.checkpoint_model import CheckpointModel
@@ -38,7 +39,6 @@ from causalprune_fast.scoring.hooks import LayerHooks
 from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.local import calibration_hook
 from causalprune_fast.scoring.plan import ScorePlan
-from causalprune_fast.scoring.walk_memory import return_freed_memory
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
 

@@ -10,28 +10,12 @@ q, k, v and scores, the MLP's intermediate activations (and for the output head 
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import sys
 
 import torch
 
 from causalprune_fast.base.memory import parse_bytes
-
-
-def return_freed_memory() -> None:
-    """Hand the heap memory freed with a block back to the operating system (glibc's
-    ``malloc_trim``; nothing elsewhere). Without it, glibc keeps the pages of freed blocks of
-    every size it has raised its mmap threshold to, and the resident memory of a walk creeps up
-    by a few MB per block (measured: +116 MB over 24 blocks of 34 MB, +22 MB with it). No
-    allocator setting is changed."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl): nothing to hand back this way
-        pass
 
 
 def available_memory(device: torch.device) -> int:
