@@ -12,12 +12,13 @@ import torch
 from conftest import SMOKE
 
 import causalprune_fast as cf
+from causalprune_fast.scoring.plan import DEFAULT_EXAMPLES, DEFAULT_SAMPLES_PER_LAYER
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 SHAPE = (3, 32, 32) if SMOKE else (3, 224, 224)
-EXAMPLES = 4 if SMOKE else cf.score.DEFAULT_EXAMPLES
-SAMPLES_PER_LAYER = 256 if SMOKE else cf.score.DEFAULT_SAMPLES_PER_LAYER
+EXAMPLES = 4 if SMOKE else DEFAULT_EXAMPLES
+SAMPLES_PER_LAYER = 256 if SMOKE else DEFAULT_SAMPLES_PER_LAYER
 
 MODELS = {
     "resnet18": ("torchvision", "resnet18"),

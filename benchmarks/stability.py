@@ -15,6 +15,7 @@ import torch
 import causalprune_fast as cf
 from causalprune_fast.cli.model_specs import build_model
 from causalprune_fast.results.causal_scores import spearman
+from causalprune_fast.scoring.plan import DEFAULT_SAMPLES
 
 
 def stability(model: torch.nn.Module, shape, seeds=(0, 1), **kwargs) -> dict:
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="torchvision:resnet18")
     p.add_argument("--input-shape", default="3,224,224")
-    p.add_argument("--samples", type=int, default=cf.score.DEFAULT_SAMPLES)
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     torch.manual_seed(0)

@@ -8,13 +8,13 @@ For every model (random init, nothing downloaded) this records: the layers measu
 unsupported with their reasons, seconds, peak memory, and whether ``cf.prune(model, 0.3)`` ran
 and the pruned model still runs (and still gives outputs of the same shape).
 
-Models: every torchvision classification model, a dozen timm models and three Hugging Face
-transformers built from tiny configs (GPT-2 LM head, BERT sequence classifier, Llama LM head
-with grouped-query attention). Each
-model runs in its own subprocess under a memory cap (``RLIMIT_AS``) and a wall-clock timeout;
-the record is written after every stage, so a model killed while pruning keeps its scoring
-result. The JSON is rewritten after every model, and ``--resume`` skips the models it already
-holds, so a partial sweep is usable. ``python benchmarks/make_results.py --zoo-only ...``
+Models: every torchvision classification model, a dozen timm models and nine Hugging Face
+transformers built from tiny configs (GPT-2 LM head, BERT sequence classifier; Llama, Qwen2,
+Mistral, Phi-3, Gemma and GPT-NeoX LM heads; BART, an encoder-decoder). Each model runs in its
+own subprocess under a memory cap (``RLIMIT_AS``) and a wall-clock timeout; the record is
+written after every stage, so a model killed while pruning keeps its scoring result. The JSON
+is rewritten after every model, and ``--resume`` skips the models it already holds, so a
+partial sweep is usable. ``python benchmarks/make_results.py --zoo-only ...``
 turns the JSON into the "Model zoo sweep" section of ``benchmarks/RESULTS.md``.
 
 The test suite runs :func:`run_model` in-process on two tiny models (``tests/test_zoo.py``).
@@ -77,7 +77,7 @@ TIMM_MODELS: dict[str, float] = {
     "levit_128s": 7.8,
     "coat_tiny": 5.5,
 }
-HF_MODELS = ("gpt2", "bert", "llama")
+HF_MODELS = ("gpt2", "bert", "llama", "qwen2", "mistral", "phi3", "gemma", "gpt_neox", "bart")
 HF_VOCAB = 512
 HF_TOKENS = 16
 
@@ -203,17 +203,45 @@ def _hf_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
             **common,
         )
         return tf.BertForSequenceClassification(cfg), cfg.to_diff_dict()
-    if name == "llama":
-        cfg = tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+    # Decoders with rotary attention: 64 wide, 4 query heads (2 key/value heads where the family
+    # has grouped-query attention), 128-wide MLP, 2 layers.
+    rotary = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
+                  **common)  # fmt: skip
+    families = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 2}),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 2}),
+        "mistral": (
+            "MistralConfig",
+            "MistralForCausalLM",
+            {"num_key_value_heads": 2, "sliding_window": 8},
+        ),
+        "phi3": (
+            "Phi3Config",
+            "Phi3ForCausalLM",
+            {"num_key_value_heads": 2, "original_max_position_embeddings": 64},
+        ),
+        "gemma": ("GemmaConfig", "GemmaForCausalLM", {"num_key_value_heads": 2, "head_dim": 24}),
+        "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.25}),
+    }
+    if name in families:
+        config_class, model_class, extra = families[name]
+        cfg = getattr(tf, config_class)(**rotary, **extra)
+        return getattr(tf, model_class)(cfg), cfg.to_diff_dict()
+    if name == "bart":  # an encoder-decoder: the decoder reads the shifted input ids
+        cfg = tf.BartConfig(
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
             max_position_embeddings=64,
-            **common,
+            vocab_size=HF_VOCAB,
+            use_cache=False,
         )
-        return tf.LlamaForCausalLM(cfg), cfg.to_diff_dict()
+        return tf.BartForConditionalGeneration(cfg), cfg.to_diff_dict()
     raise ValueError(f"unknown Hugging Face model {name!r}; known: {HF_MODELS}")
 
 

@@ -1,9 +1,10 @@
 """Tiny Hugging Face models built from configs (random weights seeded with 0, nothing
-downloaded), shared by tests/test_transformers.py and tests/test_llm_pruning.py.
+downloaded), shared by tests/test_transformers.py, tests/test_llm_pruning.py and
+tests/test_llm_families.py.
 
 transformers is imported when a model is built: the test files skip themselves first
-(``pytest.importorskip``) where it is not installed. Every model has 2 layers, 16 positions and
-is returned in eval mode.
+(``pytest.importorskip``) where it is not installed. Every model has 2 layers (2 + 2 for the
+encoder-decoder), at most 32 positions and is returned in eval mode.
 """
 
 from __future__ import annotations
@@ -41,3 +42,58 @@ def llama(hidden: int, heads: int, kv_heads: int, inner: int, vocab: int) -> tor
                  num_attention_heads=heads, num_key_value_heads=kv_heads,
                  intermediate_size=inner, vocab_size=vocab, max_position_embeddings=16,
                  bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+
+
+def qwen2(hidden: int, heads: int, kv_heads: int, inner: int, vocab: int) -> torch.nn.Module:
+    """``Qwen2ForCausalLM``: biased q / k / v projections, grouped-query attention."""
+    return _tiny("Qwen2Config", "Qwen2ForCausalLM", num_hidden_layers=2, hidden_size=hidden,
+                 num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 intermediate_size=inner, vocab_size=vocab, max_position_embeddings=32,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+
+
+def mistral(hidden: int, heads: int, kv_heads: int, inner: int, vocab: int) -> torch.nn.Module:
+    """``MistralForCausalLM`` with sliding-window attention (a window of 4 tokens)."""
+    return _tiny("MistralConfig", "MistralForCausalLM", num_hidden_layers=2, hidden_size=hidden,
+                 num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 intermediate_size=inner, vocab_size=vocab, max_position_embeddings=32,
+                 sliding_window=4, bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+
+
+def phi3(hidden: int, heads: int, kv_heads: int, inner: int, vocab: int) -> torch.nn.Module:
+    """``Phi3ForCausalLM``: fused ``qkv_proj`` (q, then k and v of ``kv_heads`` heads) and
+    fused ``gate_up_proj``."""
+    return _tiny("Phi3Config", "Phi3ForCausalLM", num_hidden_layers=2, hidden_size=hidden,
+                 num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 intermediate_size=inner, vocab_size=vocab, max_position_embeddings=32,
+                 original_max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+                 pad_token_id=0)  # fmt: skip
+
+
+def gemma(hidden: int, heads: int, kv_heads: int, head_dim: int, inner: int,
+          vocab: int) -> torch.nn.Module:  # fmt: skip
+    """``GemmaForCausalLM``: ``head_dim`` independent of hidden / heads, embeddings scaled by
+    sqrt(hidden) and tied to the output."""
+    return _tiny("GemmaConfig", "GemmaForCausalLM", num_hidden_layers=2, hidden_size=hidden,
+                 num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                 intermediate_size=inner, vocab_size=vocab, max_position_embeddings=32,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+
+
+def gpt_neox(hidden: int, heads: int, inner: int, vocab: int) -> torch.nn.Module:
+    """``GPTNeoXForCausalLM``: fused ``query_key_value`` laid out per head (q, k, v), partial
+    rotary (a quarter of each head), parallel residual."""
+    return _tiny("GPTNeoXConfig", "GPTNeoXForCausalLM", num_hidden_layers=2, hidden_size=hidden,
+                 num_attention_heads=heads, intermediate_size=inner, vocab_size=vocab,
+                 max_position_embeddings=32, rotary_pct=0.25, use_parallel_residual=True,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+
+
+def bart(hidden: int, heads: int, inner: int, vocab: int) -> torch.nn.Module:
+    """``BartForConditionalGeneration`` (encoder-decoder; the decoder's inputs are the shifted
+    input ids)."""
+    return _tiny("BartConfig", "BartForConditionalGeneration", d_model=hidden, encoder_layers=2,
+                 decoder_layers=2, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                 encoder_ffn_dim=inner, decoder_ffn_dim=inner, vocab_size=vocab,
+                 max_position_embeddings=32, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                 decoder_start_token_id=2)  # fmt: skip

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import causalprune_fast as cf
+from causalprune_fast.estimator import extension
 
 import npref
 
-_C = cf._extension._C
+_C = extension._C
 ops = torch.ops.causalprune_fast
 
 ISAS = ["native", "portable"]

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 import causalprune_fast as cf
+from causalprune_fast.estimator import extension
 
 ops = torch.ops.causalprune_fast
-DEVICES = ["cpu"] + (
-    ["cuda"] if torch.cuda.is_available() and cf._extension._C.cuda_compiled() else []
-)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and extension._C.cuda_compiled() else [])
 
 
 def _codes(samples, cols, bins, device, seed=0):

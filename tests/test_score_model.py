@@ -308,14 +308,16 @@ def test_shared_and_unsupported_modules_are_listed():
             return self.body(x)
 
     scores = cf.score_model(Wrap(), (4,), **FAST)
-    assert "shared weights" in scores.unsupported["body.0"]
+    assert scores.layers["body.0"].calls == 2  # shared: measured on the rows of both calls
+    assert scores.layers["body.0"].samples == 2 * 8
     assert "Embedding" in scores.unsupported["extra"]
-    assert list(scores) == ["body.3"]
+    assert list(scores) == ["body.0", "body.3"]
 
 
-def test_a_layer_whose_weights_its_parent_uses_directly_is_listed_with_the_parent():
+def test_a_layer_whose_weights_its_parent_uses_directly_is_measured_at_that_call():
     """torchvision's Swin attention calls F.linear(x, self.qkv.weight): the Linear's own
-    forward never runs, so it cannot be measured; the reason names the module that ran."""
+    forward never runs; it is measured at the functional call (tests/test_functional_calls.py).
+    A layer that is not used at all is listed, naming the module that ran without it."""
 
     class Functional(nn.Module):
         def __init__(self):
@@ -334,11 +336,11 @@ def test_a_layer_whose_weights_its_parent_uses_directly_is_listed_with_the_paren
             return self.head(self.attn(x))
 
     scores = cf.score_model(Net(), (4,), **FAST)
-    reason = scores.unsupported["attn.qkv"]
+    assert scores.layers["attn.qkv"].called_by == "F.linear in 'attn'"
+    reason = scores.unsupported["attn.unused"]
     assert "not called in the forward pass" in reason and "'attn' (Functional)" in reason
-    assert "'attn' (Functional)" in scores.unsupported["attn.unused"]
     assert scores.unsupported["idle"] == "not called in the forward pass"  # the root: no parent
-    assert list(scores) == ["head"]
+    assert list(scores) == ["attn.qkv", "head"]
 
 
 # ----------------------------------------------------------------------------- layer kinds

@@ -334,3 +334,8 @@ def check_layer_record(name: str, incoming: object, outgoing: object, meta: obje
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"layer {name!r}: {key} must be a non-negative int, got {value!r}")
+    calls = meta.get("calls", 1)
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise ValueError(f"layer {name!r}: calls must be a positive int, got {calls!r}")
+    if not isinstance(meta.get("called_by"), str | None):
+        raise ValueError(f"layer {name!r}: called_by must be a string or null")

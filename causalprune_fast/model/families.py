@@ -11,10 +11,11 @@ attributes, so the package works (and these functions answer "not HF") without i
   features, samples are tokens.
 - Attention heads (see :mod:`causalprune_fast.model.attention` for how a head's score is formed):
   GPT-2 ``GPT2Attention`` (fused ``c_attn`` with ``3E`` outputs: q, k, v blocks of ``E``
-  each), BERT-style self-attention (``query`` / ``key`` / ``value`` Linear layers and
-  ``attention_head_size``) and Llama-style attention (``q_proj`` / ``k_proj`` / ``v_proj``
-  and ``head_dim``; with grouped-query attention ``k_proj`` and ``v_proj`` have
-  ``num_key_value_heads`` heads).
+  each), Phi-3 (fused ``qkv_proj``: q, then k and v of ``num_key_value_heads`` heads), GPT-NeoX
+  (fused ``query_key_value``, per head its q, k and v), BERT-style self-attention (``query``
+  / ``key`` / ``value`` Linear layers and ``attention_head_size``) and Llama-style attention
+  (``q_proj`` / ``k_proj`` / ``v_proj`` and ``head_dim``; with grouped-query attention
+  ``k_proj`` and ``v_proj`` have ``num_key_value_heads`` heads).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def hf_head_spec(name: str, module: nn.Module, measured: set[str]) -> dict | Non
             parts = [[layer, k * e, (k + 1) * e, heads] for k in range(3)]
             return {"num_heads": heads, "parts": parts, "kind": "gpt2 c_attn (q|k|v)"}
 
+    fused = _fused_spec(prefix, module, measured)
+    if fused is not None:
+        return fused
+
     # Llama / Mistral / Qwen ... : q_proj, k_proj, v_proj and head_dim (GQA aware).
     names = ("q_proj", "k_proj", "v_proj")
     head_dim = getattr(module, "head_dim", None)
@@ -103,6 +108,45 @@ def hf_head_spec(name: str, module: nn.Module, measured: set[str]) -> dict | Non
     size = getattr(module, "attention_head_size", None)
     if isinstance(size, int) and size > 0 and all(hasattr(module, n) for n in names):
         return _separate(prefix, module, names, size, measured, "query/key/value")
+    return None
+
+
+def _fused_spec(prefix: str, module: nn.Module, measured: set[str]) -> dict | None:
+    """Head specs of fused q/k/v projections: Phi-3's ``qkv_proj`` (q, then k, then v, with
+    ``num_key_value_heads`` heads of k and v) and GPT-NeoX's ``query_key_value`` (per head its
+    q, k and v channels, ``head_size`` each: one part of heads of ``3 * head_size``
+    channels)."""
+    qkv, d = getattr(module, "qkv_proj", None), getattr(module, "head_dim", None)
+    kv = getattr(module, "num_key_value_heads", None)
+    if (
+        isinstance(qkv, nn.Linear)
+        and isinstance(d, int)
+        and isinstance(kv, int)
+        and d > 0
+        and kv > 0
+        and f"{prefix}qkv_proj" in measured
+    ):
+        q = qkv.out_features - 2 * kv * d
+        if q > 0 and q % (kv * d) == 0:
+            layer, k_end = f"{prefix}qkv_proj", q + kv * d
+            parts = [[layer, 0, q, q // d], [layer, q, k_end, kv]]
+            parts.append([layer, k_end, k_end + kv * d, kv])
+            spec = {"num_heads": q // d, "parts": parts, "kind": "phi-3 qkv_proj (q|k|v)"}
+            if kv != q // d:
+                spec["num_key_value_heads"] = kv
+            return spec
+    qkv, size = getattr(module, "query_key_value", None), getattr(module, "head_size", None)
+    if (
+        isinstance(qkv, nn.Linear)
+        and isinstance(size, int)
+        and size > 0
+        and qkv.out_features % (3 * size) == 0
+        and f"{prefix}query_key_value" in measured
+    ):
+        heads = qkv.out_features // (3 * size)
+        parts = [[f"{prefix}query_key_value", 0, qkv.out_features, heads]]
+        kind = "gpt-neox query_key_value (per head q|k|v)"
+        return {"num_heads": heads, "parts": parts, "kind": kind}
     return None
 
 

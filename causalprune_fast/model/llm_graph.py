@@ -1,6 +1,7 @@
 """What Torch-Pruning needs to build the dependency graph of Hugging Face language models: GPT-2's
-``Conv1D`` and Llama-style attention with rotary embeddings (docs/method.md section 9). What its
-pruner is told besides is in ``pruning/llm_pruning.py``.
+``Conv1D``, attention with rotary embeddings (Llama, Qwen2, Mistral, Gemma, Phi-3, GPT-NeoX) and
+fused projections (docs/method.md section 9). What its pruner is told besides is in
+``pruning/llm_pruning.py``.
 
 - ``Conv1D`` (GPT-1/GPT-2; ``weight`` is ``[in, out]``): :func:`conv1d_pruner` is a
   Torch-Pruning custom pruner (``tp.pruner.function.BasePruningFunc``, Torch-Pruning's documented
@@ -12,18 +13,20 @@ pruner is told besides is in ``pruning/llm_pruning.py``.
   (32, 64, 96, ...) and its group search never ends. With scaled-dot-product attention it also
   couples the query channels one-to-one to the fewer key/value channels of grouped-query
   attention. While Torch-Pruning traces the model (:func:`traceable`), each rotary attention
-  module's ``apply_rotary_pos_emb`` returns ``q`` and ``k`` unchanged and the model uses the
-  ``"eager"`` attention, whose ``repeat_kv`` maps query heads to their key/value head. The
-  traced graph then has exactly the couplings of the real model at the granularity that is
-  pruned: whole heads (a rotation mixes channels only within a head) and the hidden size;
-  Torch-Pruning's own LLM example (``examples/LLMs/prune_llm.py``) prunes these and keeps the
-  head dims (``prune_head_dims=False``) "so that we don't need to prune the ROPE". Only the
-  trace sees the change; both are put back when it ends. The stand-ins are module globals
-  (transformers' modeling module, Torch-Pruning's ``index_mapping``): another thread that runs
-  the same model class during a trace would see them too.
-- Splits along the last dimension of a Linear or ``Conv1D`` output (GPT-2's
-  ``c_attn(x).split(E, dim=2)`` into q, k and v) are given Torch-Pruning's split index mapping,
-  which Torch-Pruning 1.6 installs only for splits along dim 1.
+  module's (:func:`rotary_attention_modules`) ``apply_rotary_pos_emb`` returns ``q`` and ``k``
+  unchanged and the model uses the ``"eager"`` attention, whose ``repeat_kv`` maps query heads
+  to their key/value head. The traced graph then has exactly the couplings of the real model at
+  the granularity that is pruned: whole heads (a rotation mixes channels only within a head)
+  and the hidden size; Torch-Pruning's own LLM example (``examples/LLMs/prune_llm.py``) prunes
+  these and keeps the head dims (``prune_head_dims=False``) "so that we don't need to prune the
+  ROPE". Only the trace sees the change; both are put back when it ends. The stand-ins are
+  module globals (transformers' modeling module, Torch-Pruning's ``index_mapping``): another
+  thread that runs the same model class during a trace would see them too.
+- Splits and concatenations of projection features along the last dimension (GPT-2's
+  ``c_attn(x).split(E, dim=2)``, Phi-3's ``gate_up_proj`` chunks, GPT-NeoX's per-head
+  ``[heads, 3, head_dim]`` query/key/value layout) are given index mappings
+  (:mod:`causalprune_fast.model.llm_index_maps`); Torch-Pruning 1.6 maps them only along dim
+  1.
 - The key/value cache is off while Torch-Pruning traces (its concat index mapping fails on the
   cache's ``torch.cat``).
 """
@@ -37,8 +40,15 @@ from collections.abc import Iterator, Sequence
 import torch.nn as nn
 
 from causalprune_fast.model.families import is_conv1d
+from causalprune_fast.model.llm_index_maps import concat_mapping, split_mapping
 
-__all__ = ["conv1d_pruner", "is_rotary_attention", "torch_pruning_extensions", "traceable"]
+__all__ = [
+    "conv1d_pruner",
+    "is_rotary_attention",
+    "rotary_attention_modules",
+    "torch_pruning_extensions",
+    "traceable",
+]
 
 
 _CONV1D_PRUNER = None
@@ -116,64 +126,39 @@ def is_rotary_attention(m: nn.Module) -> bool:
     )
 
 
+def rotary_attention_modules(model: nn.Module) -> set:
+    """The Python modules (transformers' ``modeling_*``) whose attention modules in ``model``
+    apply rotary embeddings through a module-level ``apply_rotary_pos_emb``: every module with
+    a head size (``head_dim`` or ``head_size``) and Linear projections whose class is defined
+    there (Llama-style ``q_proj``/``k_proj``/``v_proj``, Phi-3's fused ``qkv_proj``,
+    GPT-NeoX's ``query_key_value`` with partial rotary)."""
+    found = set()
+    for m in model.modules():
+        mod = sys.modules.get(type(m).__module__)
+        if mod in found or not callable(getattr(mod, "apply_rotary_pos_emb", None)):
+            continue
+        d = getattr(m, "head_dim", None) or getattr(m, "head_size", None)
+        if isinstance(d, int) and d > 0 and any(isinstance(c, nn.Linear) for c in m.children()):
+            found.add(mod)
+    return found
+
+
 def _identity_rotary(q, k, *args, **kwargs):
     """Stand-in for ``apply_rotary_pos_emb`` while Torch-Pruning traces (see the module doc)."""
     return q, k
-
-
-def _split_mapping(original):
-    """Torch-Pruning's ``update_split_index_mapping`` (``original``), extended to a split of a
-    Linear or ``Conv1D`` output along its last dimension, where its features are (GPT-2's
-    ``c_attn(x).split(E, dim=2)``): Torch-Pruning 1.6 maps only splits along dim 1, the channels
-    of an NCHW tensor, and leaves GPT-2's q, k and v uncoupled from ``c_attn``'s 3E outputs."""
-
-    def update(graph, node) -> None:
-        original(graph, node)
-        from torch_pruning import ops
-        from torch_pruning.dependency.index_mapping import _SplitIndexMapping
-
-        g = node.grad_fn
-        sizes = getattr(g, "_saved_self_sym_sizes", None)
-        offsets = getattr(node.module, "offsets", None)
-        if (
-            node.type != ops.OPTYPE.SPLIT
-            or sizes is None
-            or getattr(g, "_saved_dim", None) != len(sizes) - 1
-            or len(sizes) < 3  # [N, C] splits along dim 1 are Torch-Pruning's own
-            or offsets is None
-            or offsets[-1] != sizes[-1]
-            or len(node.inputs) != 1
-            or not node.enable_index_mapping
-        ):
-            return
-        source = node.inputs[0].module
-        if not (isinstance(source, nn.Linear) or is_conv1d(source)):
-            return
-        for i, out_node in enumerate(node.outputs):  # as update_split_index_mapping does
-            for dep in node.dependencies:
-                if dep.target == out_node:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2])
-                    break
-            for dep in out_node.dependencies:
-                if dep.target == node:
-                    dep.index_mapping[0] = _SplitIndexMapping(
-                        offset=offsets[i : i + 2], reverse=True
-                    )
-                    break
-
-    return update
 
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
     """While Torch-Pruning traces ``model``: no key/value cache (``config.use_cache = False``:
     Torch-Pruning 1.6's concat mapping fails on the cache's ``torch.cat``), rotary attention
-    without the rotation and with the ``"eager"`` attention, and splits of a layer's features
-    along the last dimension mapped (:func:`_split_mapping`); see the module doc. Puts
-    everything back on exit, also on an error."""
+    without the rotation and with the ``"eager"`` attention (:func:`rotary_attention_modules`),
+    and splits and concatenations of projection features along the last dimension mapped
+    (:mod:`causalprune_fast.model.llm_index_maps`); see the module doc. Puts everything back on
+    exit, also on an error."""
     from torch_pruning.dependency import index_mapping
 
-    rotary = {sys.modules[type(m).__module__] for m in model.modules() if is_rotary_attention(m)}
+    rotary = rotary_attention_modules(model)
     configs = {}  # id -> (config, its instance attributes): the properties may set several
     for m in model.modules():
         c = getattr(m, "config", None)
@@ -181,8 +166,10 @@ def traceable(model: nn.Module) -> Iterator[None]:
             configs[id(c)] = (c, dict(vars(c)))
     saved = {mod: mod.apply_rotary_pos_emb for mod in rotary}
     split = index_mapping.update_split_index_mapping
+    concat = index_mapping.update_concat_index_mapping
     try:
-        index_mapping.update_split_index_mapping = _split_mapping(split)
+        index_mapping.update_split_index_mapping = split_mapping(split)
+        index_mapping.update_concat_index_mapping = concat_mapping(concat)
         for mod in rotary:
             mod.apply_rotary_pos_emb = _identity_rotary
         for c, _ in configs.values():
@@ -192,6 +179,7 @@ def traceable(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         index_mapping.update_split_index_mapping = split
+        index_mapping.update_concat_index_mapping = concat
         for mod, fn in saved.items():
             mod.apply_rotary_pos_emb = fn
         for c, attributes in configs.values():

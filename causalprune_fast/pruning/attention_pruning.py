@@ -15,18 +15,28 @@ pruning, following Torch-Pruning's own examples (``examples/transformers/prune_h
   like timm's ``qkv``): ``num_heads[c_attn]``, head dims pruned, the number of heads kept, with
   the ``Conv1D`` pruner of :mod:`causalprune_fast.model.llm_graph`; afterwards
   ``split_size``, ``embed_dim`` and ``head_dim`` follow ``c_attn``, and ``config.n_embd`` /
-  ``n_inner`` the embeddings and MLPs. Tied input/output embeddings are tied again.
+  ``n_inner`` the embeddings and MLPs. Tied input/output embeddings are tied again. The hidden
+  size is pruned to the attention's new width (``pruning/hf_config.py``), which GPT-2's config
+  requires.
 - Llama-style attention with rotary embeddings (``q_proj``/``k_proj``/``v_proj``, grouped-query
-  included), following Torch-Pruning's ``examples/LLMs/prune_llm.py``: ``num_heads`` per
-  projection, whole query heads pruned (``prune_num_heads=True``, ``head_pruning_ratio`` =
-  the ratio; with grouped-query attention the same number in every key/value group, key and
+  included: Llama, Qwen2, Mistral, Gemma; and Phi-3, whose fused ``qkv_proj`` is split into q,
+  k and v projections while it is pruned, ``pruning/fused_projections.py``), following
+  Torch-Pruning's ``examples/LLMs/prune_llm.py``: ``num_heads`` per projection, whole query
+  heads pruned (``prune_num_heads=True``, ``head_pruning_ratio`` = the ratio; with
+  grouped-query attention the same number in every key/value group, key and
   value heads kept), head dims kept (``prune_head_dims=False``: the rotation pairs channels
   within a head), hidden size and MLP width pruned, RMSNorm weights pruned with the hidden
   channels; afterwards ``num_key_value_groups`` (and ``num_heads`` / ``num_key_value_heads`` /
   ``hidden_size`` where the module has them) and ``config.hidden_size``,
   ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads`` and ``head_dim``.
   Torch-Pruning traces such a model under
-  :func:`~causalprune_fast.model.llm_graph.traceable`.
+  :func:`~causalprune_fast.model.llm_graph.traceable`. Gemma's embedding scale follows the
+  hidden size. Phi-3's fused ``gate_up_proj`` is pruned in two channel groups (gate and up).
+- GPT-NeoX (fused ``query_key_value``, per head q, k and v; partial rotary; parallel residual):
+  ``num_heads[query_key_value]``, whole heads pruned through the per-head index mapping of
+  :mod:`~causalprune_fast.model.llm_index_maps`, head size kept; the hidden size is pruned to
+  the attention's new width; afterwards ``config.hidden_size``, ``intermediate_size`` and
+  ``num_attention_heads``.
 
 A model with both kinds (head dims pruned in one attention, whole heads in another) is refused
 with a ValueError before anything changes.
@@ -49,6 +59,22 @@ from causalprune_fast.model.llm_graph import (
     torch_pruning_extensions,
     traceable,
 )
+from causalprune_fast.pruning.fused_projections import (
+    FusedProjections,
+    is_fused_qkv_attention,
+    is_neox_attention,
+    qkv_projections,
+)
+from causalprune_fast.pruning.hf_config import (
+    ScaledEmbedding,
+    embeddings,
+    hidden_width_ratio,
+    is_mlp,
+    keep_attention_scale,
+    mlp_width,
+    sync_hf_config,
+    sync_rotary_attention,
+)
 from causalprune_fast.pruning.llm_pruning import ratio_for_customized_root, rmsnorm_parameters
 
 
@@ -62,11 +88,18 @@ class AttentionPruning:
     extensions: dict = field(default_factory=dict)  # customized_pruners, root_module_types
     unwrapped: list = field(default_factory=list)  # (parameter, dim): RMSNorm weights
     tied: bool = False  # input and output embeddings share one weight
+    fused: FusedProjections | None = None  # Phi-3's qkv_proj, split while pruned
+    embedding: ScaledEmbedding | None = None  # Gemma's sqrt(hidden_size) embedding scale
+    hidden_ratios: dict = field(default_factory=dict)  # ratio -> hidden_width_ratio's answer
+
+    def kinds(self) -> list[str]:
+        """The kinds of the plan's modules, in order of first appearance."""
+        return list(dict.fromkeys(kind for kind, _ in self.modules))
 
     @property
     def whole_heads(self) -> bool:
         """Whether whole heads are pruned (rotary attention) instead of head dims."""
-        return any(kind == "llama" for kind, _ in self.modules)
+        return any(kind in ("llama", "neox") for kind, _ in self.modules)
 
     def pruner_kwargs(self, ratio: float, ratios: dict[nn.Module, float] | None = None) -> dict:
         """Keyword arguments for ``tp.pruner.BasePruner``. Head dims are pruned and head counts
@@ -79,8 +112,11 @@ class AttentionPruning:
         num_heads = dict(self.num_heads)
         for kind, m in self.modules:
             if kind == "llama":
-                for p in (m.q_proj, m.k_proj, m.v_proj):
+                for p in qkv_projections(m):
                     num_heads[p] = p.out_features // m.head_dim
+            elif kind == "neox":  # one fused layer, per head q, k and v
+                qkv = m.query_key_value
+                num_heads[qkv] = qkv.out_features // (3 * m.head_size)
         kwargs = dict(
             num_heads=num_heads,
             out_channel_groups=dict(self.out_channel_groups),
@@ -92,7 +128,7 @@ class AttentionPruning:
             if ratios is None:
                 kwargs["head_pruning_ratio"] = ratio
             else:
-                queries = [m.q_proj for kind, m in self.modules if kind == "llama"]
+                queries = self.queries()
                 kwargs["head_pruning_ratio_dict"] = {q: ratios[q] for q in queries if q in ratios}
         if self.extensions.get("customized_pruners"):
             kwargs["customized_pruners"] = dict(self.extensions["customized_pruners"])
@@ -124,6 +160,10 @@ class AttentionPruning:
         With ``pruning_ratio_dict``, only its layers are pruned (``pruning_ratio`` 0; whole
         heads only of the attention whose query projection it names). ``kwargs`` go to the
         pruner (``importance``, ``ignored_layers``, ...); call :meth:`sync` after each step.
+        Phi-3's fused ``qkv_proj`` layers are split into q, k and v projections here
+        (:mod:`~causalprune_fast.pruning.fused_projections`; :meth:`sync` joins them again);
+        GPT-2's and GPT-NeoX's hidden size gets the ratio that keeps it as wide as their
+        attention (:func:`~causalprune_fast.pruning.hf_config.hidden_width_ratio`).
 
         Raises:
             ValueError: ``iterative_steps > 1`` with GPT-2 or Llama-style attention
@@ -133,23 +173,58 @@ class AttentionPruning:
 
         self.check_iterative_steps(kwargs.get("iterative_steps", 1))
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class
+        if self.fused is not None:
+            self.fused.split()
+        ratios = None if pruning_ratio_dict is None else dict(pruning_ratio_dict)
+        if ratio not in self.hidden_ratios:  # from the widths before anything is pruned
+            self.hidden_ratios[ratio] = hidden_width_ratio(self.modules, ratio)
+        hidden = self.hidden_ratios[ratio]
+        if hidden is not None and not kwargs.get("global_pruning"):
+            root, r = hidden
+            if ratios is None:
+                ratios = {root: r}
+            else:  # only where the hidden size is pruned now (sequential pruning)
+                ratios = {m: (r if m in self.hidden_writers() else v) for m, v in ratios.items()}
         with traceable(model):
             pruner = cls(
                 model,
                 example_inputs,
                 pruning_ratio=ratio if pruning_ratio_dict is None else 0.0,
-                pruning_ratio_dict=pruning_ratio_dict,
+                pruning_ratio_dict=ratios,
                 **self.pruner_kwargs(ratio, pruning_ratio_dict),
                 **kwargs,
             )
         self.keep_shared_key_value_heads(pruner)
-        for root, r in (pruning_ratio_dict or {}).items():
+        for root, r in (ratios or {}).items():
             ratio_for_customized_root(pruner, root, r)
         return pruner
 
+    def queries(self) -> list[nn.Module]:
+        """The layers whose heads are pruned whole: each rotary attention's query projection
+        (GPT-NeoX: its fused query_key_value)."""
+        out = []
+        for kind, m in self.modules:
+            if kind == "llama":
+                out.append(qkv_projections(m)[0])
+            elif kind == "neox":
+                out.append(m.query_key_value)
+        return out
+
+    def hidden_writers(self) -> set[nn.Module]:
+        """The layers of GPT-2 and GPT-NeoX that write the residual stream (any of them is a
+        root of the hidden size's group)."""
+        names = {"gpt2": ("c_proj",), "neox": ("dense",), "mlp": ("c_proj", "dense_4h_to_h")}
+        out = set()
+        for kind, m in self.modules:
+            for n in names.get(kind, ()):
+                layer = getattr(m, n, None)
+                if layer is not None:
+                    out.add(layer)
+        return out
+
     def check_iterative_steps(self, steps: int) -> None:
         """Raise a ValueError for ``steps > 1`` with GPT-2 or Llama-style attention."""
-        hf = sorted({kind for kind, _ in self.modules if kind in ("gpt2", "llama")})
+        hf = sorted({kind for kind, _ in self.modules if kind in ("gpt2", "llama", "neox")})
         if steps > 1 and hf:
             raise ValueError(
                 f"iterative_steps={steps} is not supported for {' and '.join(hf)} attention: "
@@ -161,12 +236,13 @@ class AttentionPruning:
     def shared_key_value_layers(self) -> set[nn.Module]:
         """The key and value projections of grouped-query attention: pruned only with their
         query heads (Torch-Pruning also lists them as groups of their own, which it skips)."""
-        return {
-            p
-            for kind, m in self.modules
-            if kind == "llama" and m.k_proj.out_features < m.q_proj.out_features
-            for p in (m.k_proj, m.v_proj)
-        }
+        shared = set()
+        for kind, m in self.modules:
+            if kind == "llama":
+                q, k, v = qkv_projections(m)
+                if k.out_features < q.out_features:
+                    shared |= {k, v}
+        return shared
 
     def keep_shared_key_value_heads(self, pruner) -> None:
         """Make ``pruner`` leave the key/value projections of grouped-query attention alone when
@@ -187,7 +263,7 @@ class AttentionPruning:
                 for dep, idxs in group
                 if dg.is_out_channel_pruning_fn(dep.handler) and len(idxs) > 0
             }
-            if queries & {m.q_proj for kind, m in self.modules if kind == "llama"}:
+            if queries & set(self.queries()):
                 for i in range(len(group)):
                     dep, idxs = group[i]
                     if dep.target.module in shared and dg.is_out_channel_pruning_fn(dep.handler):
@@ -196,12 +272,13 @@ class AttentionPruning:
 
         dg.check_pruning_group = check_pruning_group
 
-    def sync(self, model: nn.Module, pruner, *, warn: bool = True) -> None:
+    def sync(self, model: nn.Module, pruner, *, warn: bool = True, final: bool = True) -> None:
         """Update the attributes that the modules' forward reads from the pruned weights
         (``pruner.num_heads``: Torch-Pruning's head counts after pruning), and the model's
-        config. With ``warn``, a UserWarning when pruned layers of one kind differ, which a
-        Hugging Face config cannot describe (pass False between the steps of a pruning that
-        goes on)."""
+        config (:mod:`~causalprune_fast.pruning.hf_config`). With ``warn``, a UserWarning when
+        pruned layers of one kind differ, which a Hugging Face config cannot describe. With
+        ``final`` (pass False between the steps of a pruning that goes on), split fused
+        projections are joined again and Gemma's embedding scale follows the hidden size."""
         config = getattr(model, "config", None)
         heads_now = getattr(pruner, "num_heads", {})
         for kind, m in self.modules:
@@ -219,108 +296,32 @@ class AttentionPruning:
             elif kind == "bert-intermediate" and config is not None:
                 config.intermediate_size = m.dense.out_features
             elif kind == "gpt2":
+                before = m.head_dim
                 m.split_size = m.embed_dim = m.c_attn.weight.shape[1] // 3
                 m.head_dim = m.split_size // m.num_heads
+                keep_attention_scale(m, before)
             elif kind == "llama":
-                _sync_llama_attention(m)
+                sync_rotary_attention(m)
             elif kind == "mlp":
-                up = _mlp_input_layer(m)
                 if hasattr(m, "intermediate_size"):
-                    m.intermediate_size = _out_features(up)
-                if hasattr(m, "hidden_size"):
-                    m.hidden_size = _in_features(up)
+                    m.intermediate_size = mlp_width(m)
+                if hasattr(m, "hidden_size") and isinstance(
+                    getattr(m, "gate_proj", None), nn.Linear
+                ):
+                    m.hidden_size = m.gate_proj.in_features
         if config is not None:
-            self._sync_hf_config(model, config, warn)
-
-    def _sync_hf_config(self, model: nn.Module, config, warn: bool) -> None:
-        """``config`` of a GPT-2 or Llama-style model after pruning (the first layer's counts)."""
-        emb, out = _embeddings(model)
-        width = None if emb is None else int(emb.weight.shape[1])
-        if self.tied and width is not None:
-            if out is not None and out.weight.shape == emb.weight.shape:
-                out.weight = emb.weight  # both were pruned with the same hidden channels
-        llama = [m for k, m in self.modules if k == "llama"]
-        gpt2 = [m for k, m in self.modules if k == "gpt2"]
-        mlps = [m for k, m in self.modules if k == "mlp"]
-        if (llama or gpt2) and width is not None:
-            config.hidden_size = width  # GPT-2's config maps hidden_size to n_embd
-        if mlps and (llama or gpt2):
-            inner = _out_features(_mlp_input_layer(mlps[0]))
-            if gpt2:
-                config.n_inner = inner
-            else:
-                config.intermediate_size = inner
-        if llama:
-            a = llama[0]
-            config.num_attention_heads = a.q_proj.out_features // a.head_dim
-            config.num_key_value_heads = a.k_proj.out_features // a.head_dim
-            config.head_dim = a.head_dim
-        per_layer = {
-            "attention widths": [m.q_proj.out_features for m in llama]
-            + [m.c_attn.weight.shape[1] for m in gpt2],
-            "MLP widths": [_out_features(_mlp_input_layer(m)) for m in mlps],
-        }
-        differ = [f"{k} {v}" for k, v in per_layer.items() if len(set(v)) > 1]
-        if differ and warn:
-            warnings.warn(
-                f"the pruned layers differ ({'; '.join(differ)}): the model runs, but its "
-                "config holds the first layer's numbers and cannot rebuild it "
-                "(save it with torch.save, not save_pretrained)",
-                UserWarning,
-                stacklevel=3,
-            )
-        bert = [m for k, m in self.modules if k == "bert"]
-        if bert:
-            if emb is not None and hasattr(config, "hidden_size"):
-                config.hidden_size = emb.weight.shape[1]
-            if hasattr(config, "num_attention_heads"):
-                config.num_attention_heads = bert[0].num_attention_heads
-
-
-def _in_features(m: nn.Module) -> int:
-    return m.in_features if isinstance(m, nn.Linear) else int(m.weight.shape[0])
-
-
-def _out_features(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else int(m.weight.shape[1])
-
-
-def _is_mlp(m: nn.Module) -> bool:
-    """A Llama-style (gate/up/down Linear) or GPT-2 (c_fc/c_proj Conv1D) MLP."""
-    gated = ("gate_proj", "up_proj", "down_proj")
-    if all(isinstance(getattr(m, n, None), nn.Linear) for n in gated):
-        return True
-    return is_conv1d(getattr(m, "c_fc", None)) and is_conv1d(getattr(m, "c_proj", None))
-
-
-def _mlp_input_layer(m: nn.Module) -> nn.Module:
-    """``gate_proj`` of a Llama-style MLP, ``c_fc`` of GPT-2's."""
-    return m.gate_proj if isinstance(getattr(m, "gate_proj", None), nn.Linear) else m.c_fc
-
-
-def _embeddings(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
-    """A Hugging Face model's input and output embeddings (None where it has none)."""
-    found = []
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        try:
-            m = getattr(model, getter)() if hasattr(model, getter) else None
-        except (NotImplementedError, AttributeError):
-            m = None
-        found.append(m if isinstance(getattr(m, "weight", None), nn.Parameter) else None)
-    return found[0], found[1]
-
-
-def _sync_llama_attention(m: nn.Module) -> None:
-    """The head counts of a Llama-style attention module after whole heads were pruned."""
-    q_heads = m.q_proj.out_features // m.head_dim
-    kv_heads = m.k_proj.out_features // m.head_dim
-    m.num_key_value_groups = q_heads // kv_heads
-    if hasattr(m, "num_heads"):
-        m.num_heads = q_heads
-    if hasattr(m, "num_key_value_heads"):
-        m.num_key_value_heads = kv_heads
-    if hasattr(m, "hidden_size"):
-        m.hidden_size = m.q_proj.out_features  # as Torch-Pruning's LLM example sets it
+            sync_hf_config(self, model, config, warn)
+        if final and self.fused is not None:
+            self.fused.join()
+        if final and self.embedding is not None:
+            why = self.embedding.sync(model)
+            if why is not None and warn:
+                warnings.warn(
+                    f"the input embedding's scale (sqrt(hidden_size)) could not follow the "
+                    f"pruned hidden size ({why}): save the model with torch.save",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
 
 def attention_pruning(model: nn.Module) -> AttentionPruning:
@@ -334,9 +335,9 @@ def attention_pruning(model: nn.Module) -> AttentionPruning:
     plan = AttentionPruning(
         extensions=torch_pruning_extensions(model), unwrapped=rmsnorm_parameters(model)
     )
-    emb, out = _embeddings(model)
+    emb, out = embeddings(model)
     plan.tied = emb is not None and out is not None and out.weight is emb.weight
-    dims_kinds = []
+    dims_kinds, fused = [], []
     for name, m in model.named_modules():
         qkv, heads = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(m, nn.MultiheadAttention):
@@ -364,14 +365,29 @@ def attention_pruning(model: nn.Module) -> AttentionPruning:
             dims_kinds.append(name)
         elif is_rotary_attention(m):
             d = m.head_dim
-            outs = [p.out_features for p in (m.q_proj, m.k_proj, m.v_proj)]
+            outs = [p.out_features for p in qkv_projections(m)]
             if any(o % d for o in outs) or outs[1] != outs[2] or (outs[0] // d) % (outs[1] // d):
                 raise ValueError(
                     f"prune(): '{name}': q_proj/k_proj/v_proj widths {outs} are not whole "
                     f"heads of head_dim {d} with key/value heads dividing the query heads"
                 )
             plan.modules.append(("llama", m))
-        elif _is_mlp(m):
+        elif is_fused_qkv_attention(m):
+            d, kv = m.head_dim, m.num_key_value_heads
+            q = m.qkv_proj.out_features - 2 * kv * d
+            if q <= 0 or q % d or (q // d) % kv:
+                raise ValueError(
+                    f"prune(): '{name}.qkv_proj' has {m.qkv_proj.out_features} outputs, not "
+                    f"query heads and 2 x num_key_value_heads ({kv}) x head_dim ({d}) with the "
+                    "key/value heads dividing the query heads"
+                )
+            fused.append(m)
+            plan.modules.append(("llama", m))
+        elif is_neox_attention(m):
+            plan.modules.append(("neox", m))
+        elif is_mlp(m):
+            if isinstance(getattr(m, "gate_up_proj", None), nn.Linear):
+                plan.out_channel_groups[m.gate_up_proj] = 2  # gate i and up i go together
             plan.modules.append(("mlp", m))
         elif type(m).__name__ == "VisionTransformer" and hasattr(m, "conv_proj"):
             plan.modules.append(("torchvision-vit", m))
@@ -386,6 +402,10 @@ def attention_pruning(model: nn.Module) -> AttentionPruning:
             "prune(): the model mixes rotary attention (whole heads pruned) with attention "
             f"whose head dims are pruned ({', '.join(dims_kinds[:4])}); this is not supported"
         )
+    if fused:
+        plan.fused = FusedProjections(fused)
+    if plan.whole_heads:
+        plan.embedding = ScaledEmbedding(model)
     return plan
 
 

@@ -331,6 +331,7 @@ def _prune(
         )
 
     base = make_pruner()
+    names = {m: n for n, m in model.named_modules()}  # fused projections are split now
     dg = base.DG
     groups = list(
         dg.get_all_groups(
@@ -356,12 +357,16 @@ def _prune(
         for i, root in enumerate(roots):
             pruner = make_pruner({root: ratio})
             pruner.step()
-            attention.sync(model, pruner, warn=i == len(roots) - 1)
+            last = i == len(roots) - 1
+            attention.sync(model, pruner, warn=last, final=last)
     else:
         for step in range(iterative_steps):
             base.step()
             # before the next step rescores the model
-            attention.sync(model, base, warn=step == iterative_steps - 1)
+            last = step == iterative_steps - 1
+            attention.sync(model, base, warn=last, final=last)
+    if attention.fused is not None:
+        attention.fused.join()  # also where no group was pruned
     try:
         with torch.no_grad():
             model(example_input)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -126,10 +127,15 @@ class CausalScores(Mapping):
             sc = self._scores[name]
             ms = 1e3 * sum(s.timings.values())
             resp = s.response + (f" ({s.response_reason})" if s.response_reason else "")
+            kind = s.kind
+            if s.called_by:  # e.g. "Linear via F.linear": used through its weight
+                kind += " via " + ", ".join(sorted(set(re.findall(r"F\.\w+", s.called_by))))
+            if s.calls > 1:
+                kind += f" x{s.calls}"  # called several times per pass: rows pooled
             rows.append(
                 (
                     name,
-                    s.kind,
+                    kind,
                     str(len(sc)),
                     str(s.input_units),
                     str(s.samples),

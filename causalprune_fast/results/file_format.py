@@ -5,7 +5,8 @@ Tensors are named ``layer/<name>/incoming``, ``layer/<name>/outgoing``, optional
 ``score/<name>`` holds the channel scores under the stored direction and ``head/<name>``
 attention-head scores. The header's metadata entry ``causalprune`` is a JSON document with
 ``config`` (every setting of the run), ``layers`` (per layer: kind, response point and reason,
-samples, path and backend (absent in older files: None), units, groups, taps, sensitivity,
+samples, path and backend (absent in older files: None), calls and called_by (absent in
+older files: 1 and None), units, groups, taps, sensitivity,
 timings), ``groups`` (producers and consumers of each layer's output channels, so scores can be
 recomputed under another direction), ``heads``, ``unsupported`` and ``timings``.
 """
@@ -155,6 +156,8 @@ def _from_meta(meta: dict, f, keys: set[str]) -> tuple:
             model_output=m.get("model_output", False),
             path=m.get("path"),
             backend=m.get("backend"),
+            calls=m.get("calls", 1),
+            called_by=m.get("called_by"),
             x_ranges=get(f"layer/{name}/x_ranges"),
             y_ranges=get(f"layer/{name}/y_ranges"),
             matrix=get(f"layer/{name}/matrix"),

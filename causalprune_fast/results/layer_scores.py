@@ -38,6 +38,12 @@ class LayerScores:
     incoming_se: torch.Tensor | None = None
     outgoing_se: torch.Tensor | None = None
     pairs: int | None = None
+    # Calls of the layer per forward pass whose rows are pooled (a layer used several times,
+    # docs/method.md section 3.4), and where it is called through its weight by functional
+    # calls (``"F.linear in 'features.1.0.attn'"``), or None. Files written before these were
+    # recorded read as 1 and None.
+    calls: int = 1
+    called_by: str | None = None
 
     def meta(self) -> dict:
         return {
@@ -48,6 +54,8 @@ class LayerScores:
             "samples": self.samples,
             "path": self.path,
             "backend": self.backend,
+            "calls": self.calls,
+            "called_by": self.called_by,
             "input_units": self.input_units,
             "groups": self.groups,
             "taps": self.taps,

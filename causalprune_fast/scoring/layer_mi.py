@@ -132,6 +132,8 @@ def layer_scores(
         samples=result.rows,
         path=s.path,
         backend=backend,
+        calls=s.calls,
+        called_by=getattr(layer, "how", None),
         input_units=input_units,
         groups=layer.groups,
         taps=taps,

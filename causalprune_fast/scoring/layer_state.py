@@ -18,6 +18,11 @@ class LayerState:
 
     ``positions`` are the output positions one noise example gives the layer; ``rows`` is the
     number of (example, position) sample rows it is measured on over all examples and ranks.
+    A layer called several times per forward pass (``calls``) has the input shape, batch
+    rows per noise example and output positions of each call in ``call_shapes``,
+    ``call_batches`` and ``call_positions`` (``positions`` is then the sum over its calls of
+    batch rows times positions: its rows of one example are pooled over the calls);
+    ``functional_calls`` of them are functional calls of its weight.
     """
 
     layer: Layer
@@ -26,6 +31,11 @@ class LayerState:
     positions: int = 0
     input_shape: tuple[int, ...] = ()
     input_dtype: torch.dtype | None = None  # the layer input's dtype (local-mode noise)
+    calls: int = 1
+    functional_calls: int = 0
+    call_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    call_batches: list[int] = field(default_factory=list)
+    call_positions: list[int] = field(default_factory=list)
     rows: int = 0
     x_ranges: torch.Tensor | None = None  # [input units, 2] bin ranges
     y_ranges: torch.Tensor | None = None  # [output channels, 2]

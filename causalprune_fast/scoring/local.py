@@ -49,6 +49,14 @@ def calibration_hook(s: LayerState) -> Callable:
     return hook
 
 
+def _calls(s: LayerState) -> list[tuple[tuple[int, ...], int, int]]:
+    """``(input shape, batch rows, positions)`` of each call of a layer called several times
+    per forward pass (see :func:`~causalprune_fast.scoring.sampling.row_source`)."""
+    if s.calls < 2:
+        return []
+    return list(zip(s.call_shapes, s.call_batches, s.call_positions, strict=True))
+
+
 class LocalMode:
     """Runs local mode on a :class:`~causalprune_fast.scoring.driver.Driver`."""
 
@@ -92,13 +100,14 @@ class LocalMode:
             index=s.index,
             rows=s.rows,
             input_shape=s.input_shape,
-            positions=s.positions,
+            positions=s.call_positions[0] if s.calls > 1 else s.positions,
             lo=s.channel_lo.to(dtype),
             hi=s.channel_hi.to(dtype),
             taps=self.plan.taps,
             seed=self.plan.seed,
             device=self.device,
             dtype=dtype,
+            calls=_calls(s),
         )
 
     def tiles(self, s: LayerState, source: RowSource, a: int, b: int) -> list[tuple[int, int]]:
@@ -190,6 +199,8 @@ class LocalMode:
         response = fused_response(s.layer, s.response)
         if response is None:
             return None
+        if s.layer.is_conv and len(set(s.call_shapes)) > 1:
+            return None  # one geometry per fused run: the patches path pools the calls
         kernel = self._fused_kernel(fused_capability(s.layer))
         return None if kernel is None else (kernel, response)
 

@@ -22,7 +22,7 @@ tiles (within ``memory_budget``) and split over ranks without changing its rows:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -119,18 +119,73 @@ def row_source(
     device: torch.device,
     dtype: torch.dtype,
     full_tensor: bool = False,
+    calls: Sequence[tuple[tuple[int, ...], int, int]] = (),
 ) -> RowSource:
     """How local mode makes the ``rows`` sample rows of ``layer`` (module docstring);
-    ``full_tensor=True`` takes the full-tensor path for any layer (to compare the two)."""
+    ``full_tensor=True`` takes the full-tensor path for any layer (to compare the two).
+
+    ``calls``: ``(input shape, batch rows per example, positions)`` of each call of a layer
+    called several times per forward pass. Where the calls' input shapes differ, a
+    convolution's patch rows take their output position uniformly over the positions of all
+    calls (each with its call's padding), and full-tensor rows are split over the shapes in
+    proportion to their positions (each shape's examples drawn from its own example indices)."""
     kw = dict(index=index, seed=seed, device=device, dtype=dtype)
     m = layer.module
+    shapes = _shape_weights(calls) if calls else {}
+    if len(shapes) < 2:
+        shapes = {tuple(input_shape): positions}
     patches = not full_tensor and per_channel_elementwise(response)
     has_norm = any(isinstance(fn, nn.modules.batchnorm._BatchNorm) for _, fn in response.steps)
     if patches and layer.is_conv and m.padding_mode == "zeros":
-        return _patch_source(layer, response, rows, input_shape, lo, hi, taps, **kw)
-    if patches and not layer.is_conv and (len(input_shape) == 1 or not has_norm):
+        return _patch_source(layer, response, rows, shapes, lo, hi, taps, **kw)
+    if patches and not layer.is_conv and (all(len(t) == 1 for t in shapes) or not has_norm):
         return _linear_source(layer, response, rows, lo, hi, **kw)
-    return _tensor_source(layer, response, rows, input_shape, positions, lo, hi, taps, **kw)
+    if len(shapes) == 1:
+        return _tensor_source(layer, response, rows, input_shape, positions, lo, hi, taps, **kw)
+    parts, total, done = [], sum(shapes.values()), 0
+    for k, (shape, weight) in enumerate(shapes.items()):
+        share = rows - done if k == len(shapes) - 1 else rows * weight // total
+        done += share
+        positions_k = dict((tuple(c[0]), c[2]) for c in calls)[shape]
+        parts.append(
+            _tensor_source(
+                layer, response, share, shape, positions_k, lo, hi, taps, first=k << 32, **kw
+            )
+        )
+    return _joined([p for p in parts if p.units])
+
+
+def _shape_weights(calls) -> dict[tuple[int, ...], int]:
+    """The distinct input shapes of a layer's calls, each with its sample positions per noise
+    example (batch rows times output positions, summed over the calls of that shape)."""
+    out: dict[tuple[int, ...], int] = {}
+    for shape, batch, positions in calls:
+        out[tuple(shape)] = out.get(tuple(shape), 0) + batch * positions
+    return out
+
+
+def _joined(parts: list[RowSource]) -> RowSource:
+    """The rows of several sources, one after the other (units of the first, then of the
+    second, ...)."""
+    starts = [0]
+    for p in parts:
+        starts.append(starts[-1] + p.units)
+
+    def pieces(a: int, b: int):
+        for p, lo in zip(parts, starts, strict=False):
+            x, y = max(a, lo), min(b, lo + p.units)
+            if x < y:
+                yield p, x - lo, y - lo
+
+    def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        made = [p.make(x, y) for p, x, y in pieces(a, b)]
+        return torch.cat([m[0] for m in made]), torch.cat([m[1] for m in made])
+
+    def rows_in(a: int, b: int) -> int:
+        return sum(p.rows_in(x, y) for p, x, y in pieces(a, b))
+
+    unit_bytes = max(p.unit_bytes for p in parts)
+    return RowSource(parts[0].path, starts[-1], unit_bytes, make, rows_in)
 
 
 def _blocks(
@@ -215,14 +270,20 @@ def _linear_source(layer, response, rows, lo, hi, *, index, seed, device, dtype)
 
 
 def _patch_source(
-    layer, response, rows, input_shape, lo, hi, taps, *, index, seed, device, dtype
+    layer, response, rows, shapes, lo, hi, taps, *, index, seed, device, dtype
 ) -> RowSource:
+    """Patch rows of a zero-padded convolution on inputs of the shapes of ``shapes`` (one, or
+    several, each with the positions it holds per noise example: the output position of a row
+    is drawn over all of them, and its padding is its shape's)."""
     m = layer.module
-    geometry = ConvGeometry.of(m, input_shape)
+    geometries = [ConvGeometry.of(m, shape) for shape in shapes]
+    geometry = geometries[0]
     dims, k = len(geometry.kernel_size), geometry.taps
     c_in, c_out, g = m.in_channels, m.out_channels, m.groups
-    out_size, left = geometry.output_size, [lo for lo, _ in geometry.padding]
-    positions = math.prod(out_size)
+    spans = [math.prod(geometry.output_size)]  # positions are drawn from [0, sum(spans))
+    if len(geometries) > 1:
+        spans = list(shapes.values())
+    total = sum(spans)
     grid = torch.meshgrid(*[torch.arange(s) for s in geometry.kernel_size], indexing="ij")
     taps_idx = torch.stack([t.reshape(-1) for t in grid]).to(device)  # [dims, k], row-major
     weight = m.weight.detach().reshape(g, c_out // g, (c_in // g) * k)
@@ -230,18 +291,31 @@ def _patch_source(
     size = torch.finfo(dtype).bits // 8
 
     def draw(gen: torch.Generator, views: list[torch.Tensor]) -> None:
-        views[0].random_(0, positions, generator=gen)  # as torch.randint(positions, (BLOCK,))
+        views[0].random_(0, total, generator=gen)  # as torch.randint(total, (BLOCK,))
         views[1].uniform_(generator=gen)  # as torch.rand((c_in, k, BLOCK))
 
-    def inside(pos: torch.Tensor) -> torch.Tensor:
+    def inside_of(pos: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
         """``[rows, k]``: which taps of each row's receptive field are inside the input."""
+        out_size, left = geo.output_size, [lo for lo, _ in geo.padding]
         ok = torch.ones((len(pos), k), dtype=torch.bool, device=device)
         rest = pos
         for d in reversed(range(dims)):
             o = rest % out_size[d]
             rest = torch.div(rest, out_size[d], rounding_mode="floor")
             coord = o[:, None] * m.stride[d] + taps_idx[d][None, :] * m.dilation[d] - left[d]
-            ok &= (coord >= 0) & (coord < geometry.input_size[d])
+            ok &= (coord >= 0) & (coord < geo.input_size[d])
+        return ok
+
+    def inside(pos: torch.Tensor) -> torch.Tensor:
+        if len(geometries) == 1:
+            return inside_of(pos, geometry)
+        ok = torch.empty((len(pos), k), dtype=torch.bool, device=device)
+        start = 0
+        for geo, span in zip(geometries, spans, strict=True):
+            mine = (pos >= start) & (pos < start + span)
+            per_row = math.prod(geo.output_size)  # the shape's positions of one batch row
+            ok[mine] = inside_of((pos[mine] - start) % per_row, geo)
+            start += span
         return ok
 
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,8 +347,24 @@ def _patch_source(
 
 
 def _tensor_source(
-    layer, response, rows, input_shape, positions, lo, hi, taps, *, index, seed, device, dtype
+    layer,
+    response,
+    rows,
+    input_shape,
+    positions,
+    lo,
+    hi,
+    taps,
+    *,
+    index,
+    seed,
+    device,
+    dtype,
+    first: int = 0,
 ) -> RowSource:
+    """Full-tensor rows: noise examples ``first + a .. first + b - 1`` of the layer's input
+    shape through the layer, and the seeded subsample of positions of examples ``a .. b -
+    1``."""
     examples = math.ceil(rows / positions)
     view = [-1] + [1] * (len(input_shape) - 1) if layer.is_conv else [-1]
     lo_v, hi_v = lo.reshape(view), hi.reshape(view)
@@ -285,7 +375,7 @@ def _tensor_source(
     def make(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = uniform_examples(
             input_shape,
-            a,
+            first + a,
             b - a,
             lo_v,
             hi_v,

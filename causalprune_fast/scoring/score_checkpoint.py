@@ -284,6 +284,7 @@ def _called_once(piece, calls, expected, unsupported) -> list[LayerState]:
             )
         else:
             unsupported[s.layer.name] = (
-                f"called {n // expected} times per forward pass (shared weights are not supported)"
+                f"called {n // expected} times per forward pass (the block walker measures "
+                "layers called once; score_model pools the calls)"
             )
     return ok
