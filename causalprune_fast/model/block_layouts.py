@@ -29,9 +29,10 @@ the layout:
 - Llama attention (as traced for Torch-Pruning, see ``llm_graph.traceable``):
   ``q_proj``'s channels are consumed by ``o_proj``; without grouped-query attention
   ``k_proj`` and ``v_proj`` are coupled to them one-to-one, with it they stand alone.
-- GPT-2 attention: Torch-Pruning's bounded walk (channel 0 first, then the others) couples
-  ``c_attn``'s query channel 0 with key channel ``E`` and value channel ``2E``, and
-  ``attn.c_proj``'s input channel ``j > 0`` with ``c_attn``'s value channel ``2E + j``.
+- GPT-2 attention: Torch-Pruning's bounded walk (channel 0 first, then the others, through
+  the split mapping of ``model/llm_index_maps.py``) couples ``c_attn``'s query channel 0 with
+  value channel ``2E`` and key channel ``E``, and ``attn.c_proj``'s input channel ``j`` with
+  root channel ``j`` of ``c_attn``.
 """
 
 from __future__ import annotations
@@ -173,12 +174,11 @@ class Family:
         c_attn, c_proj = f"{block}.attn.c_attn", f"{block}.attn.c_proj"
         if c_attn in keep:
             e = width[c_attn] // 3
-            first = [0, e, 2 * e]
+            first = [0, 2 * e, e]
             rest = [i for i in range(1, 3 * e) if i not in (e, 2 * e)]
             entries = [Member(c_attn, "producer", tuple(first + rest), tuple([0, 0, 0] + rest))]
             if c_proj in keep:
-                roots = [0] + [2 * e + j for j in range(1, e)]
-                entries.append(Member(c_proj, "consumer", tuple(range(e)), tuple(roots)))
+                entries.append(Member(c_proj, "consumer", tuple(range(e)), tuple(range(e))))
             out[c_attn] = entries
         return out
 

@@ -18,7 +18,8 @@ The channel groups :func:`~causalprune_fast.prune` hands to Torch-Pruning's prun
   channel ``i`` all carry channel ``i``) whose head dims are pruned, the same in every head.
 
 :func:`tensor_cuts` says which dimensions of every checkpoint tensor follow which kept
-channels, and :func:`pruned_config` writes the config of the pruned model.
+channels, :func:`scale_queries` rescales GPT-2's queries for the new head size, and
+:func:`pruned_config` writes the config of the pruned model.
 """
 
 from __future__ import annotations
@@ -157,10 +158,24 @@ def tensor_cuts(family: Family, name: str) -> list[tuple[int, str, int | None]]:
     )
 
 
+_GPT2_QKV = r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)"
+
+
+def scale_queries(family: Family, name: str, t, factor: float):
+    """GPT-2: ``c_attn``'s query channels (the first third of its outputs, the last dimension
+    of its weight and bias) of the pruned tensor ``t`` multiplied by ``factor`` in place, as
+    :func:`~causalprune_fast.pruning.hf_config.keep_attention_scale` does in memory; ``t`` as it
+    is for any other tensor or a factor of 1."""
+    if family.name == "gpt2" and factor != 1.0 and re.fullmatch(_GPT2_QKV, name):
+        t[..., : t.shape[-1] // 3] *= factor
+    return t
+
+
 def pruned_config(family: Family, config: dict, widths: dict[str, int]) -> dict:
     """``config.json`` of the pruned model. ``widths``: ``hidden``, ``mlp``, ``heads``,
-    ``kv_heads``, ``head_dim`` (Llama) or ``attn`` (GPT-2's attention width), the same in
-    every block (prune() prunes every block alike)."""
+    ``kv_heads``, ``head_dim`` (Llama) or ``attn`` (GPT-2's attention width, which is its
+    hidden size: ``prune()`` prunes the hidden size to it), the same in every block (prune()
+    prunes every block alike)."""
     out = dict(config)
     if family.name == "llama":
         out["hidden_size"] = widths["hidden"]
@@ -169,28 +184,26 @@ def pruned_config(family: Family, config: dict, widths: dict[str, int]) -> dict:
         out["num_key_value_heads"] = widths["kv_heads"]
         out["head_dim"] = widths["head_dim"]
     else:
+        if widths["attn"] != widths["hidden"]:
+            raise ValueError(
+                f"the pruned GPT-2 attention width ({widths['attn']}) would differ from its "
+                f"hidden size ({widths['hidden']}): GPT-2's config.json cannot describe that; "
+                "nothing was written"
+            )
         out["n_embd"] = widths["hidden"]
         out["n_inner"] = widths["mlp"]
-        # GPT-2's config ties the attention width to n_embd: the pruned width is recorded
-        # for load_pruned (the stock from_pretrained cannot rebuild it).
-        out["causalprune_attention_width"] = widths["attn"]
-        out.setdefault("causalprune_original_head_dim", widths["original_head_dim"])
     return out
 
 
 def buildable_config(family: Family, config_class, config: dict):
     """A config object for a pruned ``config`` that transformers would refuse to build: its
-    config classes check that the hidden size is a multiple of the attention heads
-    (``LlamaConfig.validate_architecture``, ``GPT2Attention``), which pruning does not keep
-    (Llama's head size is explicit; GPT-2's attention width is its own). The config is built
-    from values that pass the checks and the real ones are set afterwards (attributes set
-    later are not checked again); GPT-2 keeps the attention width as its ``n_embd`` until the
-    model is built (:func:`finish_pruned_model` sets the real one)."""
+    Llama config checks that the hidden size is a multiple of the attention heads
+    (``LlamaConfig.validate_architecture``), which pruning does not keep (its head size is
+    explicit). The config is built from values that pass the check and the real hidden size
+    is set afterwards (attributes set later are not checked again)."""
     safe = dict(config)
     if family.name == "llama":
         safe["hidden_size"] = config["num_attention_heads"] * config["head_dim"]
-    elif config.get("causalprune_attention_width") is not None:
-        safe["n_embd"] = config["causalprune_attention_width"]
     built = config_class.from_dict(safe)
     if family.name == "llama":
         built.hidden_size = config["hidden_size"]
@@ -199,10 +212,7 @@ def buildable_config(family: Family, config_class, config: dict):
 
 def finish_pruned_model(family: Family, model: nn.Module, config: dict) -> None:
     """After a pruned checkpoint's weights were loaded into the model built from
-    :func:`buildable_config`: every module's size attributes follow its weights, GPT-2's
-    attention width, head size and scaling are set as prune() leaves them (the scaling of the
-    unpruned head size, ``causalprune_original_head_dim``: the trained attention temperature),
-    and the config holds the real hidden size."""
+    :func:`buildable_config`: every module's size attributes follow its weights."""
     for m in model.modules():
         w = getattr(m, "weight", None)
         if w is None:
@@ -215,16 +225,3 @@ def finish_pruned_model(family: Family, model: nn.Module, config: dict) -> None:
             m.normalized_shape = tuple(w.shape)
         elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # is_conv1d needs nf right
             m.nx, m.nf = int(w.shape[0]), int(w.shape[1])
-    width = config.get("causalprune_attention_width")
-    if family.name != "gpt2" or width is None:
-        return
-    model.config.n_embd = config["n_embd"]
-    model.get_submodule(family.blocks.rpartition(".")[0]).embed_dim = config["n_embd"]
-    original = config["causalprune_original_head_dim"]
-    for block in family.block_names(model):
-        attn = model.get_submodule(f"{block}.attn")
-        attn.split_size = attn.embed_dim = width
-        attn.head_dim = width // attn.num_heads
-        attn.scaling = original**-0.5 if attn.scale_attn_weights else 1.0
-        if attn.scale_attn_by_inverse_layer_idx:
-            attn.scaling /= float(attn.layer_idx + 1)

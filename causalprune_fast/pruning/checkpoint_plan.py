@@ -9,7 +9,9 @@ channel scores of its measured members under ``direction`` and ``group_reduction
 float32, normalised by Torch-Pruning's ``normalizer``. Then, as Torch-Pruning does:
 
 - hidden size and MLP width: ``n = C - int(C * (1 - ratio))`` channels with the lowest
-  importance (``torch.topk``) go;
+  importance (``torch.topk``) go; GPT-2's hidden size instead goes to the width of its pruned
+  attention, ``heads x int(head_dim x (1 - ratio))``, as ``prune()`` gives its group the ratio
+  of :func:`~causalprune_fast.pruning.hf_config.hidden_width_ratio`;
 - Llama attention (whole query heads, ``prune_num_heads``): each head's importance is the mean
   over its channels; ``ceil(ratio * H)`` heads go, the lowest; with grouped-query attention
   ``ceil(that / G)`` from each of the ``G`` key/value groups (key and value heads are kept);
@@ -17,6 +19,11 @@ float32, normalised by Torch-Pruning's ``normalizer``. Then, as Torch-Pruning do
 - GPT-2 attention (head dims): the importance of head dim ``d`` is its mean over the heads;
   ``n = D - int(D * (1 - ratio))`` dims go, the same in every head (and in q, k and v);
 - a group whose cut would leave no channel is left alone (Torch-Pruning's check).
+
+GPT-2's queries are then multiplied by ``sqrt(new head_dim / old head_dim)`` where its
+attention scales its scores (``scale_attn_weights``), as
+:func:`~causalprune_fast.pruning.hf_config.keep_attention_scale` does in memory:
+``ShardPlan.query_scale``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch.nn as nn
 
 from causalprune_fast.model.block_layouts import Family
 from causalprune_fast.pruning.checkpoint_layout import PruneGroup, prune_groups
+from causalprune_fast.pruning.hf_config import hidden_width_ratio
 from causalprune_fast.results.causal_scores import CausalScores
 from causalprune_fast.results.channel_scores import channel_scores
 
@@ -39,11 +47,12 @@ class ShardPlan:
     ``kept["hidden"]``, and per block ``k`` ``kept[("mlp", k)]``, ``kept[("q", k)]`` and
     ``kept[("kv", k)]`` (Llama) or ``kept[("attn", k)]`` and ``kept[("qkv", k)]`` (GPT-2);
     ``widths`` holds every group's width before and after (named as prune()'s report names
-    them)."""
+    them); ``query_scale``: the factor of GPT-2's query channels (1.0: unchanged)."""
 
     kept: dict = field(default_factory=dict)
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)
     group_channel_groups: dict[str, int] = field(default_factory=dict)
+    query_scale: float = 1.0
 
     def keep(self, what: str, block: int | None) -> list[int]:
         return self.kept["hidden"] if what == "hidden" else self.kept[(what, block)]
@@ -66,6 +75,16 @@ def _importance(group: PruneGroup, scores: CausalScores, direction, reduction, n
 
 def _lowest(imp: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(imp, k=n, largest=False)[1]
+
+
+def _hidden_ratio(family: Family, model: nn.Module, ratio: float) -> float:
+    """The ratio prune() gives the hidden size's group: GPT-2's leaves it as wide as the
+    pruned attention (:func:`~causalprune_fast.pruning.hf_config.hidden_width_ratio`)."""
+    if family.name != "gpt2":
+        return ratio
+    attn = model.get_submodule(f"{family.block_names(model)[0]}.attn")
+    hidden = hidden_width_ratio([("gpt2", attn)], ratio)
+    return ratio if hidden is None else hidden[1]
 
 
 def _removed_channels(group: PruneGroup, imp: torch.Tensor, ratio: float, family: Family):
@@ -113,15 +132,22 @@ def plan_checkpoint_pruning(
     """The channels prune() keeps in a model of ``family`` (``model``: its layout, e.g. on
     ``meta``) given its ``scores`` (module docstring)."""
     plan = ShardPlan()
+    hidden_ratio = _hidden_ratio(family, model, ratio)
     for group in prune_groups(family, model):
         imp = _importance(group, scores, direction, group_reduction, normalizer)
         removed: list[int] = []
+        r = hidden_ratio if group.kind == "hidden" else ratio
         if imp is not None:
-            removed = sorted(set(_removed_channels(group, imp, ratio, family).tolist()))
+            removed = sorted(set(_removed_channels(group, imp, r, family).tolist()))
         if len(removed) >= group.width:  # Torch-Pruning never empties a group
             removed = []
         keep = [i for i in range(group.width) if i not in set(removed)]
         _record(plan, family, group, keep)
+    if family.name == "gpt2":
+        attn = model.get_submodule(f"{family.block_names(model)[0]}.attn")
+        new = len(plan.kept[("attn", 0)]) // attn.num_heads
+        if new != attn.head_dim and getattr(attn, "scale_attn_weights", False):
+            plan.query_scale = math.sqrt(new / attn.head_dim)
     return plan
 
 

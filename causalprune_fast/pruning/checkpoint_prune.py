@@ -13,10 +13,10 @@
    failed prune leaves nothing under ``out``.
 
 The result equals what ``prune()`` makes of the model held in memory with the same arguments:
-the same kept channels, so the same tensors. A Llama-layout checkpoint loads back with
-``from_pretrained``; a GPT-2 one with :func:`load_pruned` (GPT-2's config ties the attention
-width to the hidden size, which head-dim pruning unties; prune() says the same of its GPT-2
-models).
+the same kept channels, so the same tensors (GPT-2's queries rescaled for the new head size,
+as ``prune()`` does). Mistral, Qwen2 and GPT-2 checkpoints load back with ``from_pretrained``,
+Llama ones where the pruned hidden size is still a multiple of the heads (transformers'
+``LlamaConfig`` refuses the others); :func:`load_pruned` builds them all.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from causalprune_fast.pruning.checkpoint_layout import (
     buildable_config,
     finish_pruned_model,
     pruned_config,
+    scale_queries,
     tensor_cuts,
 )
 from causalprune_fast.pruning.checkpoint_plan import ShardPlan, plan_checkpoint_pruning
@@ -154,7 +155,7 @@ def prune_checkpoint(
     config = pruned_config(family, ckpt.config, _widths(family, cm.model, plan))
     if message and on_shortfall == "warn":
         warnings.warn(message, UserWarning, stacklevel=2)
-    _write(ckpt, dest, cuts, plan, config, max_shard_size, progress)
+    _write(ckpt, family, dest, cuts, plan, config, max_shard_size, progress)
     return report
 
 
@@ -219,7 +220,6 @@ def _widths(family: Family, model: nn.Module, plan: ShardPlan) -> dict[str, int]
         )  # fmt: skip
     else:
         widths["attn"] = len(plan.kept[("attn", 0)])
-        widths["original_head_dim"] = model.get_submodule(f"{family.blocks}.0.attn").head_dim
     return widths
 
 
@@ -290,7 +290,7 @@ def _in_after(family: Family, name: str, plan: ShardPlan) -> int:
     return len(plan.keep(what, k))
 
 
-def _write(ckpt, dest, cuts, plan, config, max_shard_size, progress) -> None:
+def _write(ckpt, family, dest, cuts, plan, config, max_shard_size, progress) -> None:
     """The second pass: every tensor read, cut and written, one shard at a time, into a
     temporary directory renamed to ``dest`` at the end."""
     bar = None
@@ -306,6 +306,7 @@ def _write(ckpt, dest, cuts, plan, config, max_shard_size, progress) -> None:
             for name, t in ckpt.iter_tensors(sorted(ckpt.tensors, key=_natural)):
                 for dim, what, block in cuts[name]:
                     t = t.index_select(dim, torch.tensor(plan.keep(what, block)))
+                t = scale_queries(family, name, t, plan.query_scale)
                 writer.add(name, t)
                 del t
                 if bar is not None:
@@ -327,11 +328,10 @@ def load_pruned(
     """The model of a checkpoint directory written by :func:`prune_checkpoint` (or any
     checkpoint of the families it prunes), built from its config and weights, in eval mode.
 
-    ``from_pretrained`` loads a pruned Mistral or Qwen2 checkpoint, and a pruned Llama one
-    whose hidden size is still a multiple of its attention heads; transformers'
-    ``LlamaConfig`` refuses the others and GPT-2's config cannot describe a pruned attention
-    width, which this builds (:func:`~causalprune_fast.pruning.checkpoint_layout.
-    buildable_config`)."""
+    ``from_pretrained`` loads a pruned Mistral, Qwen2 or GPT-2 checkpoint, and a pruned Llama
+    one whose hidden size is still a multiple of its attention heads; transformers'
+    ``LlamaConfig`` refuses the others, which this builds
+    (:func:`~causalprune_fast.pruning.checkpoint_layout.buildable_config`)."""
     from causalprune_fast.model.checkpoint_model import model_class
 
     ckpt = Checkpoint(path)
