@@ -160,21 +160,23 @@ def prune_checkpoint(
 
 
 def _check_write_memory(ckpt: Checkpoint, max_shard_size, max_memory) -> None:
-    """The second pass holds one output shard (up to ``max_shard_size``, twice while
-    safetensors serialises it) and one tensor read from the checkpoint and its cut copy:
-    ValueError before any work where ``max_memory`` (default: the memory available now)
-    cannot hold them."""
+    """The second pass holds one output shard (up to ``max_shard_size``, never more than the
+    checkpoint, at least its largest tensor; twice while safetensors serialises it) and one
+    tensor read from the checkpoint and its cut copy: ValueError before any work where
+    ``max_memory`` (default: the memory available now) cannot hold them."""
     from causalprune_fast.base.checkpoint_io import parse_size
     from causalprune_fast.scoring.walk_memory import resolve_max_memory
 
-    shard = parse_size(max_shard_size)
     largest = max(info.nbytes for info in ckpt.tensors.values())
+    total = sum(info.nbytes for info in ckpt.tensors.values())
+    shard = max(min(parse_size(max_shard_size), total), largest)
     budget = resolve_max_memory(max_memory, torch.device("cpu"))
     if 2 * shard + 2 * largest > budget:
         raise ValueError(
-            f"max_memory={budget} bytes cannot hold one output shard (max_shard_size={shard} "
-            f"bytes, twice while it is written) beside the largest tensor read and cut "
-            f"({largest} bytes, twice); lower max_shard_size or raise max_memory"
+            f"max_memory={budget} bytes cannot hold one output shard ({shard} bytes: "
+            f"max_shard_size={parse_size(max_shard_size)}, twice while it is written) beside "
+            f"the largest tensor read and cut ({largest} bytes, twice); lower max_shard_size "
+            "or raise max_memory"
         )
 
 
