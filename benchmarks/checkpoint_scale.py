@@ -118,6 +118,22 @@ def timed(cmd: list[str]) -> dict:
     }
 
 
+def revision() -> str:
+    """The code's git revision (short hash, ``+dirty`` with uncommitted changes), or
+    ``"unknown"`` outside a git checkout (give ``--revision`` for a copy of one)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    try:
+        rev = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
 def run_size(name: str, args) -> dict:
     c = SIZES[name]
     path = os.path.join(args.work, f"llama-{name}")
@@ -262,6 +278,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     p.add_argument("--smoke", action="store_true", help="tiny settings (for the test)")
     p.add_argument("--plot-only", metavar="JSON", help="only redraw --plot from a run's JSON")
+    p.add_argument(
+        "--revision", help="the code's revision to record (default: git of this checkout)"
+    )
     args = p.parse_args()
     if args.plot_only:
         with open(args.plot_only, encoding="utf-8") as f:
@@ -285,6 +304,7 @@ def main() -> int:
         "load_average_at_end": os.getloadavg(),
         "torch_threads": torch.get_num_threads(),
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "revision": args.revision or revision(),
         "settings": {
             k: getattr(args, k)
             for k in ("tokens", "examples", "samples_per_layer", "memory_budget", "shard")

@@ -409,7 +409,8 @@ def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
         f"{data['torch_threads']}; load average at the end {data['load_average_at_end']}: "
         "the machine was shared with other jobs, so wall times are inflated; CPU times "
         "(user + system of the child, /usr/bin/time) are the fairer measure",
-        f"- command: `python {data['command']}` (raw JSON: `{json_path}`)",
+        f"- command: `python {data['command']}` at revision {data.get('revision', '?')} "
+        f"(raw JSON: `{json_path}`)",
         f"- settings (reduced from the defaults to keep the CPU runs short): input "
         f"{st['tokens']} tokens, examples {st['examples']}, samples_per_layer "
         f"{st['samples_per_layer']}, memory_budget {_gib(st['memory_budget'])}, shards of "
