@@ -440,29 +440,40 @@ def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
     last = data["rows"][-1]
     e2e = last["pairs"] * st["samples_per_layer"] / last["score_cpu_s"]
     rates = {"e2e": e2e, "gpu": GPU_ASSUMED_RATE}
-    kernel = None
+    kernel, kernel_when = None, ""
     if kernels is not None:
         for b in kernels.get("benchmarks", []):
             if b["name"] == "test_cpu_cpp_codes[native]":
                 kernel = b["extra_info"]["pair_samples"] / b["stats"]["min"]
                 rates["kernel"] = kernel
+                kernel_when = (
+                    f", {str(kernels.get('datetime', '?'))[:10]}, revision "
+                    f"{kernels.get('machine_info', {}).get('git_revision', '?')}, kernels.json"
+                )
     rows = projection(rates, 16384, 64, 64, 64)
     lines += [
         "",
         "### Projection to 8B and 70B on paper (not measured)",
         "",
         "Llama 3 8B and 70B layouts at the defaults (samples_per_layer 16384, 64 calibration "
-        "examples of 64 tokens), bfloat16. The MI work is `pairs x samples_per_layer` "
-        "pair-samples (docs/method.md section 7.1); its time at three rates: the CPU kernel "
-        "measured on this machine (`pairwise_mi`, native path"
-        + (f", {kernel / 1e9:.2f} G pair-samples/s" if kernel else "")
-        + f"), the whole `causalprune score` run measured above at {last['size']} ({e2e / 1e9:.2f} "
-        "G pair-samples per CPU second, everything included), and for one GPU an ASSUMED "
+        "examples of 64 tokens), bfloat16. Nothing in this table was run at 8B or 70B.",
+        "",
+        "- Measured on this machine: the CPU kernel's rate (`pairwise_mi`, native path"
+        + (f", {kernel / 1e9:.2f} G pair-samples/s{kernel_when}" if kernel else "")
+        + f"); the whole `causalprune score` run above at {last['size']} ({e2e / 1e9:.2f} G "
+        "pair-samples per CPU second, everything included: at its samples_per_layer of "
+        f"{st['samples_per_layer']} the forward passes and the reading weigh more than at "
+        "16384, so that column overstates the time); the walk's peak memory against model "
+        "size (the table above).",
+        "- Assumed: the MI work is `pairs x samples_per_layer` pair-samples and its time is "
+        "proportional to it (docs/method.md section 7.1); one GPU computes "
         f"{GPU_ASSUMED_RATE / 1e12:.2f} T pair-samples/s (30% of an H100's dense int8 "
         "tensor-core peak at 256 int8 multiply-adds per pair-sample; no GPU was available to "
-        "measure it). `pairs_per_unit=64` columns: the sampled mode's pairs. Memory on the "
-        "device: the largest piece (a block, or the 128256-token head) plus the kept hidden "
-        "states plus memory_budget; reading the checkpoint once adds its size in disk traffic.",
+        "measure it), and the GPU column counts the MI only (not reading the checkpoint, once, "
+        "nor the forward passes); memory on the device is the largest piece (a block, or the "
+        "128256-token head) plus the kept hidden states plus memory_budget, the walk's memory "
+        "model (docs/method.md section 2.5), which the CPU runs above follow up to 1.5B only.",
+        "- `pairs_per_unit=64` columns: the sampled mode's pairs (docs/method.md section 5.4).",
         "",
         "| model | parameters | checkpoint | largest piece | kept hidden states | pairs | MI: "
         "CPU kernel | MI: whole run, this CPU | MI: one GPU (assumed rate) | pairs_per_unit=64: "

@@ -5,10 +5,12 @@ It reuses the language-model study (issue 21: ``lm_models.py`` for the byte-leve
 trained on Python's standard library, ``lm_criteria.py`` for pruning through ``cf.prune``'s
 plan), from this folder or ``--study DIR``. For each seed and model: the model is trained, its
 local-mode scores computed exactly and with each ``K``; per layer the Spearman correlation of
-the approximate against the exact incoming sums and channel scores, the scoring time, and the
-held-out loss (nats per byte, no fine-tuning) after pruning at each ratio with the exact
-scores, the approximate ones and random channels (direction ``in``, as ``cf.prune``'s
-default). Paired over seeds: approximate minus exact loss, mean and standard error.
+the approximate against the exact incoming sums, outgoing sums and channel scores, how often
+the exact sum lies within 2 standard errors of the estimate, the scoring time, and the held-out
+loss (nats per byte, no fine-tuning) after pruning at each ratio with the exact scores, the
+approximate ones (each under every ``--directions``: ``in``, ``cf.prune``'s default, and
+``out``, which the language-model study found better for heads and MLP neurons) and random
+channels. Paired over seeds: approximate minus exact loss, mean and standard error.
 
     python benchmarks/quality/pairs_per_unit.py --out DIR [--seeds 0 1 2] [--ks 8 32]
     python benchmarks/quality/pairs_per_unit.py --smoke --out DIR
@@ -82,7 +84,10 @@ def run(args) -> dict:
                 approx = scores[k]
                 rho_in = [spearman(approx.layers[n].incoming, s.incoming)
                           for n, s in exact.layers.items()]  # fmt: skip
+                rho_out = [spearman(approx.layers[n].outgoing, s.outgoing)
+                           for n, s in exact.layers.items()]  # fmt: skip
                 rho_ch = [spearman(approx[n], exact[n]) for n in exact.layers]
+                covered = [_covered(approx.layers[n], s) for n, s in exact.layers.items()]
                 pairs = sum(
                     s.pairs or s.input_units * len(s.incoming) for s in approx.layers.values()
                 )
@@ -91,19 +96,28 @@ def run(args) -> dict:
                     "seed": seed, "model": name, "k": k, "what": "agreement",
                     "spearman_incoming_median": statistics.median(rho_in),
                     "spearman_incoming_min": min(rho_in),
+                    "spearman_outgoing_median": statistics.median(rho_out),
+                    "spearman_outgoing_min": min(rho_out),
                     "spearman_channel_median": statistics.median(rho_ch),
                     "spearman_channel_min": min(rho_ch),
+                    "within_2se_incoming": sum(c[0] for c in covered) / sum(c[1] for c in covered),
+                    "within_2se_outgoing": sum(c[2] for c in covered) / sum(c[3] for c in covered),
                     "pairs_fraction": pairs / all_pairs,
                     "seconds": seconds[k], "exact_seconds": seconds[None],
                 })  # fmt: skip
+            criteria = [("random", 0, None)] + [
+                (f"{label} ({d})", k, d)
+                for d in args.directions
+                for label, k in [("exact", None), *[(f"K={k}", k) for k in args.ks]]
+            ]
             for ratio in args.ratios:
-                for label, k in [("exact", None), *[(f"K={k}", k) for k in args.ks], ("random", 0)]:
+                for label, k, direction in criteria:
                     pruned = copy.deepcopy(model)
                     if k == 0:
                         imp = C.importance_for("random", pruned, ids, seed, {}, None, None)
                     else:
                         imp = C.causal_importance(
-                            pruned, ids, C.parse_spec("in"), "local", seed, scores[k]
+                            pruned, ids, C.parse_spec(direction), "local", seed, scores[k]
                         )
                     C.prune_lm(pruned, imp, ratio, ids)
                     rows.append({
@@ -115,12 +129,30 @@ def run(args) -> dict:
     return {"rows": rows}
 
 
+def _covered(approx, exact) -> tuple[int, int, int, int]:
+    """Units whose exact incoming / outgoing sum lies within 2 standard errors of the
+    estimate, and the units with a standard error (sides measured whole are left out)."""
+    out = []
+    for est, se, true in (
+        (approx.incoming, approx.incoming_se, exact.incoming),
+        (approx.outgoing, approx.outgoing_se, exact.outgoing),
+    ):
+        if se is None or not bool((se > 0).any()):
+            out += [0, 0]
+            continue
+        sampled = se > 0
+        hit = (est - true).abs() <= 2 * se
+        out += [int((hit & sampled).sum()), int(sampled.sum())]
+    return tuple(out)
+
+
 def summarize(result: dict, args) -> str:
     rows = result["rows"]
     lines = [
-        "| model | K | pairs measured | Spearman incoming (median / min) | Spearman channel "
-        "scores (median / min) | time approx / exact |",
-        "|---|---|---|---|---|---|",
+        "| model | K | pairs measured | Spearman incoming (median / min) | Spearman outgoing "
+        "(median / min) | Spearman channel scores, in (median / min) | exact within 2 SE "
+        "(incoming / outgoing) | time approx / exact |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.models:
         for k in args.ks:
@@ -132,8 +164,12 @@ def summarize(result: dict, args) -> str:
                 f"| {name} | {k} | {med(r['pairs_fraction'] for r in a):.1%} | "
                 f"{med(r['spearman_incoming_median'] for r in a):.3f} / "
                 f"{min(r['spearman_incoming_min'] for r in a):.3f} | "
+                f"{med(r['spearman_outgoing_median'] for r in a):.3f} / "
+                f"{min(r['spearman_outgoing_min'] for r in a):.3f} | "
                 f"{med(r['spearman_channel_median'] for r in a):.3f} / "
                 f"{min(r['spearman_channel_min'] for r in a):.3f} | "
+                f"{med(r['within_2se_incoming'] for r in a):.0%} / "
+                f"{med(r['within_2se_outgoing'] for r in a):.0%} | "
                 f"{med(r['seconds'] for r in a):.1f} s / "
                 f"{med(r['exact_seconds'] for r in a):.1f} s |"
             )
@@ -143,18 +179,25 @@ def summarize(result: dict, args) -> str:
     for name in args.models:
         for ratio in args.ratios:
             here = [r for r in losses if r["model"] == name and r["ratio"] == ratio]
-            exact = {r["seed"]: r["loss"] for r in here if r["criterion"] == "exact"}
-            for label in ["exact", *[f"K={k}" for k in args.ks], "random"]:
-                mine = {r["seed"]: r["loss"] for r in here if r["criterion"] == label}
-                if not mine:
-                    continue
-                diff = [mine[s] - exact[s] for s in mine if s in exact]
-                m, se = _mean_se(diff)
-                lines.append(
-                    f"| {name} | {ratio:g} | {label} | {statistics.fmean(mine.values()):.4f} | "
-                    + ("-" if label == "exact" else f"{m:+.4f} +- {se:.4f}")
-                    + " |"
-                )
+            for d in args.directions:
+                exact = {r["seed"]: r["loss"] for r in here if r["criterion"] == f"exact ({d})"}
+                labels = [f"{x} ({d})" for x in ["exact", *[f"K={k}" for k in args.ks]]]
+                for label in [*labels, "random"]:
+                    mine = {r["seed"]: r["loss"] for r in here if r["criterion"] == label}
+                    if not mine:
+                        continue
+                    diff = [mine[s] - exact[s] for s in mine if s in exact]
+                    m, se = _mean_se(diff)
+                    lines.append(
+                        f"| {name} | {ratio:g} | {label} | "
+                        f"{statistics.fmean(mine.values()):.4f} | "
+                        + (
+                            "-"
+                            if label.startswith("exact")
+                            else f"{m:+.4f} +- {se:.4f} vs exact ({d})"
+                        )
+                        + " |"
+                    )
     return "\n".join(lines)
 
 
@@ -166,6 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["llama", "gpt2"])
     p.add_argument("--ks", type=int, nargs="+", default=[8, 32])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4])
+    p.add_argument("--directions", nargs="+", default=["in", "out"], help="pruning directions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="tiny models, 20 training steps")
     args = p.parse_args(argv)
