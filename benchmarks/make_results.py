@@ -422,16 +422,26 @@ def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
         f"{_gib(data['import_only_peak_rss'])} resident: the floor of every run",
         "",
         "| model | parameters | checkpoint | largest piece | score: CPU / wall | score: peak RSS "
-        "| prune from scores: CPU / wall | prune: peak RSS | pruned checkpoint |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| score: peak RSS above the import floor | walk's memory model | prune from scores: "
+        "CPU / wall | prune: peak RSS | pruned checkpoint |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    floor = data["import_only_peak_rss"]
     for r in data["rows"]:
+        piece = max(r["block_bytes"], r["head_bytes"])
+        hidden = 2 * st["examples"] * st["tokens"] * r["config"]["hidden_size"]  # bfloat16
         lines.append(
             f"| {r['size']} | {r['params'] / 1e9:.3f} B | {_gib(r['checkpoint_bytes'])} | "
-            f"{_gib(max(r['block_bytes'], r['head_bytes']))} | {r['score_cpu_s']:.0f} s / "
-            f"{r['score_s']:.0f} s | {_gib(r['score_peak_rss'])} | {r['prune_cpu_s']:.0f} s / "
+            f"{_gib(piece)} | {r['score_cpu_s']:.0f} s / {r['score_s']:.0f} s | "
+            f"{_gib(r['score_peak_rss'])} | {_gib(r['score_peak_rss'] - floor)} | "
+            f"{_gib(piece + hidden + st['memory_budget'])} | {r['prune_cpu_s']:.0f} s / "
             f"{r['prune_s']:.0f} s | {_gib(r['prune_peak_rss'])} | {_gib(r['pruned_bytes'])} |"
         )
+    lines += [
+        "",
+        "The walk's memory model (docs/method.md section 2.5): the largest piece plus the kept "
+        "hidden states plus memory_budget, without one batch's activations inside a piece.",
+    ]
     png = data.get("plot")
     if png is None and os.path.exists(os.path.join(HERE, "checkpoint-scale-cpu.png")):
         png = "checkpoint-scale-cpu.png"  # runs that did not record their plot's name

@@ -108,6 +108,24 @@ def test_family_groups_equal_torch_pruning_groups(saved, name, layers):
     assert family.groups(empty, measured) == expected
 
 
+def test_group_indices_are_shared(saved):
+    """The residual stream's groups hold every block's layers, each carrying every hidden
+    channel: the members share one index tuple per width, so the groups' memory grows with
+    the members, not with members x hidden (1 GiB for a 1.5B Llama before they were shared)."""
+    _, path = saved("llama")
+    ckpt = Checkpoint(path)
+    empty = CheckpointModel(ckpt).model
+    measured = [n for n, m in empty.named_modules() if isinstance(m, torch.nn.Linear)]
+    groups = family_of(ckpt.config).groups(empty, measured)
+    tuples = {}
+    for members in groups.values():
+        for m in members:
+            if m.idxs == tuple(range(len(m.idxs))):
+                assert m.root_idxs is m.idxs
+                assert tuples.setdefault(len(m.idxs), m.idxs) is m.idxs
+    assert len(tuples) >= 2  # hidden size and MLP width at least
+
+
 def test_bfloat16_weights_and_dtype_override(tmp_path):
     """A bfloat16 checkpoint equals the model that from_pretrained loads from it (weights in
     bfloat16, rotary frequencies computed in float32, as the block walker builds them), and

@@ -42,14 +42,14 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from causalprune_fast.model.channel_members import Member
+from causalprune_fast.model.channel_members import Member, identity_indices
 from causalprune_fast.model.families import is_conv1d
 
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
 
 def identity_member(layer: str, role: str, n: int) -> Member:
-    r = tuple(range(n))
+    r = identity_indices(n)  # shared: see identity_indices
     return Member(layer, role, r, r)
 
 
