@@ -427,6 +427,7 @@ def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     floor = data["import_only_peak_rss"]
+    within = []  # sizes whose peak RSS above the import floor stays within the memory model
     for r in data["rows"]:
         piece = max(r["block_bytes"], r["head_bytes"])
         hidden = 2 * st["examples"] * st["tokens"] * r["config"]["hidden_size"]  # bfloat16
@@ -437,6 +438,8 @@ def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
             f"{_gib(piece + hidden + st['memory_budget'])} | {r['prune_cpu_s']:.0f} s / "
             f"{r['prune_s']:.0f} s | {_gib(r['prune_peak_rss'])} | {_gib(r['pruned_bytes'])} |"
         )
+        if r["score_peak_rss"] - floor <= piece + hidden + st["memory_budget"]:
+            within.append(r["size"])
     lines += [
         "",
         "The walk's memory model (docs/method.md section 2.5): the largest piece plus the kept "
@@ -482,7 +485,10 @@ def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
         "measure it), and the GPU column counts the MI only (not reading the checkpoint, once, "
         "nor the forward passes); memory on the device is the largest piece (a block, or the "
         "128256-token head) plus the kept hidden states plus memory_budget, the walk's memory "
-        "model (docs/method.md section 2.5), which the CPU runs above follow up to 1.5B only.",
+        "model (docs/method.md section 2.5): the CPU runs above stayed within it at "
+        + (", ".join(within) if within else "none of the sizes")
+        + f" (of {', '.join(r['size'] for r in data['rows'])}; their peak RSS above the "
+        "import floor), nothing larger was run.",
         "- `pairs_per_unit=64` columns: the sampled mode's pairs (docs/method.md section 5.4).",
         "",
         "| model | parameters | checkpoint | largest piece | kept hidden states | pairs | MI: "
