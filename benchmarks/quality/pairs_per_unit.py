@@ -14,6 +14,7 @@ channels. Paired over seeds: approximate minus exact loss, mean and standard err
 
     python benchmarks/quality/pairs_per_unit.py --out DIR [--seeds 0 1 2] [--ks 8 32]
     python benchmarks/quality/pairs_per_unit.py --smoke --out DIR
+    python benchmarks/quality/pairs_per_unit.py --merge DIR1 DIR2 --out DIR  # runs of other seeds
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -201,6 +203,31 @@ def summarize(result: dict, args) -> str:
     return "\n".join(lines)
 
 
+def _revision() -> str:
+    try:
+        out = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def merge(dirs: list[str]) -> dict:
+    """The rows of several runs' results.json (other seeds, the same settings) as one result;
+    a (seed, model) found in two runs is an error."""
+    rows, configs, seen = [], [], {}
+    for d in dirs:
+        with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
+            result = json.load(f)
+        for key in {(r["seed"], r["model"]) for r in result["rows"]}:
+            if key in seen:
+                raise SystemExit(f"seed {key[0]} of {key[1]} is in both {seen[key]} and {d}")
+            seen[key] = d
+        rows += result["rows"]
+        configs.append(result["config"])
+    return {"rows": rows, "config": configs}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (results.json, tables.md)")
@@ -212,9 +239,28 @@ def main(argv=None) -> int:
     p.add_argument("--directions", nargs="+", default=["in", "out"], help="pruning directions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="tiny models, 20 training steps")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="only merge these runs' results")
     args = p.parse_args(argv)
+    if args.merge:
+        result = merge(args.merge)
+        args.seeds = sorted({r["seed"] for r in result["rows"]})
+        os.makedirs(args.out, exist_ok=True)
+    else:
+        result = None
     if args.smoke:
         args.seeds, args.ks, args.ratios = args.seeds[:1], [4], [0.3]
+    if result is None:
+        result = _run(args, argv)
+    table = summarize(result, args)
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.out, "tables.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    print(table)
+    return 0
+
+
+def _run(args, argv) -> dict:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     result = run(args)
@@ -225,14 +271,9 @@ def main(argv=None) -> int:
         "command": " ".join(["benchmarks/quality/pairs_per_unit.py", *(argv or sys.argv[1:])]),
         "seconds": time.perf_counter() - t0,
         "study": os.path.abspath(args.study),
+        "revision": _revision(),
     }
-    table = summarize(result, args)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "tables.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    print(table)
-    return 0
+    return result
 
 
 if __name__ == "__main__":
