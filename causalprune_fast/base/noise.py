@@ -22,14 +22,15 @@ _MASK = (1 << 64) - 1
 INPUT = 0  # the model's input noise (layer 0)
 ROWS = 1  # a layer's seeded subsample of its (example, position) sample rows
 LOCAL = 2  # a layer's input noise in local mode (and the fused local kernel's seed)
+PAIRS = 3  # the partner units a layer's MI sums are estimated from (pairs_per_unit)
 _LAYER_BITS = 32
 
 
 def stream(purpose: int, layer: int = 0) -> int:
-    """The stream of ``purpose`` (INPUT, ROWS or LOCAL) for measured layer ``layer``: a
-    different stream for every (purpose, layer) pair, ``purpose * 2**32 + layer``."""
-    if purpose not in (INPUT, ROWS, LOCAL):
-        raise ValueError(f"purpose must be INPUT, ROWS or LOCAL, got {purpose!r}")
+    """The stream of ``purpose`` (INPUT, ROWS, LOCAL or PAIRS) for measured layer ``layer``:
+    a different stream for every (purpose, layer) pair, ``purpose * 2**32 + layer``."""
+    if purpose not in (INPUT, ROWS, LOCAL, PAIRS):
+        raise ValueError(f"purpose must be INPUT, ROWS, LOCAL or PAIRS, got {purpose!r}")
     if not 0 <= layer < 1 << _LAYER_BITS:
         raise ValueError(f"layer must be in [0, 2**{_LAYER_BITS}), got {layer}")
     return (purpose << _LAYER_BITS) | layer

@@ -13,25 +13,15 @@ import os
 import re
 import sys
 
-import torch
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return values
-
-
-def _floats(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'lo,hi', got {text!r}") from None
-    return lo, hi
+from causalprune_fast.cli.checkpoint_command import check_in_memory_only, score_checkpoint_command
+from causalprune_fast.cli.options import (
+    add_model_options,
+    add_noise_options,
+    check_device,
+    noise_kwargs,
+    start_distributed,
+)
+from causalprune_fast.cli.prune_command import add_prune_parser, prune_command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     from causalprune_fast.results.channel_scores import DIRECTIONS
-    from causalprune_fast.scoring.score import DEFAULT_EXAMPLES, DEFAULT_SAMPLES_PER_LAYER
 
     p = _Parser(
         prog="causalprune",
@@ -53,43 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, help="what to do")
 
-    s = sub.add_parser("score", help="score every prunable channel of a model")
-    s.add_argument("model", help="torchvision:NAME, timm:NAME or package.module:factory")
-    s.add_argument("--input-shape", type=_ints, required=True, help="one example, e.g. 3,224,224")
-    s.add_argument("--weights", help="local state-dict file (default: random init)")
-    s.add_argument("--num-classes", type=int, help="passed to the model factory")
-    s.add_argument(
-        "--input-range", type=_floats, default=(-1.0, 1.0), help="noise box lo,hi (default -1,1)"
+    s = sub.add_parser(
+        "score",
+        help="score every prunable channel of a model",
+        description="Score every prunable channel of a model. MODEL is torchvision:NAME, "
+        "timm:NAME, package.module:factory, or a Hugging Face checkpoint directory "
+        "(config.json and safetensors shards, as save_pretrained writes them; Llama, Mistral, "
+        "Qwen2 or GPT-2), which is scored one decoder block in memory at a time.",
     )
-    s.add_argument(
-        "--mode",
-        choices=["local", "propagated"],
-        default="local",
-        help="local: fresh noise at every layer's input; propagated: noise at the model input",
-    )
-    s.add_argument(
-        "--taps",
-        choices=["all", "center"],
-        default="all",
-        help="input units: every (channel, kernel tap), or the kernel centre only",
-    )
-    s.add_argument("--bins", type=int, default=16, help="bins per variable, 2..256")
-    s.add_argument(
-        "--examples",
-        type=int,
-        help=f"noise examples through the whole network (default {DEFAULT_EXAMPLES}): local "
-        "mode's calibration pass, propagated mode's measured examples",
-    )
-    s.add_argument("--samples", type=int, help="old name of --examples")
-    s.add_argument(
-        "--samples-per-layer",
-        type=int,
-        help=f"sample rows each layer is measured on (default {DEFAULT_SAMPLES_PER_LAYER}): "
-        "exactly this many in local mode, a cap on (example, position) rows in propagated mode",
-    )
-    s.add_argument("--max-samples-per-layer", type=int, help="old name of --samples-per-layer")
-    s.add_argument("--batch-size", type=int, help="noise examples per forward pass")
-    s.add_argument("--seed", type=int, default=0, help="seed of the noise and subsampling")
+    add_model_options(s)
+    add_noise_options(s)
     s.add_argument("--layers", help="regular expression on qualified layer names")
     s.add_argument(
         "--direction",
@@ -104,23 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         default="sum",
         help="reduction over a channel's coupled producers/consumers",
     )
-    s.add_argument(
-        "--correction",
-        choices=["miller-madow"],
-        default=None,
-        help="bias correction of the MI estimate (default none)",
-    )
-    s.add_argument("--backend", default="auto", help="estimator backend (see 'backends')")
-    s.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device to score on (default cuda if available, else cpu)",
-    )
-    s.add_argument("--memory-budget", type=int, help="bytes of working memory")
     s.add_argument("--matrices", action="store_true", help="keep the full MI matrices")
     s.add_argument("--out", help="write the scores here (.safetensors)")
     s.add_argument("--plot", help="also write a plot of the scores here (.png)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--distributed",
         action="store_true",
@@ -147,25 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("backends", help="list the estimator backends and whether they work here")
+    add_prune_parser(sub)
     return p
-
-
-def _check_device(text: str) -> torch.device:
-    """The torch device named by ``--device``, which must exist here."""
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"--device {text!r} is not a torch device ({e})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {text!r}: CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"--device {text!r}: there are {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {text!r}: MPS is not available here; use --device cpu")
-    return device
 
 
 def _check_args(args) -> None:
@@ -199,53 +130,30 @@ def _check_args(args) -> None:
 
 
 def _score(args) -> int:
-    from causalprune_fast.cli.model_specs import build_model, load_weights
+    from causalprune_fast.cli.model_specs import build_model, is_checkpoint_dir, load_weights
     from causalprune_fast.scoring.score import score_model
 
     _check_args(args)
-    device = _check_device(args.device)
+    device = check_device(args.device)
+    if is_checkpoint_dir(args.model):
+        return score_checkpoint_command(args, device)
+    check_in_memory_only(args)
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = build_model(args.model, **kwargs)
     if args.weights:
         load_weights(model, args.weights)
     rank = 0
     if args.distributed:
-        import datetime
-
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(seconds=args.timeout),
-        )
-        rank = dist.get_rank()
+        device, rank = start_distributed(device, args.timeout)
     model = model.to(device)
     scores = score_model(
         model,
         args.input_shape,
-        input_range=args.input_range,
-        mode=args.mode,
-        taps=args.taps,
-        bins=args.bins,
-        **_given(
-            examples=args.examples,
-            samples=args.samples,
-            samples_per_layer=args.samples_per_layer,
-            max_samples_per_layer=args.max_samples_per_layer,
-        ),
-        batch_size=args.batch_size,
-        seed=args.seed,
+        **noise_kwargs(args, args.input_range or (-1.0, 1.0)),
         layers=re.compile(args.layers) if args.layers else None,
         direction=args.direction,
         reduction=args.reduction,
-        correction=args.correction,
-        backend=args.backend,
-        memory_budget=args.memory_budget,
         return_matrices=args.matrices,
-        progress=not args.no_progress,
         distributed=args.distributed,
     )
     if args.distributed:
@@ -265,12 +173,6 @@ def _score(args) -> int:
         scores.plot(args.plot)
         print(f"plot written to {args.plot}")
     return 0
-
-
-def _given(**options: object) -> dict:
-    """The options given on the command line (an old and a new name of one option that
-    disagree are an error of score_model, naming both)."""
-    return {k: v for k, v in options.items() if v is not None}
 
 
 # What a user can get wrong: bad values (ValueError, TypeError from the argument checks),
@@ -296,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if args.command == "score":
         return _score(args)
+    if args.command == "prune":
+        return prune_command(args)
     from causalprune_fast.estimator.backends import available_backends
     from causalprune_fast.results.causal_scores import CausalScores
 

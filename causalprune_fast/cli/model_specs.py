@@ -3,6 +3,7 @@
 ``torchvision:resnet50``  torchvision.models.get_model("resnet50") with random init
 ``timm:vit_base_patch16_224``  timm.create_model(..., pretrained=False)
 ``package.module:factory``  any importable callable returning an nn.Module
+a directory  a Hugging Face checkpoint (scored and pruned block by block, not built here)
 
 Weights come only from a local file (``load_weights``): nothing is downloaded.
 """
@@ -14,6 +15,17 @@ import os
 
 import torch
 import torch.nn as nn
+
+
+def is_checkpoint_dir(spec: str) -> bool:
+    """Whether ``spec`` names a Hugging Face checkpoint directory: an existing directory. A
+    spec that looks like a path (a path separator or a leading ``.``, and no ``:``) but is no
+    directory is a FileNotFoundError naming it."""
+    if os.path.isdir(spec):
+        return True
+    if ":" not in spec and (os.sep in spec or "/" in spec or spec.startswith(".")):
+        raise FileNotFoundError(f"checkpoint directory {spec!r} does not exist")
+    return False
 
 
 def build_model(spec: str, **kwargs) -> nn.Module:
@@ -28,8 +40,8 @@ def build_model(spec: str, **kwargs) -> nn.Module:
     source, sep, name = spec.partition(":")
     if not sep or not name:
         raise ValueError(
-            f"model spec must look like 'torchvision:resnet50', 'timm:vit_base_patch16_224' "
-            f"or 'package.module:factory', got {spec!r}"
+            f"model spec must look like 'torchvision:resnet50', 'timm:vit_base_patch16_224', "
+            f"'package.module:factory' or a checkpoint directory, got {spec!r}"
         )
     if source == "torchvision":
         try:

@@ -54,7 +54,7 @@ def write_scores(scores, path: str | os.PathLike) -> None:
     for name, s in scores.layers.items():
         tensors[f"layer/{name}/incoming"] = s.incoming.double().contiguous()
         tensors[f"layer/{name}/outgoing"] = s.outgoing.double().contiguous()
-        for key in ("x_ranges", "y_ranges", "matrix"):
+        for key in ("x_ranges", "y_ranges", "matrix", "incoming_se", "outgoing_se"):
             t = getattr(s, key)
             if t is not None:
                 tensors[f"layer/{name}/{key}"] = t.contiguous()
@@ -161,6 +161,9 @@ def _from_meta(meta: dict, f, keys: set[str]) -> tuple:
             x_ranges=get(f"layer/{name}/x_ranges"),
             y_ranges=get(f"layer/{name}/y_ranges"),
             matrix=get(f"layer/{name}/matrix"),
+            incoming_se=get(f"layer/{name}/incoming_se"),
+            outgoing_se=get(f"layer/{name}/outgoing_se"),
+            pairs=m.get("pairs"),
         )
     groups = {n: [Member.from_json(d) for d in g] for n, g in meta["groups"].items()}
     missing = set(layers) - set(groups)

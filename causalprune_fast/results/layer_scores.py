@@ -33,6 +33,11 @@ class LayerScores:
     # written before these were recorded.
     path: str | None = None
     backend: str | None = None
+    # With pairs_per_unit (docs/method.md section 5.4): incoming and outgoing are estimates,
+    # these their standard errors, and ``pairs`` the pairs measured. None: every pair measured.
+    incoming_se: torch.Tensor | None = None
+    outgoing_se: torch.Tensor | None = None
+    pairs: int | None = None
     # Calls of the layer per forward pass whose rows are pooled (a layer used several times,
     # docs/method.md section 3.4), and where it is called through its weight by functional
     # calls (``"F.linear in 'features.1.0.attn'"``), or None. Files written before these were
@@ -56,6 +61,7 @@ class LayerScores:
             "taps": self.taps,
             "timings": self.timings,
             "model_output": self.model_output,
+            "pairs": self.pairs,
         }
 
 

@@ -16,11 +16,13 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast.base.distributed import DistContext
+from causalprune_fast.base.noise import PAIRS, example_seed, stream
 from causalprune_fast.estimator.backends import resolve
 from causalprune_fast.estimator.ops import quantize
 from causalprune_fast.scoring.hooks import BEFORE_FIRST, LayerHooks
 from causalprune_fast.scoring.layer_mi import LayerMI, MISettings, layer_mi, layer_scores
 from causalprune_fast.scoring.layer_state import LayerState, clock
+from causalprune_fast.scoring.pair_sampling import sampled_layer_mi
 from causalprune_fast.scoring.plan import ScorePlan
 
 Batch = tuple[int, int]  # (first example, count) of one forward pass
@@ -52,7 +54,12 @@ class Driver:
                 s.rows = min(total, cap) if cap else total
         self.backend = resolve(plan.backend, plan.device)
         self.mi = MISettings(
-            self.backend, plan.bins, plan.correction, plan.memory_budget, plan.return_matrices
+            self.backend,
+            plan.bins,
+            plan.correction,
+            plan.memory_budget,
+            plan.return_matrices,
+            plan.pairs_per_unit,
         )
         self.timings.setdefault("forward", 0.0)
         self.where = BEFORE_FIRST  # where the last forward pass was, for errors
@@ -108,8 +115,15 @@ class Driver:
         """MI of the layer from its codes (combined over the ranks of ``ctx``, default the
         run's), and its LayerScores."""
         t0 = clock(self.device)
+        ctx = ctx or self.ctx
+        k = self.plan.pairs_per_unit
         try:
-            result = layer_mi(xc, yc, s.layer.groups, self.mi, ctx or self.ctx)
+            if k is not None and s.layer.groups == 1 and (k < xc.shape[1] or k < yc.shape[1]):
+                seed = example_seed(self.plan.seed, stream(PAIRS, s.index), 0)
+                taps = s.layer.taps_per_channel(self.plan.taps)
+                result = sampled_layer_mi(xc, yc, self.mi, ctx, seed, taps)
+            else:
+                result = layer_mi(xc, yc, s.layer.groups, self.mi, ctx)
         except ValueError as e:
             raise ValueError(f"layer '{s.layer.name}': {e}") from e
         s.add_time("mi", clock(self.device) - t0)

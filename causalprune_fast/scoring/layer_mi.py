@@ -27,6 +27,11 @@ class LayerMI:
     per_y: torch.Tensor  # [output channels]: what each output channel receives
     matrix: torch.Tensor | None  # [input units, output channels] float32, or None
     rows: int
+    # pairs_per_unit (scoring/pair_sampling.py): standard errors of the estimated sums of the
+    # output channels and of the input channels (over their taps), and the pairs measured.
+    per_y_se: torch.Tensor | None = None
+    per_channel_x_se: torch.Tensor | None = None
+    pairs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class MISettings:
     correction: str | None
     memory_budget: int
     return_matrices: bool
+    pairs_per_unit: int | None = None
 
     def pairwise(self, xc: torch.Tensor, yc: torch.Tensor, conv_groups: int, reduce=None):
         """MI of the uint8 codes this run's binning made (valid by construction: no second
@@ -133,6 +139,11 @@ def layer_scores(
         taps=taps,
         timings=dict(s.timings),
         model_output=s.response.model_output,
+        incoming_se=None if result.per_y_se is None else result.per_y_se.cpu().double(),
+        outgoing_se=(
+            None if result.per_channel_x_se is None else result.per_channel_x_se.cpu().double()
+        ),
+        pairs=result.pairs,
         x_ranges=s.x_ranges.cpu() if s.x_ranges is not None else None,
         y_ranges=s.y_ranges.cpu() if s.y_ranges is not None else None,
         matrix=result.matrix.cpu() if result.matrix is not None else None,

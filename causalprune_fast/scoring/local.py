@@ -30,6 +30,25 @@ from causalprune_fast.scoring.layer_state import LayerState, clock
 from causalprune_fast.scoring.sampling import RowSource, row_source
 
 
+def calibration_hook(s: LayerState) -> Callable:
+    """The calibration pass's forward hook on layer ``s``: the min and max of each input
+    channel (over the examples and all positions), merged into ``s.channel_lo/hi``."""
+
+    def hook(module, args, output):
+        x = args[0]
+        dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
+        lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            check_layer_finite(x, s.layer.name, "input")  # min and max keep a NaN
+        check_layer_finite(output, s.layer.name, "output")
+        lo, hi = lo.double(), hi.double()
+        if s.channel_lo is not None:
+            lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
+        s.channel_lo, s.channel_hi = lo, hi
+
+    return hook
+
+
 def _calls(s: LayerState) -> list[tuple[tuple[int, ...], int, int]]:
     """``(input shape, batch rows, positions)`` of each call of a layer called several times
     per forward pass (see :func:`~causalprune_fast.scoring.sampling.row_source`)."""
@@ -50,34 +69,23 @@ class LocalMode:
         """Calibrate, then measure every layer alone (fused where the backend can)."""
         self.calibrate()
         for s in self.d.states:
-            fused = self._fused(s)
-            if fused is not None:
-                self._measure_fused(s, *fused)
-            else:
-                self.measure(s)
+            self.measure_layer(s)
+
+    def measure_layer(self, s: LayerState) -> None:
+        """Measure one calibrated layer alone: the backend's fused kernel where it applies,
+        else the unfused rows (also the block walk's entry, scoring/score_checkpoint.py)."""
+        fused = self._fused(s)
+        if fused is not None:
+            self._measure_fused(s, *fused)
+        else:
+            self.measure(s)
 
     def calibrate(self) -> None:
         """Per-input-channel min and max of every layer over all ``examples`` noise
         examples (stream INPUT), in passes of ``batch_size``."""
-
-        def calib_hook(s: LayerState) -> Callable:
-            def hook(module, args, output):
-                x = args[0]
-                dims = [d for d in range(x.dim()) if d != (1 if s.layer.is_conv else x.dim() - 1)]
-                lo, hi = x.amin(dim=dims), x.amax(dim=dims)  # exact in any dtype
-                if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-                    check_layer_finite(x, s.layer.name, "input")  # min and max keep a NaN
-                check_layer_finite(output, s.layer.name, "output")
-                lo, hi = lo.double(), hi.double()
-                if s.channel_lo is not None:
-                    lo, hi = torch.minimum(lo, s.channel_lo), torch.maximum(hi, s.channel_hi)
-                s.channel_lo, s.channel_hi = lo, hi
-
-            return hook
-
         n, step = self.plan.examples, self.plan.batch_size
         passes = [(b, min(step, n - b)) for b in range(0, n, step)]
-        self.d.forward_all(calib_hook, self.d.states, passes)
+        self.d.forward_all(calibration_hook, self.d.states, passes)
 
     # ---------------------------------------------------------------- unfused
     def source(self, s: LayerState) -> RowSource:
@@ -184,7 +192,7 @@ class LocalMode:
         it, where both apply:
         one process, ``fused_local`` not False, a CUDA device (any device with True)."""
         wanted = self.plan.fused_local
-        if self.ctx.enabled or wanted is False:
+        if self.ctx.enabled or wanted is False or self.plan.pairs_per_unit is not None:
             return None
         if self.device.type != "cuda" and not wanted:
             return None

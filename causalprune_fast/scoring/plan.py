@@ -117,6 +117,7 @@ class ScorePlan:
     progress: bool
     distributed: bool
     fused_local: bool | None
+    pairs_per_unit: int | None = None  # partners per unit (sampled MI sums), or None: all
 
     @property
     def miller_madow(self) -> bool:
@@ -164,6 +165,7 @@ class ScorePlan:
         progress: bool,
         distributed: bool,
         fused_local: bool | None,
+        pairs_per_unit: int | None = None,
     ) -> ScorePlan:
         """Check every argument of score_model (ValueError naming it) and freeze them."""
         v.check_model(model)
@@ -240,6 +242,13 @@ class ScorePlan:
             v.check_bool(flag, name)
         if fused_local is not None:
             v.check_bool(fused_local, "fused_local (or None)")
+        if pairs_per_unit is not None:
+            pairs_per_unit = v.check_int(pairs_per_unit, "pairs_per_unit (or None)", 2)
+            if return_matrices:
+                raise ValueError(
+                    "return_matrices=True keeps every pair's MI; pairs_per_unit measures only "
+                    "some pairs: give one of them"
+                )
         return cls(
             input_shape=shape,
             input_dtype=dtype,
@@ -263,6 +272,7 @@ class ScorePlan:
             progress=progress,
             distributed=distributed,
             fused_local=fused_local,
+            pairs_per_unit=pairs_per_unit,
         )
 
     def config(self, **run_facts: object) -> dict:
@@ -276,6 +286,7 @@ class ScorePlan:
             "bins": self.bins,
             "examples": self.examples,
             "samples_per_layer": self.rows_per_layer,
+            "pairs_per_unit": self.pairs_per_unit,
             # The same under their old names, for readers of older files.
             "samples": self.examples,
             "max_samples_per_layer": self.rows_per_layer,

@@ -92,6 +92,7 @@ def score_model(
     progress: bool = True,
     distributed: bool = False,
     fused_local: bool | None = None,
+    pairs_per_unit: int | None = None,
     samples: int | NotGiven = NOT_GIVEN_EXAMPLES,
     max_samples_per_layer: int | None | NotGiven = NOT_GIVEN_SAMPLES_PER_LAYER,
 ) -> CausalScores:
@@ -149,6 +150,14 @@ def score_model(
             devices only; True: wherever the chosen ``backend`` offers it (``triton``, or
             ``auto`` where Triton runs, also the CPU under ``TRITON_INTERPRET=1``); False:
             never. Other backends never run it.
+        pairs_per_unit: None (default: every pair of a layer is measured) or ``K >= 2``: each
+            unit's MI sum is estimated from ``K`` partner units drawn at random (without
+            replacement, seeded from ``seed`` and the layer; the same partners for all the
+            units of one side of a layer), scaled by ``partners / K`` (unbiased), with its
+            standard error in ``LayerScores.incoming_se`` / ``outgoing_se``. A layer costs
+            ``(inputs + outputs) * K`` pairs instead of ``inputs * outputs``. Layers with
+            groups (grouped convolutions) and layers with at most ``K`` partners are measured
+            exactly; layers are not measured by the fused kernels then (docs/method.md 5.4).
         samples: old name of ``examples`` (deprecated, still accepted).
         max_samples_per_layer: old name of ``samples_per_layer`` (deprecated, still accepted).
             Giving an old and a new name with different values is a ValueError naming both.
@@ -193,6 +202,7 @@ def score_model(
         progress=progress,
         distributed=distributed,
         fused_local=fused_local,
+        pairs_per_unit=pairs_per_unit,
     )
     ctx = DistContext.create(plan.distributed)
     if plan.examples < ctx.world:
