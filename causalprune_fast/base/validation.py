@@ -166,6 +166,18 @@ def check_int(
     return int(value)
 
 
+def check_ratio(ratio: object, name: str = "ratio") -> float:
+    """A pruning ratio: a finite real number in [0, 1) (a bool is not one)."""
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, numbers.Real)
+        or not math.isfinite(ratio)
+        or not 0.0 <= ratio < 1.0
+    ):
+        raise ValueError(f"{name} must be in [0, 1), got {ratio!r}")
+    return float(ratio)
+
+
 def check_bool(value: object, name: str) -> bool:
     """A bool argument: True or False, nothing that merely looks truthy."""
     if not isinstance(value, bool):

@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from causalprune_fast.cli.options import noise_kwargs, start_distributed
+from causalprune_fast.cli.options import noise_kwargs, start_distributed, write_scores
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,17 +80,7 @@ def score_checkpoint_command(args, device: torch.device) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if rank != 0:
-        return 0
-    scores.config["model"] = args.model
-    print(scores.summary())
-    if args.out:
-        scores.save(args.out)
-        print(f"scores written to {args.out}")
-    if args.plot:
-        scores.plot(args.plot)
-        print(f"plot written to {args.plot}")
-    return 0
+    return write_scores(args, scores) if rank == 0 else 0
 
 
 def prune_checkpoint_command(args, device: torch.device, normalizer) -> int:

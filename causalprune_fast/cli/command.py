@@ -20,6 +20,7 @@ from causalprune_fast.cli.options import (
     check_device,
     noise_kwargs,
     start_distributed,
+    write_scores,
 )
 from causalprune_fast.cli.prune_command import add_prune_parser, prune_command
 
@@ -160,19 +161,7 @@ def _score(args) -> int:
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    if rank != 0:
-        return 0
-    scores.config["model"] = args.model
-    if args.weights:
-        scores.config["weights"] = args.weights
-    print(scores.summary())
-    if args.out:
-        scores.save(args.out)
-        print(f"scores written to {args.out}")
-    if args.plot:
-        scores.plot(args.plot)
-        print(f"plot written to {args.plot}")
-    return 0
+    return write_scores(args, scores) if rank == 0 else 0
 
 
 # What a user can get wrong: bad values (ValueError, TypeError from the argument checks),

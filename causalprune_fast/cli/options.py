@@ -174,3 +174,20 @@ def noise_kwargs(args, input_range: tuple[float, float]) -> dict:
         memory_budget=args.memory_budget,
         progress=not args.no_progress,
     )
+
+
+def write_scores(args, scores) -> int:
+    """What ``causalprune score`` does with the scores on rank 0: the model spec (and
+    ``--weights``) recorded in their config, the summary printed, ``--out`` and ``--plot``
+    written. Returns the exit status."""
+    scores.config["model"] = args.model
+    if args.weights:
+        scores.config["weights"] = args.weights
+    print(scores.summary())
+    if args.out:
+        scores.save(args.out)
+        print(f"scores written to {args.out}")
+    if args.plot:
+        scores.plot(args.plot)
+        print(f"plot written to {args.plot}")
+    return 0

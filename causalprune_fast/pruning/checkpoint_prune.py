@@ -22,7 +22,6 @@ Llama ones where the pruned hidden size is still a multiple of the heads (transf
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast.base.checkpoint_io import Checkpoint, CheckpointWriter, check_destination
+from causalprune_fast.base.validation import check_ratio
 from causalprune_fast.model.block_layouts import Family, family_of
 from causalprune_fast.model.checkpoint_model import CheckpointModel
 from causalprune_fast.pruning.checkpoint_layout import (
@@ -49,13 +49,7 @@ SHORTFALL = ("warn", "raise", "ignore")
 
 
 def _check(ratio, direction, group_reduction, normalizer, on_shortfall) -> float:
-    if (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, numbers.Real)
-        or not math.isfinite(ratio)
-        or not 0.0 <= ratio < 1.0
-    ):
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    ratio = check_ratio(ratio)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if group_reduction not in ("sum", "mean", "max"):
@@ -65,7 +59,7 @@ def _check(ratio, direction, group_reduction, normalizer, on_shortfall) -> float
     _check_normalizer(normalizer)
     if on_shortfall not in SHORTFALL:
         raise ValueError(f"on_shortfall must be one of {SHORTFALL}, got {on_shortfall!r}")
-    return float(ratio)
+    return ratio
 
 
 def prune_checkpoint(

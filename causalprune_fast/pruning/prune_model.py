@@ -9,7 +9,6 @@ the pruner's order, each scored on the network as already pruned before it.
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections.abc import Iterable, Sequence
@@ -117,13 +116,7 @@ def _check_arguments(
     v.check_model(model)
     if next(model.parameters(), None) is None:
         raise ValueError("model has no parameters: there is nothing to prune")
-    if (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, numbers.Real)
-        or not math.isfinite(ratio)
-        or not 0.0 <= ratio < 1.0
-    ):
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    v.check_ratio(ratio)
     shape = v.check_input_shape(input_shape)
     v.check_example_input(example_input)
     if shape is None and example_input is None:
