@@ -97,6 +97,12 @@ def test_precomputed_scores_and_their_check(tmp_path):
     gpt2_scores = score_checkpoint(other, (T,), progress=False, **KW)
     with pytest.raises(ValueError, match="this checkpoint does not have"):
         prune_checkpoint(path, 0.3, tmp_path / "out2", scores=gpt2_scores, progress=False)
+    # With scores nothing is scored: scoring arguments are errors, not silently ignored.
+    for ignored in (dict(bins=8), dict(no_such_argument=1), dict(dtype=torch.float32)):
+        with pytest.raises(ValueError, match=f"no effect: {next(iter(ignored))}"):
+            prune_checkpoint(path, 0.3, tmp_path / "out2", scores=scores, **ignored)
+    with pytest.raises(ValueError, match=r"input_shape=\(9,\) \(the scores were made with"):
+        prune_checkpoint(path, 0.3, tmp_path / "out2", (T + 1,), scores=scores)
     assert not (tmp_path / "out2").exists()
 
 

@@ -222,6 +222,26 @@ def test_bad_arguments_before_any_work(saved):
         score_checkpoint(path, (T,), no_such_argument=1, **KW)
     with pytest.raises(ValueError, match="device"):
         score_checkpoint(path, (T,), device="nonsense", **KW)
+    # The noise is token ids: checked against config.json before the model runs.
+    kw = {k: v for k, v in KW.items() if k != "input_range"}
+    with pytest.raises(ValueError, match=r"input_shape must be \(T,\)"):
+        score_checkpoint(path, (2, T), **kw)
+    with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {VOCAB}\)"):
+        score_checkpoint(path, (T,), input_range=(0, VOCAB + 1), **kw)
+    _, gpt2 = saved("gpt2")
+    with pytest.raises(ValueError, match="positions"):
+        score_checkpoint(gpt2, (10_000,), **kw)
+
+
+def test_token_ids_of_the_whole_vocabulary_by_default(saved):
+    """Without input_range the noise is token ids in [0, vocab_size), as the CLI's."""
+    _, path = saved("llama")
+    kw = {k: v for k, v in KW.items() if k != "input_range"}
+    default = score_checkpoint(path, (T,), progress=False, **kw)
+    explicit = score_checkpoint(path, (T,), input_range=(0, VOCAB), progress=False, **kw)
+    assert default.config["input_range"] == explicit.config["input_range"]
+    for name, layer in explicit.layers.items():
+        assert torch.allclose(default.layers[name].incoming, layer.incoming), name
 
 
 # ---------------------------------------------------------------------------- distributed

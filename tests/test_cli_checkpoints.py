@@ -150,7 +150,12 @@ def test_prune_from_a_scores_file(llama_dir, tmp_path, capsys):
         main(["prune", str(llama_dir), "--ratio", "0.3", "--out", str(tmp_path / "a"), *base]) == 0
     )
     argv = ["prune", str(llama_dir), "--ratio", "0.3", "--out", str(tmp_path / "b"),
-            "--scores", str(scores), *base]  # fmt: skip
+            "--scores", str(scores), "--input-shape", str(T), "--no-progress"]  # fmt: skip
+    capsys.readouterr()
+    for ignored in (NOISE[4:6], ["--input-range", "0,10"], ["--pairs-per-unit", "3"]):
+        assert main(argv + ignored) == 2  # nothing is scored: an option of scoring is an error
+        one_line_error(capsys, "would have no effect")
+        assert not (tmp_path / "b").exists()
     assert main(argv) == 0
     assert "scored 0 time(s)" in capsys.readouterr().out
     a, b = cf.load_pruned(tmp_path / "a").state_dict(), cf.load_pruned(tmp_path / "b").state_dict()

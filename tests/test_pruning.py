@@ -159,3 +159,30 @@ def test_causal_structured_errors():
         causal_structured(conv, amount=1.5, scores=torch.ones(10))
     with pytest.raises(ValueError, match="must be 1-D"):
         causal_structured(conv, amount=0.2, scores=torch.ones(10, 1))
+
+
+@pytest.mark.parametrize("frozen", ["all", "first conv", "no_grad"])
+def test_frozen_parameters_prune_as_trainable_ones_and_stay_frozen(frozen):
+    """Torch-Pruning traces through autograd: a model frozen for inference (or pruned under
+    torch.no_grad()) must lose the same channels as the trainable one, and keep its flags."""
+    torchvision = pytest.importorskip("torchvision")
+    kw = dict(examples=4, samples_per_layer=256, seed=0, progress=False)
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=5).eval()
+    model = copy.deepcopy(reference)
+    if frozen == "all":
+        model.requires_grad_(False)
+    elif frozen == "first conv":
+        model.conv1.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    cf.prune(reference, 0.3, (3, 32, 32), **kw)
+    if frozen == "no_grad":
+        with torch.no_grad():
+            _, report = cf.prune(model, 0.3, (3, 32, 32), **kw)
+    else:
+        _, report = cf.prune(model, 0.3, (3, 32, 32), **kw)
+    assert report.achieved > 0.25
+    shapes = {n: p.shape for n, p in reference.named_parameters()}
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)

@@ -150,3 +150,21 @@ def preserved(model: nn.Module) -> Iterator[None]:
             random.setstate(python_rng)
             if numpy_rng is not None:
                 numpy.random.set_state(numpy_rng)
+
+
+@contextlib.contextmanager
+def traced_with_grad(model: nn.Module) -> Iterator[None]:
+    """Run the body with gradients on and every parameter requiring them, then put each
+    parameter's ``requires_grad`` back (also when the body raised). Torch-Pruning builds its
+    dependency graph from autograd: under ``torch.no_grad()``, or with frozen parameters (a
+    model frozen for inference), the layers they feed drop out of the graph and their channel
+    groups with them."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        with torch.enable_grad():
+            for p in flags:
+                p.requires_grad_(True)
+            yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)

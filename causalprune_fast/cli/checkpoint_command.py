@@ -9,7 +9,12 @@ import re
 
 import torch
 
-from causalprune_fast.cli.options import noise_kwargs, start_distributed, write_scores
+from causalprune_fast.cli.options import (
+    noise_kwargs,
+    scoring_options_given,
+    start_distributed,
+    write_scores,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,7 +105,19 @@ def prune_checkpoint_command(args, device: torch.device, normalizer) -> int:
     if args.scores:
         from causalprune_fast.results.causal_scores import CausalScores
 
-        kwargs["scores"] = CausalScores.load(args.scores)
+        given = scoring_options_given(args)
+        if args.input_range is not None:
+            given.append("--input-range")
+        if given:
+            raise ValueError(
+                f"--scores: nothing is scored, so {', '.join(given)} would have no effect"
+            )
+        kwargs = dict(
+            scores=CausalScores.load(args.scores),
+            max_memory=args.max_memory,
+            progress=not args.no_progress,
+        )
+        device = None
     report = prune_checkpoint(
         args.model,
         args.ratio,

@@ -191,3 +191,17 @@ def write_scores(args, scores) -> int:
         scores.plot(args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def scoring_options_given(args) -> list[str]:
+    """The options of ``add_noise_options`` that only scoring reads and that were given a
+    value other than their default (``--max-memory`` and ``--no-progress`` apply to the
+    writing pass too and are left out)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_noise_options(parser)
+    defaults = vars(parser.parse_args([]))
+    return [
+        "--" + dest.replace("_", "-")
+        for dest, default in defaults.items()
+        if dest not in ("max_memory", "no_progress") and getattr(args, dest) != default
+    ]

@@ -23,8 +23,9 @@ from causalprune_fast.results.channel_scores import DIRECTIONS
 LOADING = """loading the result:
   a checkpoint directory is written as a new checkpoint directory:
     model = causalprune_fast.load_pruned("DEST")          # any pruned Llama/Mistral/Qwen2/GPT-2
-    model = AutoModelForCausalLM.from_pretrained("DEST")  # Mistral, Qwen2; Llama whose pruned
-                                                          # hidden size is a multiple of its heads
+    model = AutoModelForCausalLM.from_pretrained("DEST")  # Mistral, Qwen2, GPT-2; Llama whose
+                                                          # pruned hidden size is a multiple of
+                                                          # its heads
   any other model is written whole with torch.save (torchvision/timm must be importable):
     model = torch.load("DEST", weights_only=False)        # only for files you trust
 """

@@ -62,6 +62,21 @@ def _check(ratio, direction, group_reduction, normalizer, on_shortfall) -> float
     return ratio
 
 
+def _check_no_scoring_arguments(scores, input_shape, device, dtype, score_model_kwargs) -> None:
+    """With ``scores`` given nothing is scored: arguments that only scoring reads would be
+    silently ignored, so they are an error naming them."""
+    unused = sorted(score_model_kwargs)
+    unused += [name for name, value in (("device", device), ("dtype", dtype)) if value is not None]
+    shape = scores.config.get("input_shape")
+    if input_shape is not None and (shape is None or tuple(input_shape) != tuple(shape)):
+        unused.append(f"input_shape={tuple(input_shape)} (the scores were made with {shape})")
+    if unused:
+        raise ValueError(
+            "scores were given, so nothing is scored here and these scoring arguments would "
+            f"have no effect: {', '.join(unused)}"
+        )
+
+
 def prune_checkpoint(
     path: str | os.PathLike,
     ratio: float,
@@ -132,6 +147,7 @@ def prune_checkpoint(
         rescored = 1
     else:
         _check_scores(scores, cm.model)
+        _check_no_scoring_arguments(scores, input_shape, device, dtype, score_model_kwargs)
         rescored = 0
     plan = plan_checkpoint_pruning(
         family,

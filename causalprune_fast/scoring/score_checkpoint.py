@@ -73,6 +73,39 @@ def _progress(total: int, enabled: bool):
     return None
 
 
+def _check_token_input(config: dict, input_shape, kwargs: dict) -> None:
+    """The noise input of a language model is token ids: ``input_shape`` is ``(T,)`` with
+    ``T`` within the model's positions, and ``input_range`` (default ``(0, vocab_size)``)
+    within the vocabulary. Checked here, before any work, as the model would otherwise fail
+    inside its first block on an out-of-range index."""
+    if input_shape is not None:
+        shape = tuple(input_shape) if isinstance(input_shape, Sequence) else None
+        if shape is None or len(shape) != 1:
+            raise ValueError(
+                f"input_shape must be (T,): one example of T tokens, got {input_shape!r}"
+            )
+        positions = config.get("n_positions")  # GPT-2's learned positions (rotary has none)
+        if isinstance(positions, int) and isinstance(shape[0], int) and shape[0] > positions:
+            raise ValueError(
+                f"input_shape {shape}: the model has {positions} positions (config.json "
+                "n_positions)"
+            )
+    if kwargs["input_dtype"].is_floating_point:
+        return
+    vocab = config.get("vocab_size")
+    if kwargs.get("input_range") is None:
+        if not isinstance(vocab, int):
+            raise ValueError("config.json has no vocab_size: give input_range=(0, vocab)")
+        kwargs["input_range"] = (0, vocab)
+        return
+    lo, hi = kwargs["input_range"]
+    if isinstance(vocab, int) and (lo < 0 or hi > vocab):
+        raise ValueError(
+            f"input_range {(lo, hi)}: token ids must lie in [0, {vocab}) (config.json "
+            f"vocab_size {vocab}); the default is (0, {vocab})"
+        )
+
+
 def score_checkpoint(
     path: str | os.PathLike,
     input_shape: Sequence[int] | None = None,
@@ -89,9 +122,10 @@ def score_checkpoint(
         path: a checkpoint directory (``config.json`` and safetensors shards, as
             ``save_pretrained`` writes them) of a Llama-layout (``llama``, ``mistral``,
             ``qwen2``) or GPT-2 model.
-        input_shape: one example's shape, e.g. ``(64,)`` tokens; or ``example_input=``.
-            Token inputs need ``input_range=(0, vocab)`` and an integer ``input_dtype``
-            (default ``torch.long`` here).
+        input_shape: one example's shape, ``(T,)`` tokens, e.g. ``(64,)``; or
+            ``example_input=``. The noise is token ids: ``input_dtype`` defaults to
+            ``torch.long`` and ``input_range`` to ``(0, vocab_size)`` here, both checked
+            against config.json.
         device: where the blocks run (default ``cuda`` if available, else ``cpu``).
         dtype: the weights' dtype once loaded (default: as stored).
         max_memory: bytes (or ``"8GB"``, ...) that one block, the kept activations and the
@@ -123,8 +157,9 @@ def score_checkpoint(
     cm.check_complete()
     compute_dtype = dtype or next(cm.model.parameters()).dtype
     kwargs = dict(score_model_kwargs)
-    if kwargs.get("example_input") is None and "input_dtype" not in kwargs:
-        kwargs["input_dtype"] = torch.long
+    if kwargs.get("example_input") is None:
+        kwargs.setdefault("input_dtype", torch.long)
+        _check_token_input(ckpt.config, input_shape, kwargs)
     bound = inspect.signature(score_model).bind(
         _Placement(device, compute_dtype), input_shape, **kwargs
     )
