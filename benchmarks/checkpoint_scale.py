@@ -153,9 +153,11 @@ def run_size(name: str, args) -> dict:
     scores = path + ".scores.safetensors"
     score = timed([*py, "score", path, *noise, "--out", scores])
     shards = ["--max-shard-size", args.shard]
+    from_scores = ["--input-shape", str(args.tokens), "--no-progress"]  # nothing is scored
     prune = timed(
-        [*py, "prune", path, "--ratio", "0.3", "--out", out, "--scores", scores, *shards, *noise]
-    )
+        [*py, "prune", path, "--ratio", "0.3", "--out", out, "--scores", scores, *shards,
+         *from_scores]
+    )  # fmt: skip
     pruned_disk = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     summary = [ln for ln in prune["stdout"].splitlines() if ln.startswith("params")]
     stages = [ln for ln in score["stdout"].splitlines() if ln.startswith("time: ")]
