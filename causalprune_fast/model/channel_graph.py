@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast.base.memory import default_memory_budget
-from causalprune_fast.base.model_state import traced_with_grad
 from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.channel_members import (
     Attention,
@@ -84,7 +83,7 @@ def find_groups(
 
     try:
         # GPT-2's Conv1D gets its pruner; rotary attention is traced as llm_pruning says.
-        with traced_with_grad(model), traceable(model):
+        with traceable(model):
             dg = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=example_input,

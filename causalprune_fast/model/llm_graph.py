@@ -39,6 +39,7 @@ from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
 
+from causalprune_fast.base.model_state import traced_with_grad
 from causalprune_fast.model.families import is_conv1d
 from causalprune_fast.model.llm_index_maps import concat_mapping, split_mapping
 
@@ -159,7 +160,9 @@ def traceable(model: nn.Module) -> Iterator[None]:
     and splits and concatenations of projection features along the last dimension mapped
     (:mod:`causalprune_fast.model.llm_index_maps`); see the module doc; and the structures of
     :mod:`causalprune_fast.model.structures` traced as their pruners expect
-    (:func:`~causalprune_fast.model.structures.trace.structure_trace`). Puts everything back on
+    (:func:`~causalprune_fast.model.structures.trace.structure_trace`); gradients on for every
+    parameter (:func:`~causalprune_fast.base.model_state.traced_with_grad`: Torch-Pruning traces
+    through autograd, so frozen layers would drop out of the graph). Puts everything back on
     exit, also on an error. Graphs built inside need
     :func:`~causalprune_fast.model.structures.extend_graph` once built."""
     from torch_pruning.dependency import index_mapping
@@ -185,7 +188,7 @@ def traceable(model: nn.Module) -> Iterator[None]:
             c.use_cache = False
             if rotary and hasattr(c, "_attn_implementation"):
                 c._attn_implementation = "eager"
-        with structure_trace(graph_extensions(model)):
+        with structure_trace(graph_extensions(model)), traced_with_grad(model):
             yield
     finally:
         index_mapping.update_split_index_mapping = split

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from causalprune_fast.base import validation as v
-from causalprune_fast.base.model_state import preserved, traced_with_grad
+from causalprune_fast.base.model_state import preserved
 from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.channel_members import attention_layers, members_of_group
 from causalprune_fast.model.llm_graph import torch_pruning_extensions, traceable
@@ -157,7 +157,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
                 dtype = p.dtype if p.dtype.is_floating_point else torch.float32
                 example = torch.zeros((1, *self.input_shape), dtype=dtype, device=p.device)
             extensions = torch_pruning_extensions(self.model)
-            with preserved(self.model), traced_with_grad(self.model), traceable(self.model):
+            with preserved(self.model), traceable(self.model):
                 self.model.eval()
                 self._graph = tp.DependencyGraph().build_dependency(
                     self.model,

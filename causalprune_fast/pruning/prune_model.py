@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from causalprune_fast.base import validation as v
-from causalprune_fast.base.model_state import ModelSnapshot, rng_forked, traced_with_grad
+from causalprune_fast.base.model_state import ModelSnapshot, rng_forked
 from causalprune_fast.base.outputs import output_tensors
 from causalprune_fast.model.families import is_conv1d, out_channels
 from causalprune_fast.model.layers import MEASURED_TYPES
@@ -252,18 +252,17 @@ def prune(
     with rng_forked(model):
         try:
             model.eval()
-            with traced_with_grad(model):  # frozen parameters: flags put back below
-                report = _prune(
-                    model,
-                    importance,
-                    example_input,
-                    ratio,
-                    sequential,
-                    global_pruning,
-                    ignored,
-                    round_to,
-                    iterative_steps,
-                )
+            report = _prune(
+                model,
+                importance,
+                example_input,
+                ratio,
+                sequential,
+                global_pruning,
+                ignored,
+                round_to,
+                iterative_steps,
+            )
             message = shortfall_message(report, global_pruning)
             if message and on_shortfall == "raise":
                 raise ValueError(message + "; the model was left as it was")
