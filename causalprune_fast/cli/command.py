@@ -15,6 +15,7 @@ import sys
 
 from causalprune_fast.cli.checkpoint_command import check_in_memory_only, score_checkpoint_command
 from causalprune_fast.cli.options import (
+    add_direction_option,
     add_model_options,
     add_noise_options,
     check_device,
@@ -54,13 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     add_model_options(s)
     add_noise_options(s)
     s.add_argument("--layers", help="regular expression on qualified layer names")
-    s.add_argument(
-        "--direction",
-        choices=list(DIRECTIONS),
-        default="auto",
-        help="channel score: MI into the channel, out of it, both, or auto (the default: 'in' "
-        "for conv channels, 'out' for the others; docs/method.md 6.3)",
-    )
+    add_direction_option(s)
     s.add_argument(
         "--reduction",
         choices=["sum", "mean", "max"],

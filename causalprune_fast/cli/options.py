@@ -112,6 +112,20 @@ def add_noise_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_direction_option(s: argparse.ArgumentParser) -> None:
+    """``--direction``, the channel score's direction, with the default of ``score_model`` and
+    ``prune`` (``score`` and ``prune``)."""
+    from causalprune_fast.results.channel_scores import DIRECTIONS
+
+    s.add_argument(
+        "--direction",
+        choices=list(DIRECTIONS),
+        default="auto",
+        help="channel score: MI into the channel, out of it, both, or auto (the default: 'in' "
+        "for conv channels, 'out' for the others; docs/method.md 6.3)",
+    )
+
+
 def check_device(text: str) -> torch.device:
     """The torch device named by ``--device``, which must exist here."""
     try:

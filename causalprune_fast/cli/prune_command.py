@@ -13,12 +13,12 @@ import tempfile
 import torch
 
 from causalprune_fast.cli.options import (
+    add_direction_option,
     add_model_options,
     add_noise_options,
     check_device,
     noise_kwargs,
 )
-from causalprune_fast.results.channel_scores import DIRECTIONS
 
 LOADING = """loading the result:
   a checkpoint directory is written as a new checkpoint directory:
@@ -49,13 +49,7 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--ratio", type=float, required=True, help="fraction to remove, in [0, 1)")
     p.add_argument("--out", required=True, help="where the pruned model goes (must not exist)")
     add_noise_options(p)
-    p.add_argument(
-        "--direction",
-        choices=list(DIRECTIONS),
-        default="auto",
-        help="channel importance: MI into the channel, out of it, both, or auto (the default: "
-        "'in' for conv channels, 'out' for the others; docs/method.md 6.3)",
-    )
+    add_direction_option(p)
     p.add_argument(
         "--reduction",
         choices=["sum", "mean", "max"],
