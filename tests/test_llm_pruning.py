@@ -295,3 +295,27 @@ def test_global_pruning_warns_when_the_config_cannot_describe_the_layers():
         a = layer.self_attn
         assert a.num_key_value_groups == a.q_proj.out_features // a.head_dim // KV_HEADS
     runs_and_generates(model)
+
+
+def test_global_pruning_refused_where_torch_pruning_misplaces_grouped_heads():
+    """8 query heads on 2 key/value heads: Torch-Pruning 1.6's global head ranking would offset
+    the second group's heads by 2 instead of 4. Refused before anything changes, naming the
+    heads; 4 on 2 (above) is where its offset is right, and that prunes."""
+    model = hf_models.llama(E, 8, 2, INNER, VOCAB)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"8 query heads on 2 key/value heads.*per layer"):
+        cf.prune(
+            model,
+            0.3,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            global_pruning=True,
+            **SCORING,
+        )
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    plan = attention_pruning(model)
+    with pytest.raises(ValueError, match="global_pruning is not supported"):
+        plan.pruner(model, torch.zeros(1, T, dtype=torch.long), 0.3, global_pruning=True)
+    pruned, _ = cf.prune(  # per layer it prunes
+        model, 0.3, example_input=torch.zeros(1, T, dtype=torch.long), **SCORING
+    )
+    runs_and_generates(pruned)

@@ -170,11 +170,15 @@ class AttentionPruning:
 
         Raises:
             ValueError: ``iterative_steps > 1`` with GPT-2 or Llama-style attention
-                (:meth:`check_iterative_steps`).
+                (:meth:`check_iterative_steps`); global or isomorphic pruning with grouped-query
+                attention (:meth:`check_global_pruning`).
         """
         import torch_pruning as tp
 
         self.check_iterative_steps(kwargs.get("iterative_steps", 1))
+        self.check_global_pruning(
+            bool(kwargs.get("global_pruning") or kwargs.get("isomorphic")), model
+        )
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class
         kwargs["ignored_layers"] = [*(kwargs.get("ignored_layers") or []), *self.kept]
         if self.fused is not None:
@@ -236,6 +240,39 @@ class AttentionPruning:
                 "Torch-Pruning builds its graph once, and the index maps of the heads' split "
                 "(GPT-2's c_attn) and key/value repeat (grouped-query attention) keep the sizes "
                 "of the first step; prune again with a new pruner (or prune() call) instead"
+            )
+
+    def check_global_pruning(self, global_pruning: bool, model: nn.Module) -> None:
+        """Raise a ValueError for global (or isomorphic) pruning of grouped-query attention
+        whose query heads per key/value group differ from its number of key/value heads.
+
+        Torch-Pruning 1.6's global head ranking (``BasePruner._prune``) picks the same number of
+        query heads in every key/value group, then offsets group ``g``'s picks by
+        ``g * num_kv_heads`` instead of ``g * heads_per_group``. Where the two are equal (4 query
+        heads on 2 key/value heads, 64 on 8) that is right; elsewhere (8 on 4, 32 on 8) it
+        removes other heads than it ranked, indexes past the last head, and leaves query heads
+        that no longer divide into the key/value groups (the model then fails, or loses no head
+        at all)."""
+        if not global_pruning:
+            return
+        names = {m: n for n, m in model.named_modules()}
+        wrong = []
+        for kind, m in self.modules:
+            if kind != "llama":
+                continue
+            q, k, _ = qkv_projections(m)
+            heads, kv = q.out_features // m.head_dim, k.out_features // m.head_dim
+            if kv < heads and heads // kv != kv:
+                wrong.append((names.get(m, "?"), heads, kv))
+        if wrong:
+            name, heads, kv = wrong[0]
+            raise ValueError(
+                f"global_pruning is not supported for grouped-query attention with {heads} "
+                f"query heads on {kv} key/value heads ({name} and {len(wrong) - 1} more "
+                "attention modules): Torch-Pruning 1.6's global head ranking offsets each "
+                "key/value group's heads by the number of key/value heads instead of the heads "
+                f"per group ({heads // kv}), so it would remove the wrong heads; prune per layer "
+                "(global_pruning=False)"
             )
 
     def shared_key_value_layers(self) -> set[nn.Module]:

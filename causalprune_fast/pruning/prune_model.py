@@ -291,6 +291,7 @@ def _prune(
     names = {m: n for n, m in model.named_modules()}
     attention = attention_pruning(model)  # may refuse the model: before anything changes
     attention.check_iterative_steps(iterative_steps)
+    attention.check_global_pruning(global_pruning, model)
     try:
         heads = model_output_layers(model, example_input)
     except Exception as e:
