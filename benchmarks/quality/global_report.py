@@ -24,6 +24,30 @@ REFERENCES = (
 )
 
 
+# (a, b) pairs compared head to head where both ran: what each remedy changes, and global
+# against per-layer pruning
+CONTRASTS = (
+    [(f"causal-{d}-local@global:mean", f"causal-{d}-local@global") for d in ("auto", "in")]
+    + [(f"causal-{d}-local-mm@global", f"causal-{d}-local@global") for d in ("auto", "in")]
+    + [
+        (f"causal-{d}-local-mm@global:mean", f"causal-{d}-local@global:mean")
+        for d in ("auto", "in")
+    ]
+    + [
+        (f"causal-{d}-local{v}@global{n}", f"causal-{d}-local@layer")
+        for d in ("auto", "in")
+        for v in ("", "-mm")
+        for n in ("", ":mean")
+    ]
+    + [
+        ("causal-auto-local@isomorphic:mean", "causal-auto-local@layer"),
+        ("l2@global:mean", "l2@layer"),
+        ("l1@global:mean", "l1@layer"),
+        ("random@global", "random@layer"),
+    ]
+)
+
+
 def read_runs(path: str) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: TYPES.get(k, str)(v) for k, v in r.items()} for r in R.csv.DictReader(f)]
@@ -108,6 +132,56 @@ def allocation(rows, model, testbed, targets, methods) -> str:
     )
 
 
+def contrasts(rows, config, sign, scale) -> str:
+    """``a - b`` on the same seed, model, testbed and target, per protocol (negative = a is
+    better): mean ± 95% CI, seeds better/worse, Wilcoxon p."""
+    by = R.index(rows)
+    targets = config["targets"]
+    lines = []
+    for a, b in CONTRASTS:
+        for model in config["models"]:
+            for testbed in config["testbeds"]:
+                cells = []
+                for key in R.PROTOCOLS:
+                    for t in targets:
+                        ra, rb = (
+                            by.get((model, testbed, a, t), {}),
+                            by.get((model, testbed, b, t), {}),
+                        )
+                        diffs = [
+                            sign * (ra[s][key] - rb[s][key])
+                            for s in ra
+                            if s in rb and math.isfinite(ra[s][key]) and math.isfinite(rb[s][key])
+                        ]
+                        if not diffs:
+                            cells.append("")
+                            continue
+                        st = R.paired(diffs)
+                        p = "" if math.isnan(st["p_w"]) else f", p={st['p_w']:.2g}"
+                        cells.append(
+                            f"{scale * st['mean']:+.3f} ± {scale * st['ci']:.3f} "
+                            f"({st['better']}/{st['worse']}{p})"
+                        )
+                if any(cells):
+                    lines.append(
+                        f"| `{a}` − `{b}` | {model} | {testbed} | " + " | ".join(cells) + " |"
+                    )
+    if not lines:
+        return ""
+    head = [f"{t:.0%} {'no FT' if k == 'loss' else 'FT'}" for k in R.PROTOCOLS for t in targets]
+    unit = "accuracy points, sign flipped" if scale == 100 else "nats/byte"
+    return (
+        f"### Head to head, same seed ({unit}; negative = the first is better)\n\n"
+        "| contrast | model | testbed | "
+        + " | ".join(head)
+        + " |\n"
+        + "|---" * (len(head) + 3)
+        + "|\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def plot(rows, config, path) -> None:
     """Paired difference to the per-layer default, mean ± 95% CI, one panel per model and
     protocol, trained testbed, largest target."""
@@ -164,6 +238,7 @@ def write_reports(out: str) -> None:
         f"Command: `{config['command']}`; date {config['date']}; revision "
         f"{config['revision']}; seeds {config['seeds']}.\n",
     ]
+    parts.append(contrasts(rows, config, sign, scale))
     present = {(r["model"], r["testbed"]) for r in rows}
     for model in config["models"]:
         for testbed in config["testbeds"]:
