@@ -194,7 +194,9 @@ def plot(rows, config, path) -> None:
     scale = 100 if config["higher_is_better"] else 1
     by = R.index(rows)
     target = max(config["targets"])
-    ref = next(r for r in REFERENCES if any(k[2] == r for k in by))
+    ref = next((r for r in REFERENCES if any(k[1:3] == ("trained", r) for k in by)), None)
+    if ref is None:  # nothing to plot against (e.g. a part run without the trained model)
+        return
     panels = [(m, k) for m in config["models"] for k in R.PROTOCOLS]
     with matplotlib.rc_context():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.5), squeeze=False)
