@@ -27,6 +27,7 @@ class LMFamily:
     """``lm_study.py``'s models; criteria as ``lm_criteria.importance_for`` names them."""
 
     models = tuple(M.MODELS)
+    default_models = M.DEFAULT_MODELS
     testbeds = tuple(T.TESTBEDS)
     scopes = C.SCOPES
     higher_is_better = False
@@ -145,7 +146,7 @@ class CNNFamily:
     them (``causal-<direction>-<variant>`` of ``study.py``, ``l1``, ``l2``, ``random``,
     ``taylor``, ``act``)."""
 
-    models = CT.NETS
+    models = default_models = CT.NETS
     testbeds = CT.TESTBEDS
     scopes = ("layer", "global")
     higher_is_better = True

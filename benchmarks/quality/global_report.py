@@ -41,6 +41,19 @@ CONTRASTS = (
     ]
     + [
         ("causal-auto-local@isomorphic:mean", "causal-auto-local@layer"),
+    ]
+    + [  # the best global causal criterion against every baseline and reference
+        (f"causal-{d}-local-mm@global:mean", ref)
+        for d, refs in (
+            ("auto", ("l2@layer", "l2@global:mean", "random@layer", "random@global")),
+            (
+                "in",
+                ("l1@layer", "l1@global:mean", "l2@global:mean", "random@layer", "random@global"),
+            ),
+        )
+        for ref in (*refs, "taylor@global:mean", "wanda-sp@global:mean", "act@global:mean")
+    ]
+    + [
         ("l2@global:mean", "l2@layer"),
         ("l1@global:mean", "l1@layer"),
         ("random@global", "random@layer"),

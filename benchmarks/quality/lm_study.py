@@ -317,7 +317,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    p.add_argument("--models", nargs="+", default=list(M.MODELS))
+    p.add_argument("--models", nargs="+", default=list(M.DEFAULT_MODELS))
     p.add_argument("--testbeds", nargs="+", default=None, help=f"default: {list(T.TESTBEDS)}")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
     p.add_argument("--methods", nargs="+", default=None, help="criteria (default: the finalists)")
