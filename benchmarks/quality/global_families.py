@@ -28,6 +28,7 @@ class LMFamily:
 
     models = tuple(M.MODELS)
     default_models = M.DEFAULT_MODELS
+    smoke_models = ("gpt2", "llama-mha")
     testbeds = tuple(T.TESTBEDS)
     scopes = C.SCOPES
     higher_is_better = False
@@ -62,9 +63,12 @@ class LMFamily:
         self.heldout = self.corpus.heldout_windows(M.EVAL["windows"])
         self.calibration = self.corpus.calibration()
         self.ids = L.example_ids()
+        scopes = {m.partition("@")[2].partition(":")[0] for m in self.args.methods}
         for name in self.args.models:  # a model the plan cannot prune: named, with the reason
             try:
-                C.attention_pruning(M.build_model(name, 0, self.size))
+                model = M.build_model(name, 0, self.size)
+                plan = C.attention_pruning(model)
+                plan.check_global_pruning(bool(scopes - {"layer"}), model)
             except ValueError as e:
                 raise SystemExit(
                     f"model {name!r} cannot be pruned by cf.prune's plan: {e}"
@@ -146,7 +150,7 @@ class CNNFamily:
     them (``causal-<direction>-<variant>`` of ``study.py``, ``l1``, ``l2``, ``random``,
     ``taylor``, ``act``)."""
 
-    models = default_models = CT.NETS
+    models = default_models = smoke_models = CT.NETS
     testbeds = CT.TESTBEDS
     scopes = ("layer", "global")
     higher_is_better = True

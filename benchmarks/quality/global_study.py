@@ -187,6 +187,7 @@ def parse(argv):
     if args.smoke:
         args.seeds, args.targets = args.seeds[:1], [0.3]
         args.methods = args.methods or family.smoke_methods
+        args.models = args.models or list(family.smoke_models)
     args.models = args.models or list(family.default_models)
     args.testbeds = args.testbeds or list(family.testbeds)
     args.methods = args.methods or family.default_methods
