@@ -18,8 +18,13 @@ script localises that, on the same trained models and cached causal scores (``--
   one block only (random elsewhere) or everywhere but one block.
 - ``offset``: the cost of the removed neurons' mean output alone (subtracted from the bias,
   the neurons kept), in the full-width model and after pruning only the hidden size.
+- ``meanratio``: per block, the norm of the constant that the MLP neurons each criterion
+  removes wrote into the residual stream (their mean output on training text times their
+  output weights), relative to the stream's per-token norm (GPT-2 and Llama).
 - ``range``: the default on causal scores computed with noise over token ids ``--score-range``
   instead of the whole byte vocabulary (cached in ``--score-cache``).
+- ``embeddings``: the input embedding's rows of bytes that occur in the training text and
+  of those that never do (GPT-2 ties them to its output layer, Llama does not).
 - ``lnstats``: after pruning everything, each LayerNorm's per-token input standard deviation
   on held-out text against the unpruned model's (``std``), the same were only the dims removed
   (``dims-only``), and the shift of its input mean.
@@ -47,96 +52,30 @@ import sys
 import time
 
 import torch
-import torch_pruning as tp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lm_criteria as C  # noqa: E402
+import lm_gpt2_pruning as P  # noqa: E402
 import lm_gpt2_repairs as G  # noqa: E402
 import lm_models as M  # noqa: E402
 import lm_report as R  # noqa: E402
 import lm_study as L  # noqa: E402
 
-import causalprune_fast as cf  # noqa: E402
-from causalprune_fast.results import CausalScores  # noqa: E402
-
-EXPERIMENTS = ("pairs", "cross", "meancomp", "blocks", "offset", "range", "lnstats", "fixes")
-SUBSETS = {
-    "hidden": ("hidden",),
-    "heads": ("heads",),
-    "mlp": ("mlp",),
-    "hidden+heads": ("hidden", "heads"),
-    "hidden+mlp": ("hidden", "mlp"),
-    "heads+mlp": ("heads", "mlp"),
-    "all": ("hidden", "heads", "mlp"),
-}
+EXPERIMENTS = (
+    "pairs",
+    "cross",
+    "meancomp",
+    "blocks",
+    "offset",
+    "meanratio",
+    "range",
+    "embeddings",
+    "lnstats",
+    "fixes",
+)
 METHODS = ["causal-auto-local", "l2", "random"]
 FIELDS = ["model", "seed", "experiment", "setting", "method", "ratio", "value"]
-
-
-class Subset:
-    """An importance that scores only the groups of the given kinds of channel."""
-
-    def __init__(self, importance, kinds: tuple[str, ...], layer_kinds: dict):
-        self.importance, self.kinds, self.layer_kinds = importance, kinds, layer_kinds
-
-    def __call__(self, group):
-        if C.group_kind(group, self.layer_kinds) not in self.kinds:
-            return None
-        return self.importance(group)
-
-
-def prune(model, importance, kinds, ratio, ids) -> dict:
-    """Prune ``kinds`` of ``model`` in place as ``cf.prune`` does; {kind: {root layer's name:
-    removed indices}} (the hidden size's indices are those of the residual stream)."""
-    plan = C.attention_pruning(model)
-    lk = C.layer_kinds(model)
-    names = {m: n for n, m in model.named_modules()}
-    pruner = plan.pruner(
-        model,
-        ids,
-        ratio,
-        pruner_class=tp.pruner.BasePruner,
-        importance=Subset(importance, kinds, lk),
-        global_pruning=False,
-        ignored_layers=[model.lm_head],
-    )
-    removed: dict = {}
-    for group in pruner.step(interactive=True):
-        idxs = sorted(int(i) for i in group[0].idxs)
-        root = names.get(group[0].dep.target.module, str(len(removed)))
-        removed.setdefault(C.group_kind(group, lk), {})[root] = idxs
-        group.prune()
-    plan.sync(model, pruner)
-    model.zero_grad(set_to_none=True)
-    return removed
-
-
-def load(name, seed, corpus, cache):
-    model, _ = L.trained_model(name, seed, corpus, M.TRAIN, cache, "small")
-    key = L.settings_hash([corpus.info["sha256"], M.TRAIN, "small"])
-    scores, _ = L.causal_scores(model, f"{name}-s{seed}-trained-{key}", "local", seed, cache)
-    return model, {"local": scores}
-
-
-def pruned_copies(model, method, kinds, ratio, seed, scores, calibration):
-    """(pruned model, removed) for each draw of ``method`` (three for random)."""
-    ids = L.example_ids()
-    for rep in range(3 if method == "random" else 1):
-        p = copy.deepcopy(model)
-        imp = C.importance_for(method, p, ids, seed + 100 * rep, scores, calibration, M.lm_loss)
-        yield p, prune(p, imp, kinds, ratio, ids)
-
-
-class PerKind:
-    """One importance per kind of channel (None: that kind is not pruned)."""
-
-    def __init__(self, by_kind: dict, layer_kinds: dict):
-        self.by_kind, self.layer_kinds = by_kind, layer_kinds
-
-    def __call__(self, group):
-        imp = self.by_kind.get(C.group_kind(group, self.layer_kinds))
-        return None if imp is None else imp(group)
 
 
 def run_cross(name, seed, model, scores, args, ctx, writer) -> None:
@@ -153,7 +92,7 @@ def run_cross(name, seed, model, scores, args, ctx, writer) -> None:
                         by[kind] = C.importance_for(
                             m, p, ids, seed + 100 * rep + 7 * len(by), scores, None, M.lm_loss
                         )
-                prune(p, PerKind(by, C.layer_kinds(p)), SUBSETS["all"], args.ratio, ids)
+                P.prune(p, P.PerKind(by, C.layer_kinds(p)), P.SUBSETS["all"], args.ratio, ids)
                 vals.append(M.evaluate(p, ctx["heldout"]))
             writer(name, seed, "cross", f"mlp={b}", a, statistics.fmean(vals))
 
@@ -171,7 +110,7 @@ def run_meancomp(name, seed, model, scores, args, ctx, writer) -> None:
     for setting in args.meancomp_settings:
         for method in args.methods:
             vals: dict = {}
-            for p, removed in ctx["copies"](method, SUBSETS[setting]):
+            for p, removed in ctx["copies"](method, P.SUBSETS[setting]):
                 vals.setdefault("none", []).append(M.evaluate(p, ctx["heldout"]))
                 for source, mu in means.items():
                     q = copy.deepcopy(p)
@@ -181,22 +120,6 @@ def run_meancomp(name, seed, model, scores, args, ctx, writer) -> None:
                 writer(
                     name, seed, "meancomp", f"{setting} {comp}-mean", method, statistics.fmean(v)
                 )
-
-
-class ByBlock:
-    """MLP neurons of the blocks in ``blocks`` scored by ``inside``, the others by ``outside``;
-    every other group by ``inside``."""
-
-    def __init__(self, inside, outside, blocks: set[int], model):
-        self.inside, self.outside = inside, outside
-        self.fc = {b.mlp.c_fc for i, b in enumerate(model.transformer.h) if i in blocks}
-        self.all_fc = {b.mlp.c_fc for b in model.transformer.h}
-
-    def __call__(self, group):
-        root = group[0].dep.target.module
-        if root in self.all_fc and root not in self.fc:
-            return self.outside(group)
-        return self.inside(group)
 
 
 def run_blocks(name, seed, model, scores, args, ctx, writer) -> None:
@@ -213,37 +136,25 @@ def run_blocks(name, seed, model, scores, args, ctx, writer) -> None:
                 p = copy.deepcopy(model)
                 crit = C.importance_for(method, p, ids, seed, scores, None, M.lm_loss)
                 rnd = C.importance_for("random", p, ids, seed + 100 * rep, scores, None, None)
-                prune(p, ByBlock(crit, rnd, blocks, p), SUBSETS["all"], args.ratio, ids)
+                P.prune(p, P.ByBlock(crit, rnd, blocks, p), P.SUBSETS["all"], args.ratio, ids)
                 vals.append(M.evaluate(p, ctx["heldout"]))
             writer(name, seed, "blocks", setting, method, statistics.fmean(vals))
-
-
-def ranged_scores(model, tag, seed, lo, hi, cache):
-    """The default causal scores of ``model`` with noise over token ids ``[lo, hi)`` instead of
-    the whole vocabulary (cached in ``cache``, not in the study's cache)."""
-    path = os.path.join(cache, f"scores-{tag}-range{lo}-{hi}.safetensors") if cache else None
-    if path and os.path.exists(path):
-        return CausalScores.load(path)
-    kwargs = C.score_kwargs(L.example_ids(), "local", None, seed)
-    scores = cf.score_model(model, **{**kwargs, "input_range": (float(lo), float(hi))})
-    if path:
-        os.makedirs(cache, exist_ok=True)
-        scores.save(path)
-    return scores
 
 
 def run_range(name, seed, model, scores, args, ctx, writer) -> None:
     """The default criterion on scores computed with noise over ``--score-range`` token ids,
     every kind pruned, and one kind at a time."""
     lo, hi = args.score_range
-    ranged = {"local": ranged_scores(model, f"{name}-s{seed}", seed, lo, hi, args.score_cache)}
+    ranged = {"local": P.ranged_scores(model, f"{name}-s{seed}", seed, lo, hi, args.score_cache)}
     for setting in ("all", "hidden", "heads", "mlp"):
         for label, sc in ((f"range {lo}-{hi}", ranged), ("range 0-256", scores)):
             p = copy.deepcopy(model)
             imp = C.importance_for("causal-auto-local", p, L.example_ids(), seed, sc, None, None)
-            prune(p, imp, SUBSETS[setting], args.ratio, L.example_ids())
+            P.prune(p, imp, P.SUBSETS[setting], args.ratio, L.example_ids())
             writer(name, seed, "range", setting, label, M.evaluate(p, ctx["heldout"]))
-        vals = [M.evaluate(p, ctx["heldout"]) for p, _ in ctx["copies"]("random", SUBSETS[setting])]
+        vals = [
+            M.evaluate(p, ctx["heldout"]) for p, _ in ctx["copies"]("random", P.SUBSETS[setting])
+        ]
         writer(name, seed, "range", setting, "random", statistics.fmean(vals))
 
 
@@ -255,14 +166,14 @@ def run_offset(name, seed, model, scores, args, ctx, writer) -> None:
     ids, windows = L.example_ids(), ctx["heldout"][:32, :-1]
     probe = copy.deepcopy(model)
     imp = C.importance_for("causal-auto-local", probe, ids, seed, scores, None, None)
-    mlp = prune(probe, imp, SUBSETS["mlp"], args.ratio, ids)["mlp"]
+    mlp = P.prune(probe, imp, P.SUBSETS["mlp"], args.ratio, ids)["mlp"]
     means = G.mlp_input_means(model, ctx["calibration"][:, :-1])
     std0 = G.ln_inputs(model, windows)["transformer.ln_f"].std(-1).mean().item()
     for base in ("full", "causal-auto-local", "random"):
         p, removed = copy.deepcopy(model), {"mlp": mlp}
         if base != "full":
             imp = C.importance_for(base, p, ids, seed, scores, None, None)
-            removed["hidden"] = prune(p, imp, SUBSETS["hidden"], args.ratio, ids)["hidden"]
+            removed["hidden"] = P.prune(p, imp, P.SUBSETS["hidden"], args.ratio, ids)["hidden"]
         std = G.ln_inputs(p, windows)["transformer.ln_f"].std(-1).mean().item()
         writer(name, seed, "offset", "ln_f input std / unpruned", base, std / std0)
         loss = M.evaluate(p, ctx["heldout"])
@@ -279,8 +190,59 @@ def run_offset(name, seed, model, scores, args, ctx, writer) -> None:
         )
 
 
+def run_meanratio(name, seed, model, scores, args, ctx, writer) -> None:
+    """Per block, the norm of the constant the removed MLP neurons wrote (their mean output on
+    training text times their output weights) over the mean per-token norm of the centred
+    residual stream after that block: GPT-2 (GELU with biases) and Llama (SwiGLU, no biases)."""
+    cal = ctx["calibration"][:, :-1]
+    gpt2 = hasattr(model, "transformer")
+    blocks = model.transformer.h if gpt2 else model.model.layers
+    outs = [b.mlp.c_proj if gpt2 else b.mlp.down_proj for b in blocks]
+    acts, hooks = {}, []
+    for i, m in enumerate(outs):
+
+        def hook(mod, a, o, i=i):
+            acts[i] = a[0].reshape(-1, a[0].shape[-1]).double()
+
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            hs = model(cal, output_hidden_states=True).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+    for method in args.methods:
+        ratios: dict = {}
+        for _, removed in ctx["copies"](method, P.SUBSETS["mlp"]):
+            for i, m in enumerate(outs):
+                idx = next(v for k, v in removed["mlp"].items() if f".{i}." in k)
+                w = m.weight.double()
+                w = w[idx] if gpt2 else w[:, idx].T  # [removed neurons, hidden]
+                delta = acts[i].mean(0)[idx] @ w
+                x = hs[i + 1].reshape(-1, hs[i + 1].shape[-1]).double()
+                scale = (x - x.mean(-1, keepdim=True)).norm(dim=-1).mean()
+                ratios.setdefault(f"block {i}", []).append(float(delta.norm() / scale))
+        for setting, v in ratios.items():
+            writer(name, seed, "meanratio", setting, method, statistics.fmean(v))
+
+
+def run_embeddings(name, seed, model, scores, args, ctx, writer) -> None:
+    """The input embedding's rows for the bytes that occur in the training text and for those
+    that never do: mean row norm, and the norm of the mean row (a common direction)."""
+    seen = torch.bincount(ctx["train"].long(), minlength=256) > 0
+    e = model.get_input_embeddings().weight.detach().double()
+    for label, rows in (("seen", e[seen]), ("unseen", e[~seen])):
+        writer(
+            name, seed, "embeddings", f"{label} bytes: mean row norm", "-", rows.norm(dim=1).mean()
+        )
+        writer(
+            name, seed, "embeddings", f"{label} bytes: norm of mean row", "-", rows.mean(0).norm()
+        )
+    writer(name, seed, "embeddings", "bytes seen in training text", "-", float(seen.sum()))
+
+
 def run_pairs(name, seed, model, scores, args, ctx, writer) -> None:
-    for setting, kinds in SUBSETS.items():
+    for setting, kinds in P.SUBSETS.items():
         for method in args.methods:
             vals = [M.evaluate(p, ctx["heldout"]) for p, _ in ctx["copies"](method, kinds)]
             writer(name, seed, "pairs", setting, method, statistics.fmean(vals))
@@ -291,7 +253,7 @@ def run_lnstats(name, seed, model, scores, args, ctx, writer) -> None:
     before = G.ln_inputs(model, windows)
     for method in args.methods:
         ratios: dict = {}
-        for p, removed in ctx["copies"](method, SUBSETS["all"]):
+        for p, removed in ctx["copies"](method, P.SUBSETS["all"]):
             kept = sorted(set(range(model.config.n_embd)) - set(G.hidden_removed(removed)))
             after = G.ln_inputs(p, windows)
             for ln, x0 in before.items():
@@ -320,7 +282,7 @@ def run_fixes(name, seed, model, scores, args, ctx, writer) -> None:
         means["lnbias"][f"transformer.h.{i}.mlp.c_fc"] = b.ln_2.bias.double()
     for method in args.methods:
         vals: dict = {}
-        for p, removed in ctx["copies"](method, SUBSETS[args.fix_kinds]):
+        for p, removed in ctx["copies"](method, P.SUBSETS[args.fix_kinds]):
             for fix in FIXES:
                 q = p
                 if fix != "none":
@@ -341,6 +303,8 @@ RUNNERS = {
     "blocks": run_blocks,
     "range": run_range,
     "offset": run_offset,
+    "meanratio": run_meanratio,
+    "embeddings": run_embeddings,
 }
 
 
@@ -401,11 +365,11 @@ def main(argv=None) -> int:
         "--meancomp-settings",
         nargs="+",
         default=["mlp", "hidden+mlp", "all"],
-        choices=list(SUBSETS),
+        choices=list(P.SUBSETS),
         help="meancomp: what is pruned",
     )
     p.add_argument(
-        "--fix-kinds", default="all", choices=list(SUBSETS), help="fixes: what is pruned"
+        "--fix-kinds", default="all", choices=list(P.SUBSETS), help="fixes: what is pruned"
     )
     args = p.parse_args(argv)
     for m in args.methods + ([args.cross_heads] if args.cross_heads else []):
@@ -440,12 +404,13 @@ def main(argv=None) -> int:
         calibration = corpus.calibration()
         for seed in args.seeds:
             for name in args.models:
-                model, scores = load(name, seed, corpus, args.cache)
+                model, scores = P.load(name, seed, corpus, args.cache)
                 ctx = {
                     "heldout": corpus.heldout_windows(M.EVAL["windows"]),
                     "calibration": calibration,
+                    "train": corpus.train,
                     "copies": lambda method, kinds, model=model, scores=scores, seed=seed: (
-                        pruned_copies(model, method, kinds, args.ratio, seed, scores, calibration)
+                        P.pruned_copies(model, method, kinds, args.ratio, seed, scores, calibration)
                     ),
                 }
                 RUNNERS[args.experiment](name, seed, model, scores, args, ctx, writer)
