@@ -18,8 +18,6 @@ import lm_study as L  # noqa: E402
 import lm_testbeds as T  # noqa: E402
 import study as S  # noqa: E402
 
-import causalprune_fast as cf  # noqa: E402
-
 revision = L.revision
 
 
@@ -211,17 +209,7 @@ class CNNFamily:
 
     def scores(self, base, name, seed, testbed, crits) -> dict:
         variants = {S.causal_method(c)[1] for c in crits if c.startswith("causal-")}
-        return {
-            v: cf.score_model(
-                base,
-                S.INPUT_SHAPE,
-                mode=S.VARIANTS[v][0],
-                seed=seed,
-                progress=False,
-                **S.causal_settings(v),
-            )
-            for v in sorted(variants)
-        }
+        return CT.causal_scores(base, variants, seed)
 
     def importance(self, crit, model, seed, scores):
         return CT.importance(crit, model, seed, scores, self.xcal, self.ycal)

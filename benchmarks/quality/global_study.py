@@ -221,17 +221,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     family.setup()
-    rows: list[dict] = []
     t_start = time.perf_counter()
-    with open(os.path.join(args.out, "runs.csv"), "w", newline="") as f:
-        w = R.csv.DictWriter(f, fieldnames=GR.FIELDS)
-        w.writeheader()
-
-        def writer(row):
-            rows.append(row)
-            w.writerow(row)
-            f.flush()
-
+    with R.RunsWriter(os.path.join(args.out, "runs.csv"), GR.FIELDS) as writer:
+        rows = writer.rows
         per_seed = [
             run_seed(family, name, seed, args, writer)
             for seed in args.seeds

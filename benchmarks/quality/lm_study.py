@@ -403,17 +403,9 @@ def main(argv=None) -> int:
             C.attention_pruning(M.build_model(name, 0, args.size))
         except ValueError as e:
             p.error(f"model {name!r} cannot be pruned by cf.prune's plan: {e}")
-    rows: list[dict] = []
     t_start = time.perf_counter()
-    with open(os.path.join(args.out, "runs.csv"), "w", newline="") as f:
-        w = R.csv.DictWriter(f, fieldnames=R.FIELDS)
-        w.writeheader()
-
-        def writer(row):
-            rows.append(row)
-            w.writerow(row)
-            f.flush()
-
+    with R.RunsWriter(os.path.join(args.out, "runs.csv"), R.FIELDS) as writer:
+        rows = writer.rows
         per_seed = [
             run_seed(name, seed, args, corpus, cfgs, writer)
             for seed in args.seeds
