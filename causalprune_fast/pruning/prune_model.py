@@ -298,6 +298,7 @@ def _prune(
     attention = attention_pruning(model)  # may refuse the model: before anything changes
     attention.check_iterative_steps(iterative_steps)
     attention.check_global_pruning(global_pruning, model)
+    attention.check_sequential(sequential, global_pruning)
     try:
         heads = model_output_layers(model, example_input)
     except Exception as e:
