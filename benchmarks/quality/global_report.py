@@ -72,13 +72,14 @@ def _short(ref: str) -> str:
     return ref.split("@")[0].upper() if ref.startswith("l") else "rnd"
 
 
-def table(rows, model, testbed, key, targets, methods, sign, scale) -> str:
+def table(rows, model, testbed, key, targets, methods, sign, scale, tol) -> str:
     by = R.index(rows)
     refs = [r for r in REFERENCES if any((model, testbed, r, t) in by for t in targets)]
     unit = "accuracy %" if scale == 100 else "nats/byte"
     lines = [
         f"#### {model}, {testbed}, {R.PROTOCOLS[key]} ({unit}; removed = fraction of the "
-        f"parameters actually removed; paired differences, negative = better: "
+        f"parameters actually removed, † where a seed missed the target by more than {tol}; "
+        "paired differences, negative = better: "
         + ", ".join(f"`{_short(r)}` = {r}" for r in refs)
         + ")",
         "",
@@ -96,7 +97,8 @@ def table(rows, model, testbed, key, targets, methods, sign, scale) -> str:
             removed = statistics.fmean(r["removed"] for r in runs.values())
             txt = f"{scale * statistics.fmean(r[key] for r in runs.values()):.3f}"
             txt = txt if scale == 1 else f"{float(txt):.1f}"
-            txt += f" (removed {removed:.3f})"
+            off = any(abs(r["removed"] - t) > tol for r in runs.values())
+            txt += f" (removed {removed:.3f}{' †' if off else ''})"
             for ref in refs:
                 base = by.get((model, testbed, ref, t), {})
                 diffs = [
@@ -275,6 +277,7 @@ def write_reports(out: str) -> None:
                             config["methods"],
                             sign,
                             scale,
+                            config["tol"],
                         )
                     )
             parts.append(allocation(rows, model, testbed, config["targets"], config["methods"]))
@@ -294,6 +297,9 @@ def merge(dirs: list[str], out: str) -> None:
     keys = [(r["model"], r["seed"], r["testbed"], r["method"], r["ratio"]) for r in rows]
     if len(keys) != len(set(keys)):
         raise SystemExit("the runs to merge overlap (same model, seed, testbed, method, target)")
+    for key in ("family", "higher_is_better", "targets", "tol"):
+        if any(c[key] != configs[0][key] for c in configs):
+            raise SystemExit(f"the runs to merge differ in {key}: {[c[key] for c in configs]}")
     config = dict(configs[0])
     config["seeds"] = sorted({r["seed"] for r in rows})
     config["models"] = list(dict.fromkeys(m for c in configs for m in c["models"]))

@@ -207,6 +207,13 @@ def parse(argv):
                 p.error(f"unknown {what} {x!r}; known: {list(known)}")
     if not all(0.0 < t < 1.0 for t in args.targets):
         p.error(f"targets must be in (0, 1), got {args.targets}")
+    for what, values in (("--seeds", args.seeds), ("--targets", args.targets)):
+        if len(set(values)) != len(values):
+            p.error(f"{what} repeats a value: {values}")
+    try:
+        family.check_models(args.models, args.methods)
+    except ValueError as e:
+        p.error(str(e))
     return p, args, family
 
 
