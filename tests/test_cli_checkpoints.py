@@ -160,3 +160,27 @@ def test_prune_from_a_scores_file(llama_dir, tmp_path, capsys):
     assert "scored 0 time(s)" in capsys.readouterr().out
     a, b = cf.load_pruned(tmp_path / "a").state_dict(), cf.load_pruned(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("correction", [None, "none"])
+def test_cli_global_pruning_has_the_defaults_of_prune(correction, tmp_path, capsys):
+    """--global-pruning scores with Miller-Madow as cf.prune(global_pruning=True) does, unless
+    --correction is given (``none``: the plug-in estimate)."""
+    pytest.importorskip("torchvision")
+    out = tmp_path / "pruned.pt"
+    argv = ["prune", "torchvision:resnet18", "--num-classes", "4", "--ratio", "0.3",
+            "--out", str(out), "--input-shape", "3,32,32", "--examples", "4",
+            "--samples-per-layer", "512", "--device", "cpu", "--no-progress",
+            "--global-pruning"]  # fmt: skip
+    argv += [] if correction is None else ["--correction", correction]
+    torch.manual_seed(0)
+    assert main(argv) == 0
+    loaded = torch.load(out, weights_only=False).state_dict()
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet18", num_classes=4)
+    kw = {} if correction is None else {"correction": None}
+    kw.update(examples=4, samples_per_layer=512, progress=False, on_shortfall="ignore")
+    pruned, _ = cf.prune(model, 0.3, (3, 32, 32), global_pruning=True, **kw)
+    state = pruned.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -295,3 +295,67 @@ def test_global_pruning_warns_when_the_config_cannot_describe_the_layers():
         a = layer.self_attn
         assert a.num_key_value_groups == a.q_proj.out_features // a.head_dim // KV_HEADS
     runs_and_generates(model)
+
+
+def test_global_pruning_refused_where_torch_pruning_misplaces_grouped_heads():
+    """8 query heads on 2 key/value heads: Torch-Pruning 1.6's global head ranking would offset
+    the second group's heads by 2 instead of 4. Refused before anything changes, naming the
+    heads; 4 on 2 (above) is where its offset is right, and that prunes."""
+    model = hf_models.llama(E, 8, 2, INNER, VOCAB)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"8 query heads on 2 key/value heads.*per layer"):
+        cf.prune(
+            model,
+            0.3,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            global_pruning=True,
+            **SCORING,
+        )
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    plan = attention_pruning(model)
+    with pytest.raises(ValueError, match="global_pruning is not supported"):
+        plan.pruner(model, torch.zeros(1, T, dtype=torch.long), 0.3, global_pruning=True)
+    pruned, _ = cf.prune(  # per layer it prunes
+        model, 0.3, example_input=torch.zeros(1, T, dtype=torch.long), **SCORING
+    )
+    runs_and_generates(pruned)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 1), (8, 8)])
+def test_global_pruning_where_torch_pruning_places_the_heads_right(heads, kv_heads):
+    """One key/value head (offset 0) and multi-head attention prune globally."""
+    model = hf_models.llama(E, heads, kv_heads, INNER, VOCAB)
+    pruned, report = cf.prune(
+        model,
+        0.3,
+        example_input=torch.zeros(1, T, dtype=torch.long),
+        global_pruning=True,
+        on_shortfall="ignore",
+        **SCORING,
+    )
+    assert report.params_after < report.params_before
+    runs_and_generates(pruned)
+
+
+def test_global_pruning_check_reads_phi3_fused_projections():
+    """Phi-3's qkv_proj is checked as it is, before the plan splits it."""
+    ok = hf_models.phi3(E, 4, 2, INNER, VOCAB)  # 2 heads per group on 2 key/value heads
+    attention_pruning(ok).check_global_pruning(True, ok)
+    wrong = hf_models.phi3(E, 8, 2, INNER, VOCAB)
+    with pytest.raises(ValueError, match="8 query heads on 2 key/value heads"):
+        attention_pruning(wrong).check_global_pruning(True, wrong)
+
+
+def test_sequential_global_pruning_of_whole_heads_refused_before_any_change():
+    model = llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="sequential=True with global_pruning=True"):
+        cf.prune(
+            model,
+            0.3,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            sequential=True,
+            global_pruning=True,
+            **SCORING,
+        )
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

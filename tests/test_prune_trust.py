@@ -291,9 +291,11 @@ def test_importance_leaves_the_model_as_found_and_needs_no_private_graph():
 def test_importance_uses_torch_pruning_normalizers():
     model = cnn().eval()
     group = conv0_group(model)
-    raw = CausalImportance(model, SHAPE, **KW)(group)
+    raw = CausalImportance(model, SHAPE, normalizer=None, **KW)(group)
     mean = CausalImportance(model, SHAPE, normalizer="mean", **KW)(group)
     torch.testing.assert_close(mean, raw / raw.mean())
+    default = CausalImportance(model, SHAPE, **KW)(group)  # "mean", as Torch-Pruning's own
+    torch.testing.assert_close(default, mean)
     gaussian = CausalImportance(model, SHAPE, normalizer="gaussian", **KW)(group)
     torch.testing.assert_close(gaussian, (raw - raw.mean()) / (raw.std() + 1e-8))
     custom = CausalImportance(model, SHAPE, normalizer=lambda t: t * 2, **KW)(group)

@@ -117,6 +117,21 @@ def importance(name, model, seed, scores, xcal, ycal):
     return S.tp_importance(name)
 
 
+def causal_scores(model, variants, seed) -> dict:
+    """``study.py``'s scores of ``model`` per score variant (``study.VARIANTS`` names)."""
+    return {
+        v: cf.score_model(
+            model,
+            S.INPUT_SHAPE,
+            mode=S.VARIANTS[v][0],
+            seed=seed,
+            progress=False,
+            **S.causal_settings(v),
+        )
+        for v in sorted(variants)
+    }
+
+
 def run_seed(net, seed, args, data, writer) -> dict:
     xtr, ytr, xte, yte = data
     xcal, ycal = xtr[:CALIBRATION], ytr[:CALIBRATION]
@@ -135,17 +150,7 @@ def run_seed(net, seed, args, data, writer) -> dict:
                 raise RuntimeError(f"rescaled {net} computes another function ({err:.2e})")
         dense = S.accuracy(base, xte, yte)
         dense_ft = S.accuracy(S.fit(copy.deepcopy(base), xtr, ytr, args.ft, 1000 + seed), xte, yte)
-        scores = {
-            v: cf.score_model(
-                base,
-                S.INPUT_SHAPE,
-                mode=S.VARIANTS[v][0],
-                seed=seed,
-                progress=False,
-                **S.causal_settings(v),
-            )
-            for v in variants
-        }
+        scores = causal_scores(base, variants, seed)
         info["testbeds"][testbed] = {"dense_accuracy": dense, "dense_accuracy_ft": dense_ft}
         for ratio in args.ratios:
             for method in args.methods:

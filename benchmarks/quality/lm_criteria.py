@@ -256,8 +256,17 @@ class Activation(tp.importance.GroupMagnitudeImportance):
 # --------------------------------------------------------------------------- pruning
 
 
-def prune_lm(model, importance, ratio: float, ids) -> nn.Module:
-    """Prune ``model`` in place at ``ratio`` with ``importance``, as ``cf.prune`` does."""
+SCOPES = ("layer", "global", "isomorphic")
+
+
+def prune_lm(model, importance, ratio: float, ids, scope: str = "layer") -> nn.Module:
+    """Prune ``model`` in place at ``ratio`` with ``importance``, as ``cf.prune`` does.
+
+    ``scope``: ``layer`` (each group at ``ratio``, ``cf.prune``'s default), ``global`` (one
+    ranking over every group, ``global_pruning=True``) or ``isomorphic`` (one ranking per set of
+    groups of the same structure, Torch-Pruning's ``isomorphic=True``)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known: {list(SCOPES)}")
     model.eval()
     plan = attention_pruning(model)
     pruner = plan.pruner(
@@ -266,7 +275,8 @@ def prune_lm(model, importance, ratio: float, ids) -> nn.Module:
         ratio,
         pruner_class=tp.pruner.BasePruner,
         importance=importance,
-        global_pruning=False,
+        global_pruning=scope != "layer",
+        isomorphic=scope == "isomorphic",
         ignored_layers=[model.lm_head],
         round_to=None,
         iterative_steps=1,

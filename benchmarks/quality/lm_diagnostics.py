@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--models", nargs="+", default=list(M.MODELS))
+    p.add_argument("--models", nargs="+", default=list(M.DEFAULT_MODELS))
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--cache", default=None)

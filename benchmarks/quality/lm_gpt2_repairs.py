@@ -16,7 +16,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lm_criteria as C  # noqa: E402
+import lm_diagnostics as D  # noqa: E402
 import lm_models as M  # noqa: E402
+
+
+def mlp_input_means(model, windows) -> list[torch.Tensor]:
+    """Per GPT-2 block, the mean of each MLP neuron's output (``mlp.c_proj``'s input), as
+    ``lm_diagnostics`` measures it, in block order."""
+    means = D.mlp_input_means(model, windows)
+    return [means[i] for i in range(len(means))]
 
 
 @torch.no_grad()
@@ -40,24 +48,6 @@ def gaussian_mlp_means(model) -> list[torch.Tensor]:
 def hidden_removed(removed: dict) -> list[int]:
     """The residual-stream dims that ``prune`` removed (none when the hidden size was kept)."""
     return next(iter(removed.get("hidden", {}).values()), [])
-
-
-@torch.no_grad()
-def mlp_input_means(model, windows) -> list[torch.Tensor]:
-    """Per GPT-2 block, the mean of each MLP neuron's output (``mlp.c_proj``'s input)."""
-    means, hooks = {}, []
-    for i, block in enumerate(model.transformer.h):
-
-        def hook(mod, args, out, i=i):
-            means[i] = args[0].reshape(-1, args[0].shape[-1]).double().mean(0)
-
-        hooks.append(block.mlp.c_proj.register_forward_hook(hook))
-    try:
-        model(windows)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [means[i] for i in range(len(means))]
 
 
 @torch.no_grad()

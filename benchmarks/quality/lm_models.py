@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 
 CONTEXT = 128  # positions of a training / evaluation window
-MODELS = ("llama", "gpt2")
+# llama: grouped-query attention (SIZES' key/value heads); llama-mha: the same model with one
+# key/value head per query head (global pruning of the grouped one is refused, README)
+MODELS = ("llama", "gpt2", "llama-mha")
+DEFAULT_MODELS = ("llama", "gpt2")
 TRAIN = dict(
     steps=300,
     batch_size=16,
@@ -120,7 +123,9 @@ def build_model(name: str, seed: int, size: str = "small") -> torch.nn.Module:
         raise ValueError(f"unknown model {name!r}; known models: {list(MODELS)}")
     hidden, layers, heads, kv_heads, inner = SIZES[size]
     torch.manual_seed(seed)
-    if name == "llama":
+    if name == "llama-mha":
+        kv_heads = heads
+    if name.startswith("llama"):
         config = transformers.LlamaConfig(
             vocab_size=256,
             hidden_size=hidden,

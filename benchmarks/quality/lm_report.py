@@ -58,6 +58,28 @@ def write_runs(path: str, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+class RunsWriter:
+    """``runs.csv`` written row by row as the runs finish (flushed, so a stopped study keeps
+    its rows), every row also kept in ``rows``; a context manager."""
+
+    def __init__(self, path: str, fields: list[str]):
+        self.path, self.fields, self.rows = path, fields, []
+
+    def __enter__(self) -> RunsWriter:
+        self._file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in __exit__)
+        self._writer = csv.DictWriter(self._file, fieldnames=self.fields)
+        self._writer.writeheader()
+        return self
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(row)
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+
 def paired(diffs: list[float]) -> dict:
     """Mean, std, 95% t interval, better/worse counts and two p-values of paired differences."""
     from scipy import stats

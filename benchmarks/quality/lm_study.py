@@ -317,7 +317,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    p.add_argument("--models", nargs="+", default=list(M.MODELS))
+    p.add_argument("--models", nargs="+", default=list(M.DEFAULT_MODELS))
     p.add_argument("--testbeds", nargs="+", default=None, help=f"default: {list(T.TESTBEDS)}")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
     p.add_argument("--methods", nargs="+", default=None, help="criteria (default: the finalists)")
@@ -403,17 +403,9 @@ def main(argv=None) -> int:
             C.attention_pruning(M.build_model(name, 0, args.size))
         except ValueError as e:
             p.error(f"model {name!r} cannot be pruned by cf.prune's plan: {e}")
-    rows: list[dict] = []
     t_start = time.perf_counter()
-    with open(os.path.join(args.out, "runs.csv"), "w", newline="") as f:
-        w = R.csv.DictWriter(f, fieldnames=R.FIELDS)
-        w.writeheader()
-
-        def writer(row):
-            rows.append(row)
-            w.writerow(row)
-            f.flush()
-
+    with R.RunsWriter(os.path.join(args.out, "runs.csv"), R.FIELDS) as writer:
+        rows = writer.rows
         per_seed = [
             run_seed(name, seed, args, corpus, cfgs, writer)
             for seed in args.seeds

@@ -225,14 +225,17 @@ def cached_causal_importance(model, scores, direction, variant, seed) -> CausalI
     return imp
 
 
-def meta_prune(model, importance, ratio):
-    """The one pruner setting shared by every non-sequential criterion."""
+def meta_prune(model, importance, ratio, scope: str = "layer"):
+    """The one pruner setting shared by every non-sequential criterion (``scope``: ``layer``,
+    per-layer ratio; ``global``, one ranking over every layer, ``global_pruning=True``)."""
+    if scope not in ("layer", "global"):
+        raise ValueError(f"unknown scope {scope!r}; known: ['layer', 'global']")
     pruner = tp.pruner.MetaPruner(
         model,
         torch.zeros(1, *INPUT_SHAPE),
         importance=importance,
         pruning_ratio=ratio,
-        global_pruning=False,
+        global_pruning=scope == "global",
         ignored_layers=[model.fc],
     )
     pruner.step()

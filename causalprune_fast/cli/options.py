@@ -81,9 +81,10 @@ def add_noise_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the noise and subsampling")
     s.add_argument(
         "--correction",
-        choices=["miller-madow"],
+        choices=["none", "miller-madow"],
         default=None,
-        help="bias correction of the MI estimate (default none)",
+        help="bias correction of the MI estimate (default none; prune --global-pruning: "
+        "miller-madow)",
     )
     s.add_argument(
         "--pairs-per-unit",
@@ -144,6 +145,10 @@ def check_device(text: str) -> torch.device:
     return device
 
 
+def _none(value: str) -> str | None:
+    return None if value == "none" else value
+
+
 def given(**options: object) -> dict:
     """The options given on the command line (an old and a new name of one option that
     disagree are an error of score_model, naming both)."""
@@ -181,9 +186,9 @@ def noise_kwargs(args, input_range: tuple[float, float]) -> dict:
             max_samples_per_layer=args.max_samples_per_layer,
             pairs_per_unit=args.pairs_per_unit,
         ),
+        **({} if args.correction is None else {"correction": _none(args.correction)}),
         batch_size=args.batch_size,
         seed=args.seed,
-        correction=args.correction,
         backend=args.backend,
         memory_budget=args.memory_budget,
         progress=not args.no_progress,

@@ -57,10 +57,19 @@ def add_prune_parser(sub) -> None:
         help="reduction over a group's coupled layers (prune()'s group_reduction)",
     )
     p.add_argument(
-        "--normalizer", choices=NORMALIZERS, default="none", help="Torch-Pruning's normalizer"
+        "--normalizer",
+        choices=NORMALIZERS,
+        default="mean",
+        help="Torch-Pruning's normalizer of each group's scores (default mean; only global "
+        "pruning compares groups)",
     )
     p.add_argument("--sequential", action="store_true", help="score and prune group by group")
-    p.add_argument("--global-pruning", action="store_true", help="rank channels across layers")
+    p.add_argument(
+        "--global-pruning",
+        action="store_true",
+        help="rank channels across layers (with --correction miller-madow unless --correction "
+        "is given)",
+    )
     p.add_argument(
         "--on-shortfall",
         choices=["warn", "raise", "ignore"],

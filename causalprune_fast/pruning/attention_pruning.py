@@ -170,11 +170,13 @@ class AttentionPruning:
 
         Raises:
             ValueError: ``iterative_steps > 1`` with GPT-2 or Llama-style attention
-                (:meth:`check_iterative_steps`).
+                (:meth:`check_iterative_steps`); global or isomorphic pruning with grouped-query
+                attention (:meth:`check_global_pruning`).
         """
         import torch_pruning as tp
 
         self.check_iterative_steps(kwargs.get("iterative_steps", 1))
+        self.check_global_pruning(bool(kwargs.get("global_pruning")), model)
         cls = tp.pruner.MetaPruner if pruner_class is None else pruner_class
         kwargs["ignored_layers"] = [*(kwargs.get("ignored_layers") or []), *self.kept]
         if self.fused is not None:
@@ -236,6 +238,51 @@ class AttentionPruning:
                 "Torch-Pruning builds its graph once, and the index maps of the heads' split "
                 "(GPT-2's c_attn) and key/value repeat (grouped-query attention) keep the sizes "
                 "of the first step; prune again with a new pruner (or prune() call) instead"
+            )
+
+    def check_global_pruning(self, global_pruning: bool, model: nn.Module) -> None:
+        """Raise a ValueError for global (or isomorphic) pruning of grouped-query attention
+        whose query heads per key/value group differ from its number of key/value heads.
+
+        Torch-Pruning 1.6's global head ranking (``BasePruner._prune``) picks the same number of
+        query heads in every key/value group, then offsets group ``g``'s picks by
+        ``g * num_kv_heads`` instead of ``g * heads_per_group``. Where the two are equal (4 query
+        heads on 2 key/value heads, 64 on 8) that is right; elsewhere (8 on 4, 32 on 8) it
+        removes other heads than it ranked, indexes past the last head, and leaves query heads
+        that no longer divide into the key/value groups (the model then fails, or loses no head
+        at all). One key/value head (offset 0) and multi-head attention are right. Phi-3's fused
+        ``qkv_proj`` is read as it is (the check runs before the plan splits it)."""
+        if not global_pruning:
+            return
+        names = {m: n for n, m in model.named_modules()}
+        wrong = []
+        for kind, m in self.modules:
+            if kind != "llama":
+                continue
+            heads, kv = _head_counts(m)
+            if 1 < kv < heads and heads // kv != kv:
+                wrong.append((names.get(m, "?"), heads, kv))
+        if wrong:
+            name, heads, kv = wrong[0]
+            raise ValueError(
+                f"global_pruning is not supported for grouped-query attention with {heads} "
+                f"query heads on {kv} key/value heads ({name} and {len(wrong) - 1} more "
+                "attention modules): Torch-Pruning 1.6's global head ranking offsets each "
+                "key/value group's heads by the number of key/value heads instead of the heads "
+                f"per group ({heads // kv}), so it would remove the wrong heads; prune per layer "
+                "(global_pruning=False)"
+            )
+
+    def check_sequential(self, sequential: bool, global_pruning: bool) -> None:
+        """Raise a ValueError for ``sequential`` with ``global_pruning`` where whole heads are
+        pruned: each sequential step prunes one group, so nothing is ranked across layers, and
+        Torch-Pruning 1.6 then finds no global head threshold (``UnboundLocalError``)."""
+        if sequential and global_pruning and self.whole_heads:
+            kinds = sorted({k for k, _ in self.modules if k in ("llama", "neox")})
+            raise ValueError(
+                "sequential=True with global_pruning=True is not supported for attention whose "
+                f"heads are pruned whole ({' and '.join(kinds)}): a sequential step prunes one "
+                "group, so there is nothing to rank across layers; use one of them"
             )
 
     def shared_key_value_layers(self) -> set[nn.Module]:
@@ -426,3 +473,15 @@ def _is_bert_attention(m: nn.Module) -> bool:
         and isinstance(getattr(m, "attention_head_size", None), int)
         and all(isinstance(getattr(m, n, None), nn.Linear) for n in ("query", "key", "value"))
     )
+
+
+def _head_counts(m: nn.Module) -> tuple[int, int]:
+    """``(query heads, key/value heads)`` of a Llama-style attention module now, also of Phi-3's
+    fused ``qkv_proj`` before the plan splits it."""
+    d = m.head_dim
+    fused = getattr(m, "qkv_proj", None)
+    if isinstance(fused, nn.Linear) and not hasattr(m, "q_proj"):
+        kv = m.num_key_value_heads
+        return (fused.out_features - 2 * kv * d) // d, kv
+    q, k, _ = qkv_projections(m)
+    return q.out_features // d, k.out_features // d

@@ -130,7 +130,7 @@ def plan_checkpoint_pruning(
     *,
     direction: str = "auto",
     group_reduction: str = "sum",
-    normalizer=None,
+    normalizer="mean",
 ) -> ShardPlan:
     """The channels prune() keeps in a model of ``family`` (``model``: its layout, e.g. on
     ``meta``) given its ``scores`` (module docstring)."""

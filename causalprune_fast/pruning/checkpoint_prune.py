@@ -85,7 +85,7 @@ def prune_checkpoint(
     *,
     direction: str = "auto",
     group_reduction: str = "sum",
-    normalizer=None,
+    normalizer="mean",
     on_shortfall: str = "warn",
     scores: CausalScores | None = None,
     max_shard_size: int | str = "2GB",

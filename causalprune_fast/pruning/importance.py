@@ -76,10 +76,14 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         direction: ``"auto"`` (the default: ``"in"`` for conv channels, ``"out"`` for every
             other channel), ``"in"``, ``"out"`` or ``"both"`` (docs/method.md section 6.3).
         group_reduction: ``"sum"``, ``"mean"`` or ``"max"`` over the coupled layers.
-        normalizer: Torch-Pruning's: ``None``, ``"mean"``, ``"max"``, ``"sum"``,
-            ``"standarization"``, ``"gaussian"``, ``"lamp"``, ``"sentinel_<fraction>"`` or a
-            callable. All-zero importances are returned as they are (every normalizer would
-            divide zero by zero).
+        normalizer: Torch-Pruning's: ``"mean"`` (the default, as for Torch-Pruning's own
+            magnitude importances), ``None``, ``"max"``, ``"sum"``, ``"standarization"``,
+            ``"gaussian"``, ``"lamp"``, ``"sentinel_<fraction>"`` or a callable. A positive
+            scale per group never changes which channels per-layer pruning removes; it
+            matters where groups are ranked together (global pruning), where ``"mean"`` with
+            ``correction="miller-madow"`` pruned best in the quality study
+            (benchmarks/quality/RESULTS.md, "Global pruning"). All-zero importances are
+            returned as they are (every normalizer would divide zero by zero).
         **score_model_kwargs: passed to :func:`causalprune_fast.score_model` (``mode``,
             ``bins``, ``examples``, ``samples_per_layer``, ``input_range``, ``seed``,
             ``example_input``, ...).
@@ -97,7 +101,7 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
         *,
         direction: str = "auto",
         group_reduction: str = "sum",
-        normalizer: str | Callable | None = None,
+        normalizer: str | Callable | None = "mean",
         **score_model_kwargs,
     ):
         if not isinstance(model, nn.Module):

@@ -174,7 +174,7 @@ def prune(
     iterative_steps: int = 1,
     direction: str = "auto",
     group_reduction: str = "sum",
-    normalizer: str | None = None,
+    normalizer: str | None = "mean",
     on_shortfall: str = "warn",
     **score_model_kwargs,
 ) -> tuple[nn.Module, PruneReport]:
@@ -197,8 +197,10 @@ def prune(
         input_shape: one example's shape without the batch dimension (or ``example_input``).
         example_input: an input batch, for tracing and for the noise's shape and dtype.
         sequential: score and prune one group at a time, each on the network as pruned so far.
-        global_pruning: rank channels across layers instead of within each layer
-            (scores are then compared across layers; consider ``normalizer="mean"``).
+        global_pruning: rank channels across layers instead of within each layer. Scores
+            are then compared across layers, so unless ``correction`` is given it defaults to
+            ``"miller-madow"`` here (with the default ``normalizer="mean"``: the best global
+            criterion of the quality study, benchmarks/quality/RESULTS.md "Global pruning").
         ignored_layers: modules of ``model`` not to prune; default the layers whose output is
             (part of) the model's output (classifier heads), in whatever structure the model
             returns: a tensor, tuples, lists, dicts, dataclasses.
@@ -232,6 +234,10 @@ def prune(
     ratio, iterative_steps = float(ratio), int(iterative_steps)
     if example_input is not None:
         score_model_kwargs["example_input"] = example_input
+    if global_pruning and "correction" not in score_model_kwargs:
+        # scores of layers of different widths are compared: the bias-corrected estimate
+        # (docs/method.md 5.3 and 6.7)
+        score_model_kwargs["correction"] = "miller-madow"
     importance = CausalImportance(
         model,
         shape,
@@ -291,6 +297,8 @@ def _prune(
     names = {m: n for n, m in model.named_modules()}
     attention = attention_pruning(model)  # may refuse the model: before anything changes
     attention.check_iterative_steps(iterative_steps)
+    attention.check_global_pruning(global_pruning, model)
+    attention.check_sequential(sequential, global_pruning)
     try:
         heads = model_output_layers(model, example_input)
     except Exception as e:
