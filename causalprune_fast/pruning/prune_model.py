@@ -23,7 +23,12 @@ from causalprune_fast.model.families import is_conv1d, out_channels
 from causalprune_fast.model.layers import MEASURED_TYPES
 from causalprune_fast.pruning.attention_pruning import attention_pruning
 from causalprune_fast.pruning.refusals import check_channel_groups, check_structures
-from causalprune_fast.pruning.report import PruneReport, shortfall_message, wanted_removals
+from causalprune_fast.pruning.report import (
+    PruneReport,
+    count_macs_and_params,
+    shortfall_message,
+    wanted_removals,
+)
 from causalprune_fast.scoring.score import score_model_keywords
 
 
@@ -313,7 +318,7 @@ def _prune(
     skip = set(map(id, ignored))
     check_channel_groups(model, example_input, [names[m] for m in measured if id(m) not in skip])
     before = {names[m]: out_channels(m) for m in measured}
-    macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
+    macs_before, params_before = count_macs_and_params(model, example_input)
 
     def make_pruner(ratio_dict=None):
         # heads, Conv1D, RMSNorm, output_transform (any output structure) and the trace: see
@@ -377,7 +382,7 @@ def _prune(
             f"({type(e).__name__}: {e}): Torch-Pruning's groups do not cover a structure of "
             "this model; the model was left as it was"
         ) from e
-    macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
+    macs_after, params_after = count_macs_and_params(model, example_input)
 
     group_widths = {n: (w, dg.get_out_channels(root)) for n, (root, w, _) in widths.items()}
     total = sum(w for w, _ in group_widths.values())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 from dataclasses import dataclass, field
 
 
@@ -94,3 +97,22 @@ def shortfall_message(report: PruneReport, global_pruning: bool) -> str | None:
         f"prunable groups ({removed / max(total, 1):.1%}), short of the {report.ratio:.1%} "
         f"asked for: {detail}"
     )
+
+
+# What Torch-Pruning's op counter (ptflops' code) prints to stdout when a module instance is
+# reached twice (a module shared by two parents, as in CoaT): a note about its own attribute
+# names, not about the user's model. Anything else it prints is passed on to stderr.
+_OP_COUNTER_NOTE = "Warning: variables __flops__ or __params__ are already defined for the module"
+
+
+def count_macs_and_params(model, example_input) -> tuple[float, int]:
+    """Torch-Pruning's ``count_ops_and_params``, with its stdout kept off the user's stdout."""
+    import torch_pruning as tp
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        macs, params = tp.utils.count_ops_and_params(model, example_input)
+    other = [line for line in buf.getvalue().splitlines() if not line.startswith(_OP_COUNTER_NOTE)]
+    if other:
+        print("\n".join(other), file=sys.stderr)
+    return macs, params
