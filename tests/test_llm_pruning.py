@@ -337,13 +337,22 @@ def test_global_pruning_where_torch_pruning_places_the_heads_right(heads, kv_hea
     runs_and_generates(pruned)
 
 
-def test_global_pruning_check_reads_phi3_fused_projections():
-    """Phi-3's qkv_proj is checked as it is, before the plan splits it."""
-    ok = hf_models.phi3(E, 4, 2, INNER, VOCAB)  # 2 heads per group on 2 key/value heads
-    attention_pruning(ok).check_global_pruning(True, ok)
-    wrong = hf_models.phi3(E, 8, 2, INNER, VOCAB)
-    with pytest.raises(ValueError, match="8 query heads on 2 key/value heads"):
-        attention_pruning(wrong).check_global_pruning(True, wrong)
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2)])
+def test_global_pruning_of_phi3_refused_before_any_change(heads, kv_heads):
+    """Phi-3's forward reads its query heads from the shared config (one number for every
+    layer), so the differing layers of a global ranking cannot run: refused up front, with the
+    reason (it used to fail after scoring, or crash reading the unsplit qkv_proj)."""
+    model = hf_models.phi3(E, heads, kv_heads, INNER, VOCAB)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="Phi-3's attention .* reads the number of query heads"):
+        cf.prune(
+            model,
+            0.3,
+            example_input=torch.zeros(1, T, dtype=torch.long),
+            global_pruning=True,
+            **SCORING,
+        )
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def test_sequential_global_pruning_of_whole_heads_refused_before_any_change():

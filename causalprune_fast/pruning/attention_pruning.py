@@ -250,16 +250,28 @@ class AttentionPruning:
         heads on 2 key/value heads, 64 on 8) that is right; elsewhere (8 on 4, 32 on 8) it
         removes other heads than it ranked, indexes past the last head, and leaves query heads
         that no longer divide into the key/value groups (the model then fails, or loses no head
-        at all). One key/value head (offset 0) and multi-head attention are right. Phi-3's fused
-        ``qkv_proj`` is read as it is (the check runs before the plan splits it)."""
+        at all). One key/value head (offset 0) and multi-head attention are right.
+
+        Phi-3's attention (a fused ``qkv_proj``) is refused whatever its heads: its forward
+        reads the number of query heads from the model's config, one number for every layer,
+        and a global ranking leaves layers with different head counts."""
         if not global_pruning:
             return
         names = {m: n for n, m in model.named_modules()}
+        fused = [names.get(m, "?") for kind, m in self.modules if _is_fused(m)]
+        if fused:
+            raise ValueError(
+                f"global_pruning is not supported for Phi-3's attention ({fused[0]} and "
+                f"{len(fused) - 1} more): its forward reads the number of query heads from the "
+                "model's config, one number for all layers, and global pruning leaves layers "
+                "with different head counts; prune per layer (global_pruning=False)"
+            )
         wrong = []
         for kind, m in self.modules:
             if kind != "llama":
                 continue
-            heads, kv = _head_counts(m)
+            q, k, _ = qkv_projections(m)
+            heads, kv = q.out_features // m.head_dim, k.out_features // m.head_dim
             if 1 < kv < heads and heads // kv != kv:
                 wrong.append((names.get(m, "?"), heads, kv))
         if wrong:
@@ -475,13 +487,6 @@ def _is_bert_attention(m: nn.Module) -> bool:
     )
 
 
-def _head_counts(m: nn.Module) -> tuple[int, int]:
-    """``(query heads, key/value heads)`` of a Llama-style attention module now, also of Phi-3's
-    fused ``qkv_proj`` before the plan splits it."""
-    d = m.head_dim
-    fused = getattr(m, "qkv_proj", None)
-    if isinstance(fused, nn.Linear) and not hasattr(m, "q_proj"):
-        kv = m.num_key_value_heads
-        return (fused.out_features - 2 * kv * d) // d, kv
-    q, k, _ = qkv_projections(m)
-    return q.out_features // d, k.out_features // d
+def _is_fused(m: nn.Module) -> bool:
+    """Phi-3's attention before the plan splits its ``qkv_proj``."""
+    return isinstance(getattr(m, "qkv_proj", None), nn.Linear) and not hasattr(m, "q_proj")
