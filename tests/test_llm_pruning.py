@@ -41,6 +41,15 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied weight counts once
 
 
+def assert_refused(model, match: str, **kwargs) -> None:
+    """``cf.prune(model, 0.3, **kwargs)`` raises a ValueError matching ``match`` and leaves
+    every parameter and buffer as it was."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        cf.prune(model, 0.3, example_input=torch.zeros(1, T, dtype=torch.long), **SCORING, **kwargs)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
 def check_gpt2(model) -> None:
     """Config and every attention attribute agree with the pruned weights."""
     c = model.config
@@ -261,16 +270,7 @@ def test_scores_get_torch_pruning_groups(arch):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_iterative_steps_refused_before_any_change(arch):
     model = BUILD[arch]()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="iterative_steps=2 is not supported"):
-        cf.prune(
-            model,
-            0.3,
-            example_input=torch.zeros(1, T, dtype=torch.long),
-            iterative_steps=2,
-            **SCORING,
-        )
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert_refused(model, "iterative_steps=2 is not supported", iterative_steps=2)
 
 
 def test_global_pruning_warns_when_the_config_cannot_describe_the_layers():
@@ -302,16 +302,7 @@ def test_global_pruning_refused_where_torch_pruning_misplaces_grouped_heads():
     the second group's heads by 2 instead of 4. Refused before anything changes, naming the
     heads; 4 on 2 (above) is where its offset is right, and that prunes."""
     model = hf_models.llama(E, 8, 2, INNER, VOCAB)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"8 query heads on 2 key/value heads.*per layer"):
-        cf.prune(
-            model,
-            0.3,
-            example_input=torch.zeros(1, T, dtype=torch.long),
-            global_pruning=True,
-            **SCORING,
-        )
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert_refused(model, r"8 query heads on 2 key/value heads.*per layer", global_pruning=True)
     plan = attention_pruning(model)
     with pytest.raises(ValueError, match="global_pruning is not supported"):
         plan.pruner(model, torch.zeros(1, T, dtype=torch.long), 0.3, global_pruning=True)
@@ -343,28 +334,12 @@ def test_global_pruning_of_phi3_refused_before_any_change(heads, kv_heads):
     layer), so the differing layers of a global ranking cannot run: refused up front, with the
     reason (it used to fail after scoring, or crash reading the unsplit qkv_proj)."""
     model = hf_models.phi3(E, heads, kv_heads, INNER, VOCAB)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="Phi-3's attention .* reads the number of query heads"):
-        cf.prune(
-            model,
-            0.3,
-            example_input=torch.zeros(1, T, dtype=torch.long),
-            global_pruning=True,
-            **SCORING,
-        )
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert_refused(
+        model, "Phi-3's attention .* reads the number of query heads", global_pruning=True
+    )
 
 
 def test_sequential_global_pruning_of_whole_heads_refused_before_any_change():
-    model = llama()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="sequential=True with global_pruning=True"):
-        cf.prune(
-            model,
-            0.3,
-            example_input=torch.zeros(1, T, dtype=torch.long),
-            sequential=True,
-            global_pruning=True,
-            **SCORING,
-        )
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert_refused(
+        llama(), "sequential=True with global_pruning=True", sequential=True, global_pruning=True
+    )
