@@ -170,8 +170,8 @@ class AttentionPruning:
 
         Raises:
             ValueError: ``iterative_steps > 1`` with GPT-2 or Llama-style attention
-                (:meth:`check_iterative_steps`); global or isomorphic pruning with grouped-query
-                attention (:meth:`check_global_pruning`).
+                (:meth:`check_iterative_steps`); global pruning of grouped-query attention
+                whose heads Torch-Pruning misplaces, or of Phi-3 (:meth:`check_global_pruning`).
         """
         import torch_pruning as tp
 
@@ -241,8 +241,10 @@ class AttentionPruning:
             )
 
     def check_global_pruning(self, global_pruning: bool, model: nn.Module) -> None:
-        """Raise a ValueError for global (or isomorphic) pruning of grouped-query attention
-        whose query heads per key/value group differ from its number of key/value heads.
+        """Raise a ValueError for global pruning of grouped-query attention whose query heads
+        per key/value group differ from its number of key/value heads (more than one), and of
+        Phi-3. Isomorphic pruning alone ranks heads per layer, which is right, so only
+        ``global_pruning`` is checked.
 
         Torch-Pruning 1.6's global head ranking (``BasePruner._prune``) picks the same number of
         query heads in every key/value group, then offsets group ``g``'s picks by

@@ -80,8 +80,8 @@ class CausalImportance(tp.importance.GroupMagnitudeImportance):
             magnitude importances), ``None``, ``"max"``, ``"sum"``, ``"standarization"``,
             ``"gaussian"``, ``"lamp"``, ``"sentinel_<fraction>"`` or a callable. A positive
             scale per group never changes which channels per-layer pruning removes (up to the
-            float rounding of near-ties); it
-            matters where groups are ranked together (global pruning), where ``"mean"`` with
+            float rounding of near-ties); it matters where groups are ranked together (global
+            pruning), where ``"mean"`` with
             ``correction="miller-madow"`` pruned best in the quality study
             (benchmarks/quality/RESULTS.md, "Global pruning"). All-zero importances are
             returned as they are (every normalizer would divide zero by zero).
